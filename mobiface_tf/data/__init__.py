@@ -1,0 +1,1 @@
+"""Face data: sources (image folders, RecordIO), TFRecord I/O, the tf.data pipeline, synthetic identities."""
