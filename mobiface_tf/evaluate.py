@@ -1,0 +1,302 @@
+"""Face verification metrics: the LFW View 2 ten-fold protocol, TAR@FAR and an ROC curve.
+
+Protocol (Huang et al., "Labeled Faces in the Wild", View 2): for each of the 10 folds, the cosine
+threshold that maximises accuracy on the other 9 folds is applied to the held-out fold; we report the
+mean and standard deviation of the 10 held-out accuracies. Picking the best threshold on all pairs at
+once and reporting that accuracy (what some Keras trainers print) is optimistic: the threshold has seen
+the test labels. We only use the all-pairs threshold as the *deployment* threshold stored in the sidecar.
+
+The threshold search is exact: candidates are the midpoints between consecutive distinct scores (plus
+one below the lowest and one above the highest), so no grid resolution can hide the optimum.
+A pair is predicted "same" when score > threshold.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+FARS = (1e-1, 1e-2, 1e-3)
+
+
+# ---------------------------------------------------------------- thresholds and the 10 folds
+
+def best_threshold(scores, issame) -> tuple[float, float]:
+    """(threshold, accuracy) maximising accuracy of `score > threshold` on these pairs.
+
+    Ties between candidates go to the lowest threshold, so the result is deterministic.
+    """
+    scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
+    if scores.shape != issame.shape or scores.ndim != 1 or scores.size == 0:
+        raise ValueError(f"scores {scores.shape} and issame {issame.shape} must be equal-length non-empty 1-D arrays")
+    values, inverse = np.unique(scores, return_inverse=True)
+    pos_at = np.bincount(inverse, weights=issame, minlength=len(values))
+    neg_at = np.bincount(inverse, weights=~issame, minlength=len(values))
+    # Candidate c (0..U) sits just below distinct value c: values[:c] are "different", values[c:] are "same".
+    neg_below = np.concatenate([[0.0], np.cumsum(neg_at)])
+    pos_above = pos_at.sum() - np.concatenate([[0.0], np.cumsum(pos_at)])
+    correct = neg_below + pos_above
+    c = int(np.argmax(correct))  # first maximum = lowest threshold
+    if c == 0:
+        threshold = values[0] - 1.0
+    elif c == len(values):
+        threshold = values[-1] + 1.0
+    else:
+        threshold = 0.5 * (values[c - 1] + values[c])
+    return float(threshold), float(correct[c] / scores.size)
+
+
+def accuracy_at(scores, issame, threshold: float) -> float:
+    return float(np.mean((np.asarray(scores) > threshold) == np.asarray(issame, bool)))
+
+
+def ten_fold_verification(scores, issame, folds) -> dict:
+    """LFW View 2: per fold, fit the threshold on the other folds, score the held-out fold.
+
+    Returns accuracy (mean), accuracy_std (population std, as the LFW results page reports it),
+    fold_accuracies, fold_thresholds, threshold_mean_of_folds, and the all-pairs deployment threshold
+    with its (optimistic, for reference only) accuracy.
+    """
+    scores, issame, folds = np.asarray(scores, np.float64), np.asarray(issame, bool), np.asarray(folds)
+    if not (scores.shape == issame.shape == folds.shape) or scores.ndim != 1:
+        raise ValueError(f"scores {scores.shape}, issame {issame.shape} and folds {folds.shape} must be equal-length 1-D arrays")
+    fold_ids = np.unique(folds)
+    if len(fold_ids) < 2:
+        raise ValueError(f"need at least 2 folds for cross-validation, got {fold_ids.tolist()}")
+    accs, thresholds = [], []
+    for f in fold_ids:
+        test = folds == f
+        t, _ = best_threshold(scores[~test], issame[~test])
+        thresholds.append(t)
+        accs.append(accuracy_at(scores[test], issame[test], t))
+    t_all, acc_all = best_threshold(scores, issame)
+    return {
+        "accuracy": float(np.mean(accs)),
+        "accuracy_std": float(np.std(accs)),
+        "fold_accuracies": [float(a) for a in accs],
+        "fold_thresholds": [float(t) for t in thresholds],
+        "threshold_mean_of_folds": float(np.mean(thresholds)),
+        "threshold": t_all,
+        "threshold_method": "maximises accuracy on all pairs (deployment threshold; the reported accuracy "
+                            "uses per-fold thresholds fit on the other 9 folds)",
+        "accuracy_at_threshold_all_pairs_optimistic": acc_all,
+    }
+
+
+def sequential_folds(num_pairs: int, num_folds: int = 10) -> np.ndarray:
+    """Contiguous folds, as InsightFace's verification code splits a .bin (KFold without shuffle)."""
+    if num_pairs < num_folds:
+        raise ValueError(f"{num_pairs} pairs cannot be split into {num_folds} folds")
+    return (np.arange(num_pairs) * num_folds) // num_pairs
+
+
+# ---------------------------------------------------------------- TAR @ FAR and ROC
+
+def tar_at_far(scores, issame, fars=FARS) -> dict:
+    """{str(far): {"tar", "far", "threshold"} or {"tar": None, "reason"}} on all pairs.
+
+    The threshold is the smallest one with FAR <= target: with k = floor(target * num_negatives)
+    allowed false accepts, it is the (k+1)-th highest negative score. When target * num_negatives < 1
+    no threshold can *measure* that FAR (zero false accepts among too few negatives), so we say so.
+    """
+    scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
+    neg = np.sort(scores[~issame])[::-1]
+    pos = scores[issame]
+    out = {}
+    for far in fars:
+        k = math.floor(far * len(neg) + 1e-9)
+        if len(pos) == 0:
+            out[str(far)] = {"tar": None, "reason": "no positive pairs"}
+        elif k < 1:
+            out[str(far)] = {"tar": None, "reason": f"FAR {far:g} needs at least {math.ceil(1 / far)} negative pairs, "
+                                                    f"have {len(neg)}"}
+        else:
+            t = float(neg[k]) if k < len(neg) else float(neg[-1]) - 1.0
+            out[str(far)] = {"tar": float(np.mean(pos > t)), "far": float(np.mean(neg > t)), "threshold": t}
+    return out
+
+
+def roc_curve(scores, issame) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) at every distinct threshold, from (0, 0) to (1, 1)."""
+    scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], issame[order]
+    last_of_value = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tp, fp = np.cumsum(y)[last_of_value], np.cumsum(~y)[last_of_value]
+    tpr = np.r_[0.0, tp / max(y.sum(), 1)]
+    fpr = np.r_[0.0, fp / max((~y).sum(), 1)]
+    return fpr, tpr
+
+
+def save_roc_png(scores, issame, path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fpr, tpr = roc_curve(scores, issame)
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    keep = fpr > 0  # log axis: the (0, *) points cannot be drawn
+    ax.plot(fpr[keep], tpr[keep], lw=1.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- one report from scores
+
+def verification_report(scores, issame, folds, **meta) -> dict:
+    scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
+    report = dict(meta)
+    report.update(num_pairs=int(len(scores)), num_positive=int(issame.sum()), num_negative=int((~issame).sum()))
+    report.update(ten_fold_verification(scores, issame, folds))
+    details = tar_at_far(scores, issame)
+    report["tar_at_far"] = {k: v["tar"] for k, v in details.items()}
+    report["tar_at_far_details"] = details
+    return report
+
+
+def cosine_scores(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of L2-normalised embeddings."""
+    return np.einsum("ij,ij->i", emb_a, emb_b).astype(np.float64)
+
+
+# ---------------------------------------------------------------- images -> embeddings
+
+def embed_paths(embedder, paths, flip: bool, aligner=None, batch_size: int = 256, progress: bool = True):
+    """Embed image files in order; returns (embeddings [N, D], num_realign_failures).
+
+    With `aligner` (a mobiface_tf.align.FaceAligner), each image is re-aligned by MTCNN first; when no
+    face is found the original crop is kept and counted, so the report says how many were not re-aligned.
+    """
+    from tqdm import tqdm
+
+    from mobiface_tf.data.verification import read_image_rgb
+
+    paths = list(paths)
+    out = np.empty((len(paths), embedder.embedding_dim), np.float32)
+    failures = 0
+    bar = tqdm(total=len(paths), desc="embedding", unit="img", disable=not progress)
+    for start in range(0, len(paths), batch_size):
+        images = []
+        for p in paths[start:start + batch_size]:
+            image = read_image_rgb(p)
+            if aligner is not None:
+                crop = aligner.align(image).crop
+                if crop is None:
+                    failures += 1
+                else:
+                    image = crop
+            images.append(image)
+        out[start:start + len(images)] = embedder.embed(np.stack(images), flip=flip)
+        bar.update(len(images))
+    bar.close()
+    return out, failures
+
+
+def embed_encoded(embedder, encoded, flip: bool, aligner=None, batch_size: int = 256, progress: bool = True):
+    """Like embed_paths, for encoded images held in memory (a .bin)."""
+    from tqdm import tqdm
+
+    from mobiface_tf.data.verification import decode_jpeg_rgb
+
+    out = np.empty((len(encoded), embedder.embedding_dim), np.float32)
+    failures = 0
+    bar = tqdm(total=len(encoded), desc="embedding", unit="img", disable=not progress)
+    for start in range(0, len(encoded), batch_size):
+        images = []
+        for i, data in enumerate(encoded[start:start + batch_size], start):
+            image = decode_jpeg_rgb(data, what=f"image {i}")
+            if aligner is not None:
+                crop = aligner.align(image).crop
+                failures += crop is None
+                image = image if crop is None else crop
+            images.append(image)
+        out[start:start + len(images)] = embedder.embed(np.stack(images), flip=flip)
+        bar.update(len(images))
+    bar.close()
+    return out, failures
+
+
+def evaluate_lfw(embedder, pairs_file, lfw_dir, flip=False, aligner=None, progress=True, **meta):
+    """(report, scores, issame) on LFW View 2; each distinct image referenced by pairs.txt is embedded once."""
+    from mobiface_tf.data.verification import read_lfw_pairs
+
+    pairs = read_lfw_pairs(pairs_file, lfw_dir)
+    unique = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
+    index = {p: i for i, p in enumerate(unique)}
+    emb, failures = embed_paths(embedder, unique, flip, aligner, progress=progress)
+    a = emb[[index[p.path_a] for p in pairs]]
+    b = emb[[index[p.path_b] for p in pairs]]
+    scores, issame = cosine_scores(a, b), np.array([p.issame for p in pairs])
+    report = verification_report(scores, issame, [p.fold for p in pairs],
+                                 dataset=f"lfw:{pairs_file}", num_images=len(unique),
+                                 flip=flip, realign=aligner is not None, **meta)
+    report["realign_failed"] = failures
+    return report, scores, issame
+
+
+def evaluate_bin(embedder, bin_path, flip=False, aligner=None, progress=True, **meta):
+    """(report, scores, issame): ten-fold report on an InsightFace .bin (pairs (2k, 2k+1), contiguous folds as InsightFace splits them)."""
+    from mobiface_tf.data.verification import read_bin
+
+    encoded, issame = read_bin(bin_path)
+    emb, failures = embed_encoded(embedder, encoded, flip, aligner, progress=progress)
+    scores = cosine_scores(emb[0::2], emb[1::2])
+    report = verification_report(scores, issame, sequential_folds(len(issame)),
+                                 dataset=f"bin:{bin_path}", num_images=len(encoded),
+                                 flip=flip, realign=aligner is not None, **meta)
+    report["realign_failed"] = failures
+    return report, scores, issame
+
+
+# ---------------------------------------------------------------- the threshold sidecar
+
+def sidecar_path(model_path) -> Path:
+    """model.tflite -> model.tflite.eval.json (a SavedModel dir 'm/' -> 'm.eval.json')."""
+    return Path(str(Path(model_path)) + ".eval.json")
+
+
+def write_sidecar(model_path, report: dict, fallback_dir=None) -> Path | None:
+    """Write {"threshold", "accuracy", "dataset", ...} next to the model for the verify/identify CLIs.
+
+    If the model's folder is read-only (e.g. shared data), write it into `fallback_dir` instead and
+    return that path; returns None when neither location is writable. Never raises on I/O errors.
+    """
+    import logging
+
+    payload = {k: report.get(k) for k in ("threshold", "threshold_method", "threshold_mean_of_folds", "accuracy",
+                                          "accuracy_std", "dataset", "num_pairs", "flip", "preprocess", "realign",
+                                          "model")}
+    payload["metric"] = "cosine similarity of L2-normalised embeddings; same person when score > threshold"
+    targets = [sidecar_path(model_path)]
+    if fallback_dir is not None:
+        targets.append(Path(fallback_dir) / sidecar_path(model_path).name)
+    for target in targets:
+        try:
+            target.write_text(json.dumps(payload, indent=2) + "\n")
+            return target
+        except OSError as e:
+            logging.warning("cannot write threshold sidecar %s (%s)%s", target, e,
+                            "; trying the report's folder" if target is targets[0] and len(targets) > 1 else "")
+    return None
+
+
+def read_threshold(model_path) -> float | None:
+    """The threshold stored next to the model by tools/evaluate.py, or None when there is no sidecar."""
+    path = sidecar_path(model_path)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if not isinstance(data.get("threshold"), (int, float)):
+        raise ValueError(f"{str(path)!r} has no numeric 'threshold'; re-run tools/evaluate.py on the model")
+    return float(data["threshold"])

@@ -1,0 +1,180 @@
+"""MegaFace-style identification with a million distractors, by chunked brute-force search.
+
+Protocol (Kemelmacher-Shlizerman et al., "The MegaFace Benchmark", CVPR 2016, Challenge 1), as
+implemented here with probe images grouped by identity and N distractor embeddings:
+
+* Rank-1 identification. For every identity and every ordered pair (p, g) of two different images of
+  it, g is put into a gallery with the N distractors and p is the query. The trial succeeds when g
+  scores strictly higher than every distractor (a tie counts as a failure). Rank-1 is the fraction of
+  successful trials; there are sum_id n_id * (n_id - 1) trials. Other probe identities are not in the
+  gallery, exactly as in MegaFace, so rank-1 only depends on each probe's best distractor score.
+* Verification TAR@FAR. Positive pairs: all unordered same-identity probe pairs. Negative pairs: every
+  probe against every distractor (P * N pairs). The threshold is the smallest one whose FAR (fraction
+  of negatives scoring > threshold) is at most the target, i.e. the (k+1)-th highest negative score
+  with k = floor(FAR * P * N); TAR is the fraction of positives scoring above it. With P * N * FAR < 1
+  the FAR cannot be measured and TAR is reported as None with the reason.
+
+Scores are cosine similarities: probes are L2-normalised here, distractors must already be unit norm.
+
+Memory: the distractors are visited in chunks of `chunk_size` rows. Per chunk we keep only each
+probe's running maximum (for rank-1) and a running top-(k+1) of all negative scores (for the FAR
+threshold), so the extra memory is one [P, chunk] score block on top of the distractor array itself.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+
+@dataclass
+class IdentificationResult:
+    rank1: float                 # fraction of successful rank-1 trials (see module docstring)
+    num_rank1_trials: int
+    far: float                   # target FAR
+    tar_at_far: float | None     # None when the FAR cannot be measured
+    threshold: float | None      # the score threshold at that FAR
+    achieved_far: float | None
+    reason: str | None           # why tar_at_far is None
+    num_probes: int
+    num_identities: int
+    num_distractors: int
+    dim: int
+    num_positive_pairs: int
+    num_negative_pairs: int
+    search_seconds: float        # distractor search only (the matmuls and the running max / top-k)
+    gflops_per_s: float          # 2 * P * N * D / search_seconds
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def random_unit_chunks(num: int, dim: int, seed: int = 0, chunk_size: int = 65536) -> Iterator[np.ndarray]:
+    """Yield `num` random unit-norm float32 vectors in chunks (Gaussian direction = uniform on the sphere)."""
+    if num < 0 or dim < 1 or chunk_size < 1:
+        raise ValueError(f"need num >= 0, dim >= 1, chunk_size >= 1; got {num}, {dim}, {chunk_size}")
+    rng = np.random.default_rng(seed)
+    for start in range(0, num, chunk_size):
+        chunk = rng.standard_normal((min(chunk_size, num - start), dim), dtype=np.float32)
+        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
+        yield chunk
+
+
+def random_unit_vectors(num: int, dim: int, seed: int = 0, chunk_size: int = 65536) -> np.ndarray:
+    """[num, dim] random unit vectors, filled chunk by chunk so peak memory is the array plus one chunk."""
+    out = np.empty((num, dim), np.float32)
+    start = 0
+    for chunk in random_unit_chunks(num, dim, seed, chunk_size):
+        out[start:start + len(chunk)] = chunk
+        start += len(chunk)
+    return out
+
+
+def _chunks(distractors, chunk_size: int) -> Iterable[np.ndarray]:
+    if isinstance(distractors, np.ndarray):
+        return (distractors[i:i + chunk_size] for i in range(0, len(distractors), chunk_size))
+    return distractors
+
+
+def megaface_identification(embeddings, labels, distractors, far: float = 1e-6, chunk_size: int = 8192,
+                            num_distractors: int | None = None, threads: int | None = None,
+                            progress: bool = False) -> IdentificationResult:
+    """Rank-1 and TAR@FAR of probes (`embeddings` [P, D] with identity `labels` [P]) against distractors.
+
+    `distractors` is a [N, D] array (a np.memmap works) or an iterable of [n_i, D] chunks; with an
+    iterable give `num_distractors` (needed up front to size the top-k for the FAR threshold).
+    `threads` caps BLAS threads (None: leave as is).
+    """
+    from threadpoolctl import threadpool_limits
+    from tqdm import tqdm
+
+    emb = np.asarray(embeddings, np.float32)
+    labels = np.asarray(labels)
+    if emb.ndim != 2 or labels.shape != (len(emb),):
+        raise ValueError(f"embeddings must be [P, D] with labels [P]; got {emb.shape} and {labels.shape}")
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    num_probes, dim = emb.shape
+    if isinstance(distractors, np.ndarray):
+        if distractors.ndim != 2 or distractors.shape[1] != dim:
+            raise ValueError(f"distractors must be [N, {dim}] to match the probes, got {distractors.shape}")
+        num_distractors = len(distractors)
+    elif num_distractors is None:
+        raise ValueError("distractors given as chunks: pass num_distractors=N as well")
+    if not 0 < far < 1:
+        raise ValueError(f"far must be in (0, 1), got {far}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+    num_neg = num_probes * num_distractors
+    k = math.floor(far * num_neg + 1e-9)  # false accepts allowed at this FAR
+    keep = k + 1                          # the (k+1)-th highest negative is the threshold
+
+    best = np.full(num_probes, -np.inf, np.float32)   # each probe's best distractor score
+    top = np.empty(0, np.float32)                     # running top-`keep` negative scores
+    buf = np.empty((num_probes, chunk_size), np.float32)
+    seen = 0
+    bar = tqdm(total=num_distractors, desc="distractors", unit="vec", disable=not progress)
+    limits = threadpool_limits(limits=threads, user_api="blas") if threads else None
+    t0 = time.perf_counter()
+    try:
+        for chunk in _chunks(distractors, chunk_size):
+            if chunk.ndim != 2 or chunk.shape[1] != dim or len(chunk) > chunk_size:
+                raise ValueError(f"distractor chunk {chunk.shape} does not fit [<= {chunk_size}, {dim}]")
+            n = len(chunk)
+            scores = buf[:, :n] if n == chunk_size else np.empty((num_probes, n), np.float32)
+            np.matmul(emb, np.asarray(chunk, np.float32).T, out=scores)
+            row_max = scores.max(axis=1)
+            np.maximum(best, row_max, out=best)
+            if len(top) < keep:
+                # Still filling the top-k: take this chunk's best `keep` scores outright.
+                flat = scores.ravel()
+                cand = flat if flat.size <= keep else np.partition(flat, flat.size - keep)[-keep:]
+            else:
+                # Only rows whose maximum beats the current k-th best can contribute; usually none do.
+                floor_ = top.min()
+                rows = row_max > floor_
+                cand = scores[rows][scores[rows] > floor_] if rows.any() else np.empty(0, np.float32)
+            if cand.size:
+                top = np.concatenate([top, cand])
+                if len(top) > keep:
+                    top = np.partition(top, len(top) - keep)[-keep:]
+            seen += n
+            bar.update(n)
+    finally:
+        if limits is not None:
+            limits.unregister()
+        bar.close()
+    seconds = time.perf_counter() - t0
+    if seen != num_distractors:
+        raise ValueError(f"got {seen} distractors but num_distractors={num_distractors}")
+
+    # Probe-vs-probe scores: positives, and the rank-1 trials (probe p, gallery g of the same identity).
+    same = labels[:, None] == labels[None, :]
+    np.fill_diagonal(same, False)
+    gram = emb @ emb.T
+    p_idx, g_idx = np.nonzero(same)
+    trials = len(p_idx)
+    rank1 = float(np.mean(gram[p_idx, g_idx] > best[p_idx])) if trials else float("nan")
+    positives = gram[np.triu(same, 1)]
+
+    if k < 1:
+        tar = thr = achieved = None
+        reason = (f"FAR {far:g} needs >= {math.ceil(1 / far)} negative pairs, have {num_neg} "
+                  f"({num_probes} probes x {num_distractors} distractors)")
+    elif len(positives) == 0:
+        tar = thr = achieved = None
+        reason = "no same-identity probe pairs"
+    else:
+        thr = float(np.min(top))                       # the (k+1)-th highest negative score
+        achieved = float(np.sum(top > thr) / num_neg)  # negatives above thr are all inside `top`
+        tar = float(np.mean(positives > thr))
+        reason = None
+    return IdentificationResult(
+        rank1=rank1, num_rank1_trials=int(trials), far=far, tar_at_far=tar, threshold=thr, achieved_far=achieved,
+        reason=reason, num_probes=int(num_probes), num_identities=int(len(np.unique(labels))),
+        num_distractors=int(num_distractors), dim=int(dim), num_positive_pairs=int(len(positives)),
+        num_negative_pairs=int(num_neg), search_seconds=seconds,
+        gflops_per_s=2.0 * num_probes * num_distractors * dim / seconds / 1e9 if seconds > 0 else float("nan"))

@@ -1,0 +1,131 @@
+"""LFW pairs.txt parsing and the restricted .bin unpickler (including a malicious pickle that must not run)."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from mobiface_tf.data.verification import list_identities, read_bin, read_lfw_pairs
+
+
+def _fake_lfw(root, names_counts):
+    for name, count in names_counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(1, count + 1):
+            (root / name / f"{name}_{i:04d}.jpg").write_bytes(b"x")
+    return root
+
+
+def _write_pairs(path, folds, per_class, same_line="A\t1\t2", diff_line="A\t1\tB\t1"):
+    lines = [f"{folds}\t{per_class}"]
+    for _ in range(folds):
+        lines += [same_line] * per_class + [diff_line] * per_class
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_pairs_folds_and_paths(tmp_path):
+    lfw = _fake_lfw(tmp_path / "lfw", {"A": 2, "B": 1})
+    pairs = read_lfw_pairs(_write_pairs(tmp_path / "pairs.txt", 3, 2), lfw)
+    assert len(pairs) == 12
+    assert [p.fold for p in pairs] == [0] * 4 + [1] * 4 + [2] * 4
+    assert [p.issame for p in pairs[:4]] == [True, True, False, False]
+    assert pairs[0].path_b == lfw / "A" / "A_0002.jpg"
+    assert pairs[2].path_b == lfw / "B" / "B_0001.jpg"
+
+
+def test_pairs_errors(tmp_path):
+    lfw = _fake_lfw(tmp_path / "lfw", {"A": 2, "B": 1})
+    bad_header = tmp_path / "h.txt"
+    bad_header.write_text("ten folds\nA\t1\t2\n")
+    with pytest.raises(ValueError, match="header"):
+        read_lfw_pairs(bad_header, lfw)
+    short = _write_pairs(tmp_path / "short.txt", 2, 2)
+    short.write_text(short.read_text().replace("2\t2", "3\t2", 1))
+    with pytest.raises(ValueError, match="announces 12 pair lines but the file has 8"):
+        read_lfw_pairs(short, lfw)
+    swapped = _write_pairs(tmp_path / "swapped.txt", 1, 1, same_line="A\t1\tB\t1")
+    with pytest.raises(ValueError, match=r"swapped.txt:2: expected a same-person line"):
+        read_lfw_pairs(swapped, lfw)
+    bad_index = _write_pairs(tmp_path / "idx.txt", 1, 1, same_line="A\tone\t2")
+    with pytest.raises(ValueError, match="'one' is not a positive integer"):
+        read_lfw_pairs(bad_index, lfw)
+    missing = _write_pairs(tmp_path / "missing.txt", 1, 1, same_line="A\t1\t7")
+    with pytest.raises(FileNotFoundError, match="1 image.*A_0007.jpg"):
+        read_lfw_pairs(missing, lfw)
+    with pytest.raises(FileNotFoundError, match="pairs file not found"):
+        read_lfw_pairs(tmp_path / "nope.txt", lfw)
+
+
+def test_list_identities(tmp_path):
+    lfw = _fake_lfw(tmp_path / "lfw", {"A": 5, "B": 1, "C": 3})
+    people = list_identities(lfw, min_images=2, max_per_identity=4)
+    assert [(n, len(f)) for n, f in people] == [("A", 4), ("C", 3)]
+    assert [(n, len(f)) for n, f in list_identities(lfw, max_images=6)] == [("A", 5)]
+
+
+def test_real_pairs_file(lfw_pairs, lfw_dir):
+    pairs = read_lfw_pairs(lfw_pairs, lfw_dir)
+    assert len(pairs) == 6000
+    for fold in range(10):
+        in_fold = [p for p in pairs if p.fold == fold]
+        assert len(in_fold) == 600 and sum(p.issame for p in in_fold) == 300
+    assert pairs[0].path_a.name == "Abel_Pacheco_0001.jpg" and pairs[0].path_b.name == "Abel_Pacheco_0004.jpg"
+    assert len({p for pair in pairs for p in (pair.path_a, pair.path_b)}) > 7000
+
+
+# ---------------------------------------------------------------- .bin
+
+
+def test_bin_roundtrip_plain_and_numpy(tmp_path):
+    images = [bytes([i]) * 10 for i in range(4)]
+    for issame in ([True, False], np.array([True, False])):
+        for protocol in (2, 4):
+            path = tmp_path / f"ok_{type(issame).__name__}_{protocol}.bin"
+            path.write_bytes(pickle.dumps((images, issame), protocol=protocol))
+            got_images, got_issame = read_bin(path)
+            assert got_images == images
+            assert got_issame.dtype == bool and got_issame.tolist() == [True, False]
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_bin_refuses_code_execution(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.bin"
+    path.write_bytes(pickle.dumps(([b"a", b"b"], [_Exploit(marker)])))
+    # Sanity: the payload really is live, i.e. plain pickle would run it.
+    pickle.loads(path.read_bytes())
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load global (posix|os|nt)\.system"):
+        read_bin(path)
+    assert not marker.exists()
+
+
+def test_bin_refuses_object_arrays_and_bad_layout(tmp_path):
+    path = tmp_path / "obj.bin"
+    path.write_bytes(pickle.dumps(([b"a", b"b"], np.array([True], dtype=object))))
+    with pytest.raises(pickle.UnpicklingError, match="object dtype"):
+        read_bin(path)
+    path.write_bytes(pickle.dumps(([b"a", b"b", b"c"], [True])))
+    with pytest.raises(ValueError, match="3 images for 1 pairs"):
+        read_bin(path)
+    path.write_bytes(pickle.dumps({"images": []}))
+    with pytest.raises(ValueError, match="expected a \\(images, issame\\) pair"):
+        read_bin(path)
+
+
+def test_real_bin(bin_file):
+    import cv2
+
+    images, issame = read_bin(bin_file)
+    assert len(images) == 1498 and issame.shape == (749,) and issame.all()
+    first = cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_COLOR)
+    assert first.shape == (112, 112, 3)

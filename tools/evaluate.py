@@ -1,0 +1,96 @@
+"""Face verification on LFW View 2 (pairs.txt) and/or an InsightFace .bin, 10-fold protocol.
+
+    python tools/evaluate.py --model=../shared/data/models/mobilefacenet_insightface_fp32.tflite \
+        --lfw_dir=../shared/data/lfw/lfw-112x112 --pairs=../shared/data/lfw/pairs.txt --flip
+
+Prints accuracy ± std, the threshold and TAR@FAR; writes a JSON report, an ROC PNG and the threshold
+sidecar (<model>.eval.json) that the verify/identify CLIs read.
+"""
+import json
+import logging
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+from mobiface_tf import embedder as embedder_lib
+from mobiface_tf import evaluate as ev
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, ".keras file, SavedModel directory or .tflite file", required=True)
+flags.DEFINE_string("lfw_dir", None, "LFW images <Name>/<Name>_NNNN.jpg (with --pairs)")
+flags.DEFINE_string("pairs", None, "LFW View 2 pairs.txt (with --lfw_dir)")
+flags.DEFINE_string("bin", None, "InsightFace verification .bin (read with a restricted unpickler)")
+flags.DEFINE_bool("flip", False, "flip test: embed image + mirror, sum, L2-normalise")
+flags.DEFINE_bool("realign", False, "re-align every image with MTCNN to the ArcFace template before embedding")
+flags.DEFINE_string("output", None, "JSON report path (default: ./eval_<model name>.json)")
+flags.DEFINE_string("roc_png", None, "ROC curve PNG path (default: the report path with .roc.png)")
+flags.DEFINE_enum("preprocess", "raw", sorted(embedder_lib.PREPROCESS), "input convention the model expects")
+flags.DEFINE_integer("batch_size", 64, "images per forward pass", lower_bound=1)
+flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads (default: LiteRT's choice)", lower_bound=1)
+flags.DEFINE_bool("write_sidecar", True, "write the threshold next to the model (<model>.eval.json)")
+flags.DEFINE_bool("progress", True, "show a progress bar")
+
+
+def _summary(name, report):
+    tars = ", ".join(f"FAR={k}: " + (f"{v:.4f}" if v is not None else "n/a") for k, v in report["tar_at_far"].items())
+    return (f"{name}: accuracy {report['accuracy']:.4f} ± {report['accuracy_std']:.4f} over {report['num_pairs']} pairs "
+            f"(10-fold), threshold {report['threshold']:.4f}; TAR@{tars}")
+
+
+def main(argv):
+    del argv
+    if not FLAGS.bin and not (FLAGS.lfw_dir and FLAGS.pairs):
+        raise app.UsageError("give --lfw_dir and --pairs (LFW View 2), and/or --bin=FILE")
+    if bool(FLAGS.lfw_dir) != bool(FLAGS.pairs):
+        raise app.UsageError(f"--lfw_dir ({FLAGS.lfw_dir!r}) and --pairs ({FLAGS.pairs!r}) go together")
+    model_path = Path(FLAGS.model)
+    output = Path(FLAGS.output or f"eval_{model_path.name}.json")
+    roc_png = Path(FLAGS.roc_png) if FLAGS.roc_png else output.with_suffix(".roc.png")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    emb = embedder_lib.load_embedder(model_path, FLAGS.preprocess, FLAGS.batch_size, FLAGS.num_threads)
+    aligner = None
+    if FLAGS.realign:
+        from mobiface_tf.align import FaceAligner  # MTCNN is heavy: only load it when asked
+
+        aligner = FaceAligner()
+    meta = dict(model=str(model_path), preprocess=FLAGS.preprocess,
+                protocol="LFW View 2 10-fold: threshold fit on 9 folds, accuracy on the held-out fold")
+
+    reports = {}
+    if FLAGS.pairs:
+        report, scores, issame = ev.evaluate_lfw(emb, FLAGS.pairs, FLAGS.lfw_dir, FLAGS.flip, aligner,
+                                                 progress=FLAGS.progress, **meta)
+        report["roc_png"] = str(ev.save_roc_png(scores, issame, roc_png, f"{model_path.name} on LFW"))
+        reports["lfw"] = report
+    if FLAGS.bin:
+        report, scores, issame = ev.evaluate_bin(emb, FLAGS.bin, FLAGS.flip, aligner, progress=FLAGS.progress, **meta)
+        png = roc_png if not reports else roc_png.with_name(roc_png.stem.replace(".roc", "") + ".bin.roc.png")
+        report["roc_png"] = str(ev.save_roc_png(scores, issame, png, f"{model_path.name} on {Path(FLAGS.bin).name}"))
+        reports["bin"] = report
+
+    # The first dataset given (LFW when present) is the report's top level and the sidecar's source.
+    primary_name = next(iter(reports))
+    final = dict(reports[primary_name])
+    for name, rep in reports.items():
+        if name != primary_name:
+            final[name] = rep
+        print(_summary(name, rep))
+    if FLAGS.write_sidecar:
+        written = ev.write_sidecar(model_path, final, fallback_dir=output.parent)
+        final["sidecar"] = str(written) if written else None
+        if written is None:
+            logging.warning("threshold sidecar not written anywhere; pass --threshold=%.4f to the CLIs", final["threshold"])
+        elif written != ev.sidecar_path(model_path):
+            print(f"note: {model_path.parent} is not writable; threshold sidecar written to {written} "
+                  f"(pass --threshold={final['threshold']:.4f} to the verify/identify CLIs)")
+    output.write_text(json.dumps(final, indent=2) + "\n")
+    print(f"report: {output}  roc: {final['roc_png']}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
