@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -266,10 +267,18 @@ def sidecar_path(model_path) -> Path:
     return Path(str(Path(model_path)) + ".eval.json")
 
 
+def _writable_dir(folder: Path) -> bool:
+    """Writable by permission bits too: root ignores a read-only mode, but shared data must stay untouched."""
+    import stat
+
+    return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
+
+
 def write_sidecar(model_path, report: dict, fallback_dir=None) -> Path | None:
     """Write {"threshold", "accuracy", "dataset", ...} next to the model for the verify/identify CLIs.
 
-    If the model's folder is read-only (e.g. shared data), write it into `fallback_dir` instead and
+    If the model's folder is read-only (e.g. shared data; judged by its mode bits, so even root leaves it
+    alone), write it into `fallback_dir` instead and
     return that path; returns None when neither location is writable. Never raises on I/O errors.
     """
     import logging
@@ -282,6 +291,9 @@ def write_sidecar(model_path, report: dict, fallback_dir=None) -> Path | None:
     if fallback_dir is not None:
         targets.append(Path(fallback_dir) / sidecar_path(model_path).name)
     for target in targets:
+        if not _writable_dir(target.parent):
+            logging.warning("not writing threshold sidecar into %s: the folder is read-only", target.parent)
+            continue
         try:
             target.write_text(json.dumps(payload, indent=2) + "\n")
             return target

@@ -1,0 +1,219 @@
+"""10-fold verification (cross-checked against brute force), TAR@FAR, ROC, sidecar, the CLI, and the real LFW check."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobiface_tf import evaluate as ev
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _random_scores(rng, n_per_fold=60, folds=10, sep=0.35):
+    issame = np.tile(np.r_[np.ones(n_per_fold // 2, bool), np.zeros(n_per_fold // 2, bool)], folds)
+    scores = rng.normal(0, 0.2, issame.size) + sep * issame
+    return scores, issame, np.repeat(np.arange(folds), n_per_fold)
+
+
+def _brute_force_ten_fold(scores, issame, folds, candidates_fn):
+    """Independent formulation: pure Python loops over candidate thresholds, first maximum wins."""
+    accs, thresholds = [], []
+    for f in sorted(set(folds.tolist())):
+        train = [(s, y) for s, y, g in zip(scores.tolist(), issame.tolist(), folds.tolist()) if g != f]
+        test = [(s, y) for s, y, g in zip(scores.tolist(), issame.tolist(), folds.tolist()) if g == f]
+        best_t, best_correct = None, -1
+        for t in candidates_fn([s for s, _ in train]):
+            correct = sum((s > t) == y for s, y in train)
+            if correct > best_correct:
+                best_t, best_correct = t, correct
+        thresholds.append(best_t)
+        accs.append(sum((s > best_t) == y for s, y in test) / len(test))
+    return accs, thresholds
+
+
+def _midpoints(train_scores):
+    u = sorted(set(train_scores))
+    return [u[0] - 1.0] + [(a + b) / 2 for a, b in zip(u, u[1:])] + [u[-1] + 1.0]
+
+
+def test_ten_fold_matches_brute_force_midpoints():
+    rng = np.random.default_rng(0)
+    scores, issame, folds = _random_scores(rng)
+    report = ev.ten_fold_verification(scores, issame, folds)
+    accs, thresholds = _brute_force_ten_fold(scores, issame, folds, _midpoints)
+    assert report["fold_accuracies"] == pytest.approx(accs, abs=0)
+    assert report["fold_thresholds"] == pytest.approx(thresholds, abs=1e-12)
+    assert report["accuracy"] == pytest.approx(np.mean(accs))
+    assert report["accuracy_std"] == pytest.approx(np.std(accs))
+    assert 0.7 < report["accuracy"] < 1.0  # separable-ish data, not a degenerate case
+
+
+def test_ten_fold_matches_fine_grid_on_lattice_scores():
+    """Scores on a 0.01 lattice: a fixed grid at lattice midpoints is an independent, exhaustive search."""
+    rng = np.random.default_rng(1)
+    scores, issame, folds = _random_scores(rng, n_per_fold=200)
+    scores = np.round(np.clip(scores, -0.3, 0.6), 2)
+    grid = np.round(np.arange(-0.305, 0.61, 0.01), 3).tolist()
+    # Every lattice value appears in every training split, so exact midpoints == grid points.
+    for f in range(10):
+        assert len(np.unique(scores[folds != f])) == 91
+    report = ev.ten_fold_verification(scores, issame, folds)
+    accs, thresholds = _brute_force_ten_fold(scores, issame, folds, lambda _: grid)
+    assert report["fold_accuracies"] == accs
+    assert report["fold_thresholds"] == pytest.approx(thresholds, abs=1e-9)
+
+
+def test_best_threshold_simple_cases():
+    assert ev.best_threshold([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == (pytest.approx(0.5), 1.0)
+    t, acc = ev.best_threshold([0.5, 0.5], [True, False])  # a tie cannot be split
+    assert acc == 0.5
+    t, acc = ev.best_threshold([0.3, 0.4], [True, True])
+    assert acc == 1.0 and t < 0.3
+    with pytest.raises(ValueError, match="equal-length"):
+        ev.best_threshold([0.1], [True, False])
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        ev.ten_fold_verification([0.1, 0.2], [True, False], [0, 0])
+
+
+def test_tar_at_far_and_honest_nulls():
+    neg = np.linspace(0.0, 0.5, 1000)           # 1000 negatives
+    pos = np.r_[np.full(90, 0.6), np.full(10, 0.45)]
+    scores = np.r_[neg, pos]
+    issame = np.r_[np.zeros(1000, bool), np.ones(100, bool)]
+    out = ev.tar_at_far(scores, issame, fars=(1e-1, 1e-2, 1e-3, 1e-4))
+    # FAR 1e-2: 10 false accepts allowed -> threshold = 11th highest negative.
+    assert out["0.01"]["threshold"] == pytest.approx(np.sort(neg)[::-1][10])
+    assert out["0.01"]["far"] <= 0.01 and out["0.01"]["tar"] == pytest.approx(0.9)
+    assert out["0.1"]["tar"] == 1.0 and out["0.1"]["far"] <= 0.1
+    assert out["0.001"]["far"] <= 0.001
+    assert out["0.0001"]["tar"] is None and "10000 negative pairs" in out["0.0001"]["reason"]
+
+
+def test_roc_curve_endpoints():
+    fpr, tpr = ev.roc_curve([0.9, 0.8, 0.8, 0.1], [True, False, True, False])
+    assert (fpr[0], tpr[0]) == (0, 0) and (fpr[-1], tpr[-1]) == (1, 1)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert len(fpr) == 4  # tied scores give one point
+
+
+def test_report_roc_and_sidecar(tmp_path):
+    rng = np.random.default_rng(2)
+    scores, issame, folds = _random_scores(rng)
+    report = ev.verification_report(scores, issame, folds, dataset="synthetic", model="m")
+    for key in ("accuracy", "accuracy_std", "threshold", "tar_at_far", "num_pairs"):
+        assert key in report
+    assert report["num_pairs"] == 600 and set(report["tar_at_far"]) == {"0.1", "0.01", "0.001"}
+    assert report["tar_at_far"]["0.001"] is None  # 300 negatives cannot measure 1e-3
+    json.dumps(report)  # serialisable
+    png = ev.save_roc_png(scores, issame, tmp_path / "roc.png", "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"")
+    assert ev.read_threshold(model) is None
+    assert ev.write_sidecar(model, report) == ev.sidecar_path(model) == tmp_path / "m.tflite.eval.json"
+    assert ev.read_threshold(model) == pytest.approx(report["threshold"])
+    assert json.loads(ev.sidecar_path(model).read_text())["dataset"] == "synthetic"
+
+
+def test_sidecar_falls_back_when_model_dir_is_read_only(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    model = ro / "m.tflite"
+    model.write_bytes(b"")
+    ro.chmod(0o555)
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        written = ev.write_sidecar(model, {"threshold": 0.3}, fallback_dir=out)
+        assert written == out / "m.tflite.eval.json"
+        assert not ev.sidecar_path(model).exists()
+    finally:
+        ro.chmod(0o755)
+
+
+# ---------------------------------------------------------------- real LFW with the reference models
+
+
+def _mini_pairs(lfw_pairs, path, per_class):
+    """The first `per_class` same and different lines of every fold of the real pairs.txt."""
+    lines = lfw_pairs.read_text().splitlines()
+    out = [f"10\t{per_class}"]
+    for fold in range(10):
+        block = lines[1 + fold * 600: 1 + (fold + 1) * 600]
+        out += block[:per_class] + block[300:300 + per_class]
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_cli_on_real_lfw_subset(tmp_path, reference_tflite, lfw_dir, lfw_pairs):
+    pairs = _mini_pairs(lfw_pairs, tmp_path / "pairs_mini.txt", 5)
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "evaluate.py"), f"--model={reference_tflite}", f"--lfw_dir={lfw_dir}",
+         f"--pairs={pairs}", "--flip", f"--output={out}", "--progress=false"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["num_pairs"] == 100 and report["flip"] is True and report["realign"] is False
+    assert report["accuracy"] >= 0.9
+    assert "accuracy" in proc.stdout and str(out) in proc.stdout
+    assert Path(report["roc_png"]).is_file()
+    # ../shared/data is read-only: the sidecar lands next to the report instead, never in shared data.
+    assert report["sidecar"] == str(tmp_path / f"{reference_tflite.name}.eval.json")
+    assert not ev.sidecar_path(reference_tflite).exists()
+    assert json.loads(Path(report["sidecar"]).read_text())["threshold"] == report["threshold"]
+
+
+@pytest.fixture(scope="module")
+def lfw_embeddings(reference_tflite, reference_tflite_uint8, lfw_dir, lfw_pairs):
+    """Embed each image referenced by pairs.txt once per model (fp32: image and mirror; uint8: image)."""
+    from mobiface_tf.data.verification import read_image_rgb, read_lfw_pairs
+    from mobiface_tf.embedder import load_embedder
+
+    pairs = read_lfw_pairs(lfw_pairs, lfw_dir)
+    unique = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
+    index = {p: i for i, p in enumerate(unique)}
+    images = np.stack([read_image_rgb(p) for p in unique])
+    fp32 = load_embedder(reference_tflite, num_threads=2)
+    uint8 = load_embedder(reference_tflite_uint8, num_threads=2)
+    emb = {
+        "fp32": fp32.embed_raw(images),
+        "fp32_mirror": fp32.embed_raw(images[:, :, ::-1]),
+        "uint8": uint8.embed_raw(images),
+    }
+    a = np.array([index[p.path_a] for p in pairs])
+    b = np.array([index[p.path_b] for p in pairs])
+    return emb, a, b, np.array([p.issame for p in pairs]), np.array([p.fold for p in pairs])
+
+
+def _accuracy(emb, a, b, issame, folds):
+    from mobiface_tf.embedder import l2_normalize
+
+    e = l2_normalize(emb)
+    return ev.verification_report(ev.cosine_scores(e[a], e[b]), issame, folds)
+
+
+@pytest.mark.slow
+def test_reference_fp32_lfw_accuracy(lfw_embeddings):
+    emb, a, b, issame, folds = lfw_embeddings
+    plain = _accuracy(emb["fp32"], a, b, issame, folds)
+    flip = _accuracy(emb["fp32"] + emb["fp32_mirror"], a, b, issame, folds)
+    print(f"\nfp32 LFW 10-fold: {plain['accuracy']:.4f} ± {plain['accuracy_std']:.4f}; "
+          f"flip {flip['accuracy']:.4f} ± {flip['accuracy_std']:.4f}; TAR@FAR {flip['tar_at_far']}")
+    assert 0.990 <= plain["accuracy"] <= 0.995
+    assert 0.990 <= flip["accuracy"] <= 0.995
+    assert plain["num_pairs"] == 6000 and plain["tar_at_far"]["0.001"] is not None
+
+
+@pytest.mark.slow
+def test_reference_uint8_lfw_accuracy(lfw_embeddings):
+    emb, a, b, issame, folds = lfw_embeddings
+    q = _accuracy(emb["uint8"], a, b, issame, folds)
+    f = _accuracy(emb["fp32"], a, b, issame, folds)
+    print(f"\nuint8 LFW 10-fold: {q['accuracy']:.4f} ± {q['accuracy_std']:.4f} (fp32 {f['accuracy']:.4f})")
+    # The publisher's uint8 model is lossy (~0.979 measured by a probe): clearly useful, clearly below fp32.
+    assert 0.95 < q["accuracy"] < f["accuracy"]
