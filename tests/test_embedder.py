@@ -1,0 +1,93 @@
+"""One embed() API over .keras, SavedModel and .tflite, checked against the model's own outputs."""
+import numpy as np
+import pytest
+
+from mobiface_tf.embedder import PREPROCESS, l2_normalize, load_embedder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny raw-RGB-0..255 model saved three ways, plus a few random images and its direct outputs."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((112, 112, 3))
+    x = keras.layers.Rescaling(1 / 128.0, offset=-127.5 / 128.0)(inputs)  # our models' first layer
+    x = keras.layers.Conv2D(8, 3, strides=4, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(16)(x))
+    root = tmp_path_factory.mktemp("tiny")
+    model.save(root / "tiny.keras")
+    model.export(str(root / "saved"), verbose=False)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    (root / "tiny.tflite").write_bytes(converter.convert())
+    images = np.random.default_rng(0).integers(0, 256, (7, 112, 112, 3), dtype=np.uint8)
+    direct = lambda x: np.asarray(model(np.asarray(x, np.float32), training=False))  # noqa: E731
+    return root, images, direct
+
+
+@pytest.mark.parametrize("rel", ["tiny.keras", "saved", "tiny.tflite"])
+def test_formats_match_direct_outputs(tiny, rel):
+    root, images, direct = tiny
+    emb = load_embedder(root / rel, batch_size=3)  # 7 images: two full batches and a partial one
+    assert emb.embedding_dim == 16
+    got = emb.embed(images)
+    assert got.shape == (7, 16) and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got, l2_normalize(direct(images)), atol=1e-4)
+    flipped = emb.embed(images, flip=True)
+    np.testing.assert_allclose(flipped, l2_normalize(direct(images) + direct(images[:, :, ::-1])), atol=1e-4)
+    assert not np.allclose(flipped, got, atol=1e-3)  # the mirror really changes something
+    np.testing.assert_allclose(emb.embed(images[0]), got[:1], atol=1e-6)  # a single HxWx3 image
+
+
+def test_preprocess_modes(tiny):
+    root, images, direct = tiny
+    x = images.astype(np.float32)
+    for name, expect in [("bgr", x[..., ::-1]), ("minus1to1", (x - 127.5) / 127.5),
+                         ("bgr_minus1to1", (x[..., ::-1] - 127.5) / 127.5), ("zero_one", x / 255.0),
+                         ("arcface", (x - 127.5) / 128.0)]:
+        np.testing.assert_allclose(PREPROCESS[name](x), expect)
+        got = load_embedder(root / "tiny.keras", preprocess=name).embed(images)
+        np.testing.assert_allclose(got, l2_normalize(direct(expect)), atol=1e-4, err_msg=name)
+
+
+def test_clear_errors(tiny, tmp_path):
+    root, images, _ = tiny
+    with pytest.raises(FileNotFoundError, match="model not found: '.*nope.tflite'"):
+        load_embedder(tmp_path / "nope.tflite")
+    (tmp_path / "m.onnx").write_bytes(b"\0")
+    with pytest.raises(ValueError, match="unknown model format '.*m.onnx'"):
+        load_embedder(tmp_path / "m.onnx")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(ValueError, match="without saved_model.pb"):
+        load_embedder(tmp_path / "empty_dir")
+    with pytest.raises(ValueError, match="unknown preprocess 'rgb255'"):
+        load_embedder(root / "tiny.tflite", preprocess="rgb255")
+    emb = load_embedder(root / "tiny.tflite")
+    with pytest.raises(ValueError, match=r"images are \(64, 64, 3\) but model .* expects \(112, 112, 3\)"):
+        emb.embed(np.zeros((2, 64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\[N, H, W, 3\] RGB, got shape \(2, 112, 112, 1\)"):
+        emb.embed(np.zeros((2, 112, 112, 1), np.uint8))
+
+
+def test_reference_models_fp32_and_uint8(reference_tflite, reference_tflite_uint8, lfw_dir):
+    """Real faces: the publisher's uint8 model (quantised input and output) agrees with fp32 on direction.
+
+    Its quantisation is lossy: cosine(fp32, uint8) is ~0.86 per image (and the zero point 122 the model
+    declares is the one that maximises it), far above the ~0 of unrelated vectors.
+    """
+    from mobiface_tf.data.verification import read_image_rgb
+
+    person = lfw_dir / "Aaron_Peirsol"
+    images = np.stack([read_image_rgb(p) for p in sorted(person.glob("*.jpg"))[:3]] +
+                      [read_image_rgb(lfw_dir / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg")])
+    fp32 = load_embedder(reference_tflite, num_threads=1)
+    uint8 = load_embedder(reference_tflite_uint8, num_threads=1)
+    assert fp32.embedding_dim == uint8.embedding_dim == 128
+    a, b = fp32.embed(images), uint8.embed(images)
+    agreement = np.sum(a * b, axis=1)
+    assert np.all(agreement > 0.8), agreement
+    for s in (a @ a.T, b @ b.T):  # both models: same person scores well above a different one
+        assert min(s[0, 1], s[0, 2]) > s[0, 3] + 0.2, s
