@@ -84,6 +84,7 @@ def main(argv):
     t0 = time.perf_counter()
     distractors = ident.random_unit_vectors(FLAGS.num_distractors, dim, seed=FLAGS.seed)
     gen_seconds = time.perf_counter() - t0
+    rss_generated = _peak_rss_mb()
 
     peak = sgemm_gflops(threads=FLAGS.threads)
     result = ident.megaface_identification(emb, labels, distractors, far=FLAGS.far, chunk_size=FLAGS.chunk_size,
@@ -95,7 +96,8 @@ def main(argv):
                distractor_bytes=int(distractors.nbytes), probe_embed_seconds=probe_seconds,
                distractor_generate_seconds=gen_seconds, sgemm_gflops=sgemm, sgemm_gflops_before=peak,
                sgemm_gflops_after=peak_after, fraction_of_sgemm=result.gflops_per_s / sgemm,
-               peak_rss_mb=_peak_rss_mb(), peak_rss_mb_before_distractors=rss_before)
+               peak_rss_mb=_peak_rss_mb(), peak_rss_mb_before_distractors=rss_before,
+               peak_rss_mb_after_generation=rss_generated)
     tar = "n/a (" + result.reason + ")" if result.tar_at_far is None else f"{result.tar_at_far:.4f}"
     print(f"probes: {source}: {result.num_probes} images, {result.num_rank1_trials} rank-1 trials, "
           f"{result.num_positive_pairs} positive pairs")
@@ -104,7 +106,8 @@ def main(argv):
     print(f"rank-1: {result.rank1:.4f}   TAR@FAR={FLAGS.far:g}: {tar}")
     print(f"search: {result.search_seconds:.2f} s, {result.gflops_per_s:.1f} GFLOP/s = "
           f"{out['fraction_of_sgemm']:.0%} of sgemm {sgemm:.1f} GFLOP/s ({FLAGS.threads} thread(s))")
-    print(f"peak RSS: {out['peak_rss_mb']:.0f} MB (before distractors: {rss_before:.0f} MB)")
+    print(f"peak RSS: {out['peak_rss_mb']:.0f} MB (before distractors: {rss_before:.0f} MB, "
+          f"after generating them: {rss_generated:.0f} MB)")
     if FLAGS.output:
         Path(FLAGS.output).write_text(json.dumps(out, indent=2) + "\n")
 

@@ -1,0 +1,110 @@
+"""MegaFace-style identification: chunked search vs a direct full-matrix reference, and the benchmark CLI."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobiface_tf import identification as ident
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _probes(rng, num_ids=10, per_id=4, dim=32, noise=1.2):
+    centres = rng.standard_normal((num_ids, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(num_ids), per_id)
+    emb = centres[labels] + noise / np.sqrt(dim) * rng.standard_normal((len(labels), dim)).astype(np.float32)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True), labels
+
+
+def _reference(emb, labels, distractors, far):
+    """Direct formulation: the whole probe x distractor score matrix, explicit loops over trials."""
+    scores = emb @ distractors.T
+    rank1_hits, trials, positives = 0, 0, []
+    for p in range(len(emb)):
+        for g in range(len(emb)):
+            if p != g and labels[p] == labels[g]:
+                trials += 1
+                rank1_hits += float(emb[p] @ emb[g]) > scores[p].max()
+                if p < g:
+                    positives.append(float(emb[p] @ emb[g]))
+    negatives = np.sort(scores.ravel())[::-1]
+    k = int(np.floor(far * negatives.size + 1e-9))
+    threshold = negatives[k]
+    return rank1_hits / trials, trials, float(np.mean(np.array(positives) > threshold)), float(threshold)
+
+
+@pytest.mark.parametrize("chunk_size", [777, 100_000])
+def test_chunked_search_matches_reference(chunk_size):
+    rng = np.random.default_rng(0)
+    emb, labels = _probes(rng)
+    distractors = ident.random_unit_vectors(5000, 32, seed=1, chunk_size=1234)
+    res = ident.megaface_identification(emb, labels, distractors, far=1e-3, chunk_size=chunk_size)
+    rank1, trials, tar, threshold = _reference(emb, labels, distractors, 1e-3)
+    assert 0.05 < rank1 < 0.95 and 0.05 < tar < 0.95  # a non-trivial case
+    assert res.num_rank1_trials == trials == 10 * 4 * 3
+    assert res.rank1 == pytest.approx(rank1)
+    assert res.threshold == pytest.approx(threshold, abs=1e-6)
+    assert res.tar_at_far == pytest.approx(tar)
+    assert res.achieved_far <= 1e-3
+    assert res.num_negative_pairs == 40 * 5000 and res.num_positive_pairs == 10 * 6
+    assert res.gflops_per_s > 0
+
+
+def test_iterable_distractors_and_errors():
+    rng = np.random.default_rng(3)
+    emb, labels = _probes(rng, dim=16)
+    array = ident.random_unit_vectors(3000, 16, seed=5, chunk_size=500)
+    from_array = ident.megaface_identification(emb, labels, array, far=1e-3, chunk_size=500)
+    streamed = ident.megaface_identification(emb, labels, ident.random_unit_chunks(3000, 16, seed=5, chunk_size=500),
+                                             far=1e-3, chunk_size=500, num_distractors=3000)
+    assert (streamed.rank1, streamed.tar_at_far) == (from_array.rank1, from_array.tar_at_far)
+    np.testing.assert_allclose(np.linalg.norm(array, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="pass num_distractors"):
+        ident.megaface_identification(emb, labels, iter([array]))
+    with pytest.raises(ValueError, match=r"distractors must be \[N, 16\].*\(3000, 8\)"):
+        ident.megaface_identification(emb, labels, array[:, :8])
+    with pytest.raises(ValueError, match="got 3000 distractors but num_distractors=4000"):
+        ident.megaface_identification(emb, labels, iter([array]), chunk_size=5000, num_distractors=4000)
+
+
+def test_unmeasurable_far_is_none_with_reason():
+    rng = np.random.default_rng(4)
+    emb, labels = _probes(rng, dim=16)
+    res = ident.megaface_identification(emb, labels, ident.random_unit_vectors(100, 16), far=1e-6)
+    assert res.tar_at_far is None and res.threshold is None
+    assert "needs >= 1000000 negative pairs, have 4000" in res.reason
+    assert 0.0 <= res.rank1 <= 1.0
+
+
+def _bench(tmp_path, *args):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_identify.py"), f"--output={out}", *args],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_bench_cli_real_lfw_probes(tmp_path, reference_tflite, lfw_dir):
+    result, stdout = _bench(tmp_path, "--num_distractors=10000", "--max_probes=60", f"--model={reference_tflite}",
+                            f"--lfw_dir={lfw_dir}")
+    assert result["num_distractors"] == 10000 and result["dim"] == 128 and result["num_probes"] <= 60
+    assert result["probes"].startswith("LFW")
+    # Real faces against random directions: the right face almost always wins at this scale.
+    assert result["rank1"] > 0.9
+    assert result["tar_at_far"] is None and "needs >= 1000000" in result["reason"]  # 60 x 10k < 1e6 negatives
+    assert 0 < result["fraction_of_sgemm"] and result["peak_rss_mb"] > 0
+    assert "rank-1" in stdout and "of sgemm" in stdout
+
+
+def test_bench_cli_memory_stays_near_the_distractor_array(tmp_path, reference_tflite, lfw_dir):
+    """512-d synthetic probes vs 200k distractors (390 MiB): the search adds little on top of the array."""
+    result, _ = _bench(tmp_path, "--num_distractors=200000", "--dim=512", "--max_probes=200",
+                       f"--model={reference_tflite}", f"--lfw_dir={lfw_dir}")
+    assert result["probes"].startswith("synthetic") and result["dim"] == 512
+    assert result["tar_at_far"] is not None and result["achieved_far"] <= 1e-6
+    array_mb = result["distractor_bytes"] / 2**20
+    assert result["peak_rss_mb"] - result["peak_rss_mb_before_distractors"] < array_mb + 150, result
