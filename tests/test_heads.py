@@ -1,0 +1,119 @@
+"""Margin heads against an independent NumPy reference (arccos-based), plus the numerics at cos = +-1."""
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mobiface_tf.heads import MARGINS, MarginHead, margin_params, target_logit
+
+
+def np_logits(x, w, labels, s, m1, m2, m3):
+    """Reference: theta = arccos(cos) directly, fallback cos - (1 + cos(theta_t)) past theta_t."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    w = w / np.linalg.norm(w, axis=1, keepdims=True)
+    cos = np.clip(x @ w.T, -1.0, 1.0)
+    out = cos.copy()
+    theta_t = (math.pi - m2) / m1
+    for i, y in enumerate(labels):
+        theta = math.acos(cos[i, y])
+        if m1 * theta + m2 <= math.pi:
+            t = math.cos(m1 * theta + m2)
+        else:
+            t = cos[i, y] - (1 + math.cos(theta_t))
+        out[i, y] = t - m3
+    return s * out
+
+
+@pytest.mark.parametrize("margin", ["arcface", "cosface", "sphereface", "combined"])
+def test_matches_numpy_reference(margin):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 16)).astype(np.float32)
+    labels = rng.integers(0, 10, 64)
+    head = MarginHead(10, margin)
+    head.build((None, 16))
+    w = head.centres.numpy()
+    # Push some rows towards their centre and some against it, so both branches (and the fallback) run.
+    x[:16] = w[labels[:16]] * 50 + 0.01 * x[:16]
+    x[16:32] = -w[labels[16:32]] * 50 + 0.01 * x[16:32]
+    got = head(x, labels).numpy()
+    p = margin_params(margin)
+    want = np_logits(x.astype(np.float64), w.astype(np.float64), labels, p["s"], p["m1"], p["m2"], p["m3"])
+    np.testing.assert_allclose(got, want, atol=2e-3 * p["s"] / 64 + 1e-4, rtol=1e-4)
+    # Without labels: plain s*cos.
+    np.testing.assert_allclose(head(x).numpy(), np_logits(x, w, [], p["s"], 1, 0, 0), atol=1e-4)
+    if p["m2"] > 0 or p["m1"] > 1:  # the rows opposite their centre did exercise the fallback branch
+        cos = head.cosine(x).numpy()[np.arange(16, 32), labels[16:32]]
+        assert np.all(cos < math.cos((math.pi - p["m2"]) / p["m1"]))
+
+
+def test_presets_are_the_papers():
+    assert MARGINS["arcface"] == (1.0, 0.5, 0.0, 64.0)  # ArcFace s=64, m=0.5 (MobiFace's loss)
+    assert MARGINS["cosface"][2] == 0.35
+    assert margin_params("arcface", m2=0.3)["m2"] == 0.3
+    with pytest.raises(ValueError, match="unknown margin 'arc'"):
+        margin_params("arc")
+
+
+@pytest.mark.parametrize("m1,m2", [(1.0, 0.5), (1.35, 0.0), (1.0, 0.3), (2.0, 0.2)])
+def test_fallback_is_continuous_and_monotone(m1, m2):
+    cos = tf.constant(np.linspace(-1, 1, 20001), tf.float32)
+    t = target_logit(cos, m1, m2, 0.0).numpy()
+    # Monotone increasing in cos (= decreasing in theta) everywhere, no jump bigger than the grid step allows.
+    assert np.all(np.diff(t) >= -1e-6), "target logit must not get larger as the angle grows"
+    assert np.max(np.abs(np.diff(t))) < 0.05
+    assert t[-1] > t[0]
+
+
+@pytest.mark.parametrize("margin", ["arcface", "cosface", "sphereface", "combined", "softmax"])
+def test_gradients_finite_at_cos_plus_minus_one(margin):
+    head = MarginHead(4, margin)
+    head.build((None, 8))
+    w = head.centres.numpy()
+    # cos = +1 exactly (embedding == its centre) and cos = -1 exactly (embedding == -centre).
+    x = tf.constant(np.stack([w[0], -w[1], w[2] * 3, -w[3] * 7]), tf.float32)
+    labels = tf.constant([0, 1, 2, 3])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = head(x, labels)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    gx, gw = tape.gradient(loss, [x, head.centres])
+    assert np.isfinite(loss.numpy())
+    assert np.all(np.isfinite(gx.numpy())) and np.all(np.isfinite(gw.numpy()))
+
+
+def test_float32_under_mixed_precision():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        head = MarginHead(5, "arcface")
+        x = tf.constant(np.random.default_rng(1).normal(size=(3, 8)), tf.float16)
+        out = head(x, tf.constant([0, 1, 2]))
+        assert out.dtype == tf.float32 and head.centres.dtype == "float32"
+        assert np.all(np.isfinite(out.numpy()))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_softmax_is_plain_linear():
+    head = MarginHead(3, "softmax")
+    x = np.random.default_rng(2).normal(size=(4, 6)).astype(np.float32)
+    out = head(x, tf.constant([0, 1, 2, 0])).numpy()
+    np.testing.assert_allclose(out, x @ head.centres.numpy().T + head.bias.numpy(), atol=1e-5)
+
+
+def test_learns_a_separable_toy_problem():
+    """A few hundred SGD steps on 2-D points in 3 clusters: ArcFace logits must classify them."""
+    rng = np.random.default_rng(3)
+    centres = np.array([[1, 0], [-0.5, 0.87], [-0.5, -0.87]], np.float32)
+    y = rng.integers(0, 3, 300)
+    x = tf.constant(centres[y] + 0.2 * rng.normal(size=(300, 2)).astype(np.float32))
+    head = MarginHead(3, "arcface", s=16, m2=0.2)
+    head.build((None, 2))
+    opt = keras.optimizers.SGD(0.1, momentum=0.9)
+    for _ in range(100):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, head(x, y)))
+        opt.apply(tape.gradient(loss, head.trainable_variables), head.trainable_variables)
+    acc = np.mean(np.argmax(head(x).numpy(), 1) == y)
+    assert acc > 0.95, acc
