@@ -1,0 +1,71 @@
+"""Input-pipeline throughput: images/s per core for read + decode + flip + batch of 112x112 JPEG TFRecords.
+
+  python tools/bench_data.py [--lfw_dir=../shared/data/lfw/lfw-112x112] [--threads=1,2] [--seconds=5]
+
+Writes up to --num_images real LFW crops (or SYNTHETIC faces when the LFW folder is absent) into a temporary
+TFRecord shard set, then times mobiface_tf.data.pipeline.make_dataset(training=True) with a tf.data private
+threadpool of 1 and 2 threads. Prints a Markdown table; the ratio between rows is the scaling with cores.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("lfw_dir", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw" /
+                                   "lfw-112x112"), "Folder of 112x112 JPEGs <identity>/<image>.")
+flags.DEFINE_integer("num_images", 4096, "Images written to the temporary shards.", lower_bound=64)
+flags.DEFINE_list("threads", ["1", "2"], "tf.data threadpool sizes to time.")
+flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
+flags.DEFINE_float("seconds", 5.0, "Timed seconds per setting (after a warm-up).", lower_bound=0.5)
+
+
+def _write_shards(out_dir: str, num_images: int) -> str:
+    from mobiface_tf.data.synthetic import write_synthetic_tfrecords
+    from mobiface_tf.data.tfrecord import MANIFEST, AtomicShardWriter, make_example, shard_name, write_json_atomic
+    lfw = Path(FLAGS.lfw_dir)
+    if not lfw.is_dir():
+        write_synthetic_tfrecords(out_dir, max(1, num_images // 16), 16, seed=0, shards=8)
+        return f"SYNTHETIC ({num_images} generated faces; {lfw} not found)"
+    files = sorted(lfw.glob("*/*.jpg"))[:num_images]
+    writers = [AtomicShardWriter(os.path.join(out_dir, shard_name(s, 8))) for s in range(8)]
+    for i, f in enumerate(files):
+        writers[i % 8].write(make_example(f.read_bytes(), i % 1000, f.name))
+    shards = [{"file": shard_name(s, 8), "num_images": w.count, "bytes": w.commit()} for s, w in enumerate(writers)]
+    write_json_atomic(os.path.join(out_dir, MANIFEST), {"num_images": len(files), "num_classes": 1000,
+                                                        "class_names": [], "skipped": [], "shards": shards})
+    return f"LFW 112x112 JPEGs ({len(files)} from {lfw})"
+
+
+def _time(pattern: str, threads: int) -> float:
+    from mobiface_tf.data.pipeline import make_dataset
+    ds = make_dataset(pattern, FLAGS.batch_size, training=True, seed=0, shuffle_buffer=2048, threads=threads)
+    it = iter(ds)
+    for _ in range(10):  # warm-up: fill the shuffle buffer and let AUTOTUNE settle
+        next(it)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < FLAGS.seconds:
+        n += int(next(it)[0].shape[0])
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv):
+    del argv
+    with tempfile.TemporaryDirectory() as tmp:
+        what = _write_shards(tmp, FLAGS.num_images)
+        rows = [(int(t), _time(tmp, int(t))) for t in FLAGS.threads]
+    print(f"\n`{' '.join([os.path.basename(sys.executable), 'tools/bench_data.py'] + sys.argv[1:])}` "
+          f"on {os.cpu_count()} CPU cores; data: {what}; batch {FLAGS.batch_size}, training=True\n")
+    print("| threads | img/s | img/s per core | vs 1 thread |")
+    print("|---:|---:|---:|---:|")
+    for t, ips in rows:
+        print(f"| {t} | {ips:,.0f} | {ips / t:,.0f} | {ips / rows[0][1]:.2f}x |")
+
+
+if __name__ == "__main__":
+    app.run(main)
