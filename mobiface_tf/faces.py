@@ -1,0 +1,145 @@
+"""Photo -> aligned 112x112 face -> embedding: the shared path of the verify and identify CLIs.
+
+    model = load_model("model.tflite")                  # .keras, SavedModel dir or .tflite
+    crop = load_face("photo.jpg", FaceAligner())          # largest face, warped to the ArcFace template
+    emb = model.embed(crop[None])                         # [1, D], unit L2 norm
+    threshold, source = resolve_threshold("model.tflite") # sidecar from tools/evaluate.py, else the default
+
+Every failure a user can cause (missing model, unreadable photo, no face, bad crop size) raises `FaceError`
+whose message is one line naming the bad value and what to do; the CLIs print it and exit non-zero.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mobiface_tf.align import CROP_SIZE, DEFAULT_MAX_PIXELS, FaceAligner, ImageError, load_image_rgb
+
+# Cosine-similarity threshold used when the model has no evaluation sidecar (model + ".eval.json", written by
+# tools/evaluate.py). Two faces are "the same person" when cosine(emb_a, emb_b) > threshold.
+# Source: the reference InsightFace MobileFaceNet (../shared/data/models/mobilefacenet_insightface_fp32.tflite)
+# on LFW View 2 re-aligned by MTCNN (FaceAligner defaults, no flip): the threshold that maximises accuracy on
+# the 5,400 pairs of folds 2-10, i.e. chosen without seeing fold 1, which tests/test_verify.py then scores.
+# Measured by tools-free script in the cli helper's run (see README "verify"): best threshold 0.3050,
+# accuracy 99.48% on those 5,400 pairs. It suits that model; a model of your own should get its sidecar from
+# `tools/evaluate.py --model=PATH ...` (embedding spaces differ, so the threshold does too).
+DEFAULT_THRESHOLD = 0.305
+DEFAULT_THRESHOLD_SOURCE = ("default 0.305: best threshold of the reference MobileFaceNet on LFW folds 2-10 "
+                            "(MTCNN re-aligned); run tools/evaluate.py on your model for its own")
+
+# A crop passed with --aligned may be any size (it is resized), but must be roughly square: the ArcFace
+# template is square, and a 2:1 image is not an aligned face. AT&T's 92x112 (ratio 0.82) still passes.
+_ALIGNED_MAX_ASPECT = 1.3
+
+
+class FaceError(ValueError):
+    """A problem with the user's input; str(err) is the one-line message the CLIs print."""
+
+
+# ----------------------------------------------------------------------------------------------- model
+def load_model(path, preprocess: str = "raw", num_threads: int | None = None):
+    """load_embedder with its failures turned into one-line FaceErrors."""
+    from mobiface_tf.embedder import load_embedder
+
+    path = Path(path)
+    if not path.exists():
+        raise FaceError(f"model not found: {str(path)!r}. Pass --model=PATH to a .keras file, a SavedModel dir "
+                        "or a .tflite file")
+    try:
+        return load_embedder(path, preprocess=preprocess, num_threads=num_threads)
+    except (ValueError, OSError, RuntimeError, TypeError) as e:
+        # Keras, TF and LiteRT raise these on a file that is not a model; their text can span many lines.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FaceError(f"cannot load model {str(path)!r}: {first[:300]}") from None
+
+
+def model_fingerprint(path) -> str:
+    """sha256 of the model's bytes (every file of a SavedModel dir, in sorted order).
+
+    The gallery index is keyed by it: a retrained model written to the same path has other embeddings, which a
+    path + mtime key could miss (copies keep mtimes) and which a content hash cannot.
+    """
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def resolve_threshold(model_path, override: float | None = None) -> tuple[float, str]:
+    """(threshold, where it came from): --threshold, else the model's eval sidecar, else DEFAULT_THRESHOLD."""
+    from mobiface_tf.evaluate import read_threshold, sidecar_path
+
+    if override is not None:
+        if not -1.0 <= override <= 1.0:
+            raise FaceError(f"--threshold={override} is outside [-1, 1], the range of a cosine similarity")
+        return float(override), "--threshold"
+    try:
+        t = read_threshold(model_path)
+    except ValueError as e:  # includes json.JSONDecodeError
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FaceError(f"bad threshold sidecar {str(sidecar_path(model_path))!r} ({first}); fix or delete it, "
+                        "or pass --threshold=T") from None
+    if t is not None:
+        return t, f"sidecar {sidecar_path(model_path)}"
+    return DEFAULT_THRESHOLD, DEFAULT_THRESHOLD_SOURCE
+
+
+# ----------------------------------------------------------------------------------------------- faces
+def read_photo(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """uint8 RGB [H, W, 3]; FaceError on a missing, unreadable, non-image or oversized file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FaceError(f"image not found: {str(path)!r}" if not path.exists() else
+                        f"not a file: {str(path)!r}; pass an image file")
+    try:
+        return load_image_rgb(path, max_pixels=max_pixels)
+    except ImageError as e:
+        raise FaceError(str(e)) from None
+
+
+def prepare_aligned(image: np.ndarray, name: str, size: int = CROP_SIZE) -> np.ndarray:
+    """An already-aligned crop (--aligned): validated as roughly square, resized to size x size."""
+    h, w = image.shape[:2]
+    if max(h, w) / min(h, w) > _ALIGNED_MAX_ASPECT:
+        raise FaceError(f"{name} is {w}x{h}, not an aligned square face crop (e.g. 112x112); "
+                        "drop --aligned to detect and align the face")
+    if (h, w) != (size, size):
+        # INTER_AREA when shrinking avoids aliasing; bilinear when enlarging.
+        interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
+        image = cv2.resize(image, (size, size), interpolation=interp)
+    return image
+
+
+def face_from_image(image: np.ndarray, name: str, aligner: FaceAligner | None) -> tuple[np.ndarray, int]:
+    """(112x112x3 uint8 crop, number of faces found); aligner=None means the image is already aligned."""
+    if aligner is None:
+        return prepare_aligned(image, name), 1
+    result = aligner.align(image)
+    if result.crop is None:
+        h, w = image.shape[:2]
+        raise FaceError(f"{result.reason} in {name} ({w}x{h}); use a photo with a visible face, or --aligned "
+                        "if it is already an aligned crop")
+    return result.crop, result.num_faces
+
+
+def load_face(path, aligner: FaceAligner | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """Photo file -> (aligned crop, faces found). The largest, most central face wins (align.pick_face)."""
+    return face_from_image(read_photo(path, max_pixels), str(path), aligner)
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(os.fspath(path), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

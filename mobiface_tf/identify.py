@@ -1,0 +1,336 @@
+"""Who is this? Face identification against an enrolled gallery.
+
+    python -m mobiface_tf.identify --model=PATH --gallery=DIR --query=IMG [--query=IMG2 ...] [--top=K]
+
+The gallery is one folder per identity (DIR/<name>/<photo>). Each identity's template is the mean of the
+L2-normalised embeddings of its photos, renormalised (averaging unit vectors, as face templates are built in
+the IJB-style "template" protocols, keeps one sharp photo from dominating). A query's score against an identity
+is the cosine similarity to its template; the answer is the top-K identities, or "unknown" when even the best
+score is not above the threshold (same threshold as verify: --threshold, the model's sidecar, or the default).
+
+Enrolment is cached in an index file (default DIR/.mobiface_index.npz) holding one embedding per distinct photo
+content (sha256), plus the model's fingerprint (sha256 of its bytes) and embedding size. A rerun embeds only
+new or changed photos; deleted photos leave the index. The index is an .npz of plain arrays + a JSON string
+(no pickle), written to a temp file and renamed, so a crash never leaves half an index. An index that cannot
+be read is rebuilt with a warning; one built by another model or embedding size is an error (pass --index or
+--rebuild_index).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import dataclasses
+import errno
+import json
+import stat
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+from mobiface_tf.align import IMAGE_EXTENSIONS
+from mobiface_tf.faces import (FaceError, face_from_image, file_sha256, load_face, load_model, model_fingerprint,
+                               read_photo, resolve_threshold)
+
+INDEX_NAME = ".mobiface_index.npz"
+INDEX_VERSION = 1
+_EMBED_CHUNK = 256  # crops held in memory before embedding: 256 x 112x112x3 = 9.6 MB
+
+
+class IndexCorrupt(Exception):
+    """The index file exists but cannot be trusted; it is rebuilt."""
+
+
+@dataclasses.dataclass
+class Gallery:
+    names: list[str]            # identity folder names, sorted
+    templates: np.ndarray       # [K, D] float32, unit rows
+    num_images: list[int]       # photos behind each template
+    embedded: int               # photos embedded in this run
+    reused: int                 # photos whose embedding came from the index
+    removed: int                # index entries dropped because their photo is gone or changed
+    skipped: list[tuple[str, str]]  # (relative path, reason) of gallery photos without a usable face
+    index_path: Path
+    index_written: bool
+
+    def summary(self) -> str:
+        return (f"gallery: {len(self.names)} identities, {sum(self.num_images)} images "
+                f"(embedded {self.embedded} new, reused {self.reused}, removed {self.removed}, "
+                f"skipped {len(self.skipped)}); index {self.index_path}")
+
+
+# ----------------------------------------------------------------------------------------------- the index
+def model_key(model_path, embedder, aligned: bool) -> dict:
+    """What the cached embeddings depend on, besides each photo's bytes."""
+    return {"path": str(Path(model_path).resolve()), "sha256": model_fingerprint(model_path),
+            "embedding_dim": int(embedder.embedding_dim), "preprocess": embedder.preprocess, "aligned": bool(aligned)}
+
+
+def read_index(path: Path) -> tuple[dict, np.ndarray] | None:
+    """(meta, embeddings [N, D]) or None when there is no index; IndexCorrupt when it cannot be trusted."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"][()]))
+            emb = np.asarray(z["embeddings"], np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise IndexCorrupt(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(meta, dict) or meta.get("version") != INDEX_VERSION or not isinstance(meta.get("model"), dict):
+        raise IndexCorrupt(f"unknown index layout (version {meta.get('version') if isinstance(meta, dict) else '?'})")
+    entries = meta.get("entries")
+    dim = meta["model"].get("embedding_dim")
+    if emb.ndim != 2 or not isinstance(entries, dict) or emb.shape[1] != dim:
+        raise IndexCorrupt(f"embeddings {emb.shape} do not match the header (embedding_dim {dim})")
+    if any(not isinstance(r, int) or not 0 <= r < len(emb) for r in entries.values()) or not np.isfinite(emb).all():
+        raise IndexCorrupt("entries point outside the embedding table or embeddings are not finite")
+    if not isinstance(meta.get("failed", {}), dict):
+        raise IndexCorrupt("'failed' is not a mapping")
+    return meta, emb
+
+
+def write_index(path: Path, meta: dict, embeddings: np.ndarray) -> None:
+    """Atomic: write a temp file in the same folder, fsync, then rename over the old index."""
+    folder = path.parent
+    # The owner-write bit too: root ignores a read-only mode, but a read-only gallery (shared data) stays untouched.
+    if not (os.access(folder, os.W_OK) and folder.stat().st_mode & stat.S_IWUSR):
+        raise PermissionError(errno.EACCES, "folder is read-only", str(folder))
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), embeddings=np.asarray(embeddings, np.float32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the write failed: leave no temp file behind
+            os.unlink(tmp)
+
+
+def check_compatible(meta: dict, key: dict, index_path: Path) -> None:
+    """Embeddings of another model or size cannot be mixed with ours: say so rather than guess."""
+    old = meta["model"]
+    hint = f"pass --index=OTHER.npz for a separate index, or --rebuild_index to replace {str(index_path)!r}"
+    if old.get("embedding_dim") != key["embedding_dim"]:
+        raise FaceError(f"index {str(index_path)!r} holds {old.get('embedding_dim')}-d embeddings but model "
+                        f"{key['path']!r} gives {key['embedding_dim']}-d; {hint}")
+    for field in ("sha256", "preprocess", "aligned"):
+        if old.get(field) != key[field]:
+            raise FaceError(f"index {str(index_path)!r} was built with another {field} "
+                            f"({old.get('path')!r}, {field}={old.get(field)!r}; now {key['path']!r}, "
+                            f"{field}={key[field]!r}); {hint}")
+
+
+# ----------------------------------------------------------------------------------------------- enrolment
+def scan_gallery(gallery_dir) -> list[tuple[str, str, Path]]:
+    """[(identity, path relative to the gallery, path)] for image files in DIR/<identity>/, sorted."""
+    if not gallery_dir:
+        raise FaceError("--gallery is required: a folder laid out as DIR/<identity>/<photo>")
+    root = Path(gallery_dir)
+    if not root.is_dir():
+        raise FaceError(f"gallery not found or not a directory: {str(root)!r}; pass --gallery=DIR laid out as "
+                        "DIR/<identity>/<photo>")
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."):
+                out.append((folder.name, f.relative_to(root).as_posix(), f))
+    return out
+
+
+def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebuild: bool = False,
+           warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)) -> Gallery:
+    """Build the identity templates, embedding only photos whose content the index does not hold.
+
+    aligner=None means the gallery photos are aligned crops (key["aligned"] must then be True).
+    """
+    root = Path(gallery_dir)
+    files = scan_gallery(root)
+    index_path = Path(index_path) if index_path else root / INDEX_NAME
+    cached, failed_before = {}, {}
+    meta_old = None
+    if not rebuild:
+        try:
+            loaded = read_index(index_path)
+        except IndexCorrupt as e:
+            warn(f"index {index_path} is corrupt ({e}); rebuilding it")
+            loaded = None
+        if loaded is not None:
+            meta_old, emb_old = loaded
+            check_compatible(meta_old, key, index_path)
+            cached = {h: emb_old[r] for h, r in meta_old["entries"].items()}
+            failed_before = dict(meta_old.get("failed", {}))
+
+    # Hash every photo; the hash, not the path, decides reuse (a renamed photo is not embedded again).
+    hashes = []
+    for _, rel, path in files:
+        try:
+            hashes.append(file_sha256(path))
+        except OSError as e:
+            raise FaceError(f"cannot read gallery photo {str(path)!r} ({e.strerror})") from None
+
+    vectors: dict[str, np.ndarray] = {}
+    failed: dict[str, str] = {}
+    todo, queued = [], set()
+    for (_, rel, path), h in zip(files, hashes):
+        if h in cached:
+            vectors[h] = cached[h]
+        elif h in failed_before:
+            failed[h] = failed_before[h]
+        elif h not in queued:  # two copies of one photo are embedded once
+            queued.add(h)
+            todo.append((h, rel, path))
+    embedded = 0
+    for start in range(0, len(todo), _EMBED_CHUNK):
+        crops, keys = [], []
+        for h, rel, path in todo[start:start + _EMBED_CHUNK]:
+            try:
+                crop, _ = load_face(path, aligner)
+            except FaceError as e:
+                failed[h] = str(e)
+                continue
+            crops.append(crop)
+            keys.append(h)
+        if crops:
+            emb = embedder.embed(np.stack(crops))
+            vectors.update(zip(keys, emb))
+            embedded += len(crops)
+
+    # Templates: mean of unit embeddings, renormalised.
+    per_id: dict[str, list[np.ndarray]] = {}
+    skipped = []
+    for (name, rel, _), h in zip(files, hashes):
+        if h in vectors:
+            per_id.setdefault(name, []).append(vectors[h])
+        else:
+            skipped.append((rel, failed[h]))
+            warn(f"skipped gallery photo {rel}: {failed[h]}")
+    for name in sorted({f[0] for f in files} - set(per_id)):
+        warn(f"identity {name!r} has no usable photo and is left out of the gallery")
+    if not per_id:
+        raise FaceError(f"gallery {str(root)!r} has no identity folder with a usable face photo; lay it out as "
+                        f"DIR/<identity>/<photo> with one of {', '.join(IMAGE_EXTENSIONS)}")
+    names = sorted(per_id)
+    means = np.stack([np.mean(per_id[n], axis=0) for n in names])
+    templates = (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+
+    # The index keeps exactly the current photos' hashes: stale entries (deleted or changed photos) go.
+    live = list(dict.fromkeys(h for h in hashes if h in vectors))
+    live_failed = {h: failed[h] for h in dict.fromkeys(hashes) if h in failed}
+    removed = len(set(cached) - set(live)) + len(set(failed_before) - set(live_failed))
+    reused = sum(1 for h in hashes if h in cached)
+    written = False
+    changed = meta_old is None or embedded or removed or live_failed.keys() != failed_before.keys()
+    if changed:
+        meta = {"version": INDEX_VERSION, "model": key,
+                "entries": {h: i for i, h in enumerate(live)}, "failed": live_failed,
+                "paths": {rel: h for (_, rel, _), h in zip(files, hashes)}}  # for people reading the index
+        table = np.stack([vectors[h] for h in live]).astype(np.float32)
+        try:
+            write_index(index_path, meta, table)
+            written = True
+        except OSError as e:
+            warn(f"cannot write index {index_path} ({e.strerror}: {e.filename}); enrolment is not cached. "
+                 "Pass --index=PATH in a writable folder")
+    return Gallery(names, templates, [len(per_id[n]) for n in names], embedded, reused, removed, skipped,
+                   index_path, written)
+
+
+# ----------------------------------------------------------------------------------------------- queries
+def rank(gallery: Gallery, query_emb: np.ndarray, top: int, threshold: float) -> dict:
+    """{"identity": best name or "unknown", "score": best score, "top": [(name, score), ...]} for one query."""
+    scores = gallery.templates @ np.asarray(query_emb, np.float32)
+    order = np.argsort(-scores, kind="stable")[:max(1, top)]
+    best = float(scores[order[0]])
+    return {"identity": gallery.names[order[0]] if best > threshold else "unknown", "score": best,
+            "top": [(gallery.names[i], float(scores[i])) for i in order]}
+
+
+def identify(gallery: Gallery, embedder, queries, top: int, threshold: float, aligner=None) -> list[dict]:
+    """One result per query path: a ranking, or {"query", "error"} when the query has no usable face."""
+    results = []
+    for q in queries:
+        try:
+            crop, faces = load_face(q, aligner)
+        except FaceError as e:
+            results.append({"query": str(q), "error": str(e)})
+            continue
+        r = rank(gallery, embedder.embed(crop[None])[0], top, threshold)
+        results.append({"query": str(q), "faces_found": faces, **r})
+    return results
+
+
+def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, index=None, rebuild=False,
+        as_json=False, out=sys.stdout, err=sys.stderr) -> int:
+    """The CLI without flag parsing; returns the exit status (1 if anything, or any query, failed)."""
+    try:
+        if not model_path:
+            raise FaceError("--model is required: a .keras file, a SavedModel dir or a .tflite file")
+        if not queries:
+            raise FaceError("no --query=IMG given; pass one or more --query flags")
+        if top < 1:
+            raise FaceError(f"--top must be >= 1, got {top}")
+        t, source = resolve_threshold(model_path, threshold)
+        scan_gallery(gallery_dir)  # fail on a bad --gallery before loading TF
+        for q in queries:  # a typo in a query path fails before any work
+            read_photo(q)
+        embedder = load_model(model_path)
+        aligner = None
+        if not aligned:
+            from mobiface_tf.align import FaceAligner
+
+            aligner = FaceAligner()
+        gallery = enroll(gallery_dir, embedder, model_key(model_path, embedder, aligned), index, aligner, rebuild,
+                         warn=lambda m: print(f"warning: {m}", file=err))
+        results = identify(gallery, embedder, queries, top, t, aligner)
+    except FaceError as e:
+        print(f"error: {e}", file=err)
+        return 1
+    for r in results:
+        if "error" in r:
+            print(f"error: {r['query']}: {r['error']}", file=err)
+    if as_json:
+        out.write(json.dumps({"gallery": {"identities": len(gallery.names), "images": sum(gallery.num_images),
+                                          "embedded": gallery.embedded, "reused": gallery.reused,
+                                          "removed": gallery.removed, "skipped": gallery.skipped,
+                                          "index": str(gallery.index_path)},
+                              "threshold": t, "threshold_source": source, "results": results}) + "\n")
+    else:
+        lines = [gallery.summary(), f"threshold {t:.4f} ({source})"]
+        for r in results:
+            if "error" in r:
+                continue
+            lines.append(f"{r['query']}: {r['identity']} (best {r['score']:.4f})")
+            lines += [f"  {k}. {name}  {score:.4f}" for k, (name, score) in enumerate(r["top"], 1)]
+        out.write("\n".join(lines) + "\n")
+    return 1 if any("error" in r for r in results) else 0
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Embedding model: .keras file, SavedModel dir or .tflite file.")
+flags.DEFINE_string("gallery", None, "Gallery folder: one sub-folder of photos per identity.")
+flags.DEFINE_multi_string("query", [], "Query photo; repeat the flag for several.")
+flags.DEFINE_integer("top", 3, "How many identities to list per query.", lower_bound=1)
+flags.DEFINE_float("threshold", None, "Cosine threshold below which the answer is 'unknown'; default: the model's "
+                   ".eval.json sidecar, else the documented default in mobiface_tf/faces.py.")
+flags.DEFINE_string("index", None, f"Enrolment cache file; default GALLERY/{INDEX_NAME}.")
+flags.DEFINE_bool("rebuild_index", False, "Ignore and replace an existing index.")
+flags.DEFINE_bool("aligned", False, "Gallery and query photos are already aligned face crops: skip detection.")
+flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}; pass photos with --query=IMG", file=sys.stderr)
+        return 1
+    return run(FLAGS.model, FLAGS.gallery, FLAGS.query, FLAGS.top, FLAGS.threshold, FLAGS.aligned, FLAGS.index,
+               FLAGS.rebuild_index, FLAGS.json)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,101 @@
+"""Is this the same person? Face verification on two photos.
+
+    python -m mobiface_tf.verify --model=PATH IMG_A IMG_B [--threshold=T] [--json] [--aligned]
+
+Each photo (any size) goes through MTCNN; the largest, most central face is warped to the ArcFace 112x112
+template (mobiface_tf.align), embedded, and the two unit embeddings are compared by cosine similarity.
+"same" when similarity > threshold. The threshold is --threshold, else the model's evaluation sidecar
+(MODEL.eval.json from tools/evaluate.py), else faces.DEFAULT_THRESHOLD (documented there).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import dataclasses
+import json
+import sys
+
+from absl import app, flags
+
+from mobiface_tf.faces import FaceError, face_from_image, load_model, read_photo, resolve_threshold
+
+
+@dataclasses.dataclass
+class Verdict:
+    image_a: str
+    image_b: str
+    similarity: float
+    threshold: float
+    threshold_source: str
+    same: bool
+    faces_found: tuple[int, int]  # faces MTCNN saw in each photo (1 each with --aligned)
+    model: str
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["verdict"] = "same" if self.same else "different"
+        d["faces_found"] = list(self.faces_found)
+        return d
+
+    def to_text(self) -> str:
+        return (f"similarity {self.similarity:.4f}  threshold {self.threshold:.4f} ({self.threshold_source})\n"
+                f"verdict: {'same' if self.same else 'different'} person\n")
+
+
+def similarity(embedder, crop_a, crop_b) -> float:
+    """Cosine similarity of two aligned crops (the embedder returns unit vectors, so a dot product)."""
+    import numpy as np
+
+    emb = embedder.embed(np.stack([crop_a, crop_b]))
+    return float(emb[0] @ emb[1])
+
+
+def verify(model_path, image_a, image_b, threshold: float | None = None, aligned: bool = False,
+           embedder=None, aligner=None) -> Verdict:
+    """Library entry: FaceError on any bad input. Pass `embedder` / `aligner` to reuse them across calls."""
+    # Cheap checks first, so a typo in a path fails before TF and MTCNN load.
+    t, source = resolve_threshold(model_path, threshold)
+    photos = [read_photo(image_a), read_photo(image_b)]
+    if embedder is None:
+        embedder = load_model(model_path)
+    if aligner is None and not aligned:
+        from mobiface_tf.align import FaceAligner
+
+        aligner = FaceAligner()
+    (crop_a, n_a), (crop_b, n_b) = (face_from_image(p, str(name), None if aligned else aligner)
+                                    for p, name in zip(photos, (image_a, image_b)))
+    s = similarity(embedder, crop_a, crop_b)
+    return Verdict(str(image_a), str(image_b), s, t, source, s > t, (n_a, n_b), str(model_path))
+
+
+def run(model_path, images, threshold=None, aligned=False, as_json=False, out=sys.stdout, err=sys.stderr) -> int:
+    """The CLI without flag parsing: prints the verdict, or one error line; returns the exit status."""
+    try:
+        if len(images) != 2:
+            raise FaceError(f"expected two images IMG_A IMG_B, got {len(images)}: {list(images)}")
+        if not model_path:
+            raise FaceError("--model is required: a .keras file, a SavedModel dir or a .tflite file")
+        v = verify(model_path, images[0], images[1], threshold, aligned)
+    except FaceError as e:
+        print(f"error: {e}", file=err)
+        return 1
+    out.write(json.dumps(v.to_json()) + "\n" if as_json else v.to_text())
+    return 0
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Embedding model: .keras file, SavedModel dir or .tflite file.")
+flags.DEFINE_float("threshold", None, "Cosine threshold; default: the model's .eval.json sidecar, else the "
+                   "documented default in mobiface_tf/faces.py.")
+flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
+flags.DEFINE_bool("aligned", False, "The images are already aligned face crops: skip detection, only resize.")
+
+
+def main(argv):
+    return run(FLAGS.model, argv[1:], FLAGS.threshold, FLAGS.aligned, FLAGS.json)
+
+
+if __name__ == "__main__":
+    app.run(main)

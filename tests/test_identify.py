@@ -1,0 +1,282 @@
+"""identify: gallery enrolment with a content-hash index, top-K answers, errors; real LFW identification.
+
+Fast tests use a tiny real Keras model (saved .keras, loaded through load_embedder) on synthetic aligned
+crops (--aligned, no MTCNN). The real test enrols 20 LFW identities through MTCNN and the reference TFLite.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mobiface_tf import identify as ident
+from mobiface_tf.faces import DEFAULT_THRESHOLD, FaceError, load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def save_tiny_model(path, dim, seed):
+    """(x - 127.5) / 128 -> 8x8 average pooling -> linear: a real model whose embedding follows the pixels."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((112, 112, 3))
+    x = keras.layers.Rescaling(1 / 128, offset=-127.5 / 128)(inp)
+    x = keras.layers.AveragePooling2D(8)(x)
+    x = keras.layers.Flatten()(x)
+    out = keras.layers.Dense(dim)(x)
+    keras.Model(inp, out).save(path)
+    return path
+
+
+def person(identity: int, shot: int, size=112) -> np.ndarray:
+    """A synthetic 'aligned face': a fixed random pattern per identity plus per-photo noise."""
+    base = np.random.default_rng(identity).uniform(0, 255, (14, 14, 3))
+    base = cv2.resize(base, (size, size), interpolation=cv2.INTER_LINEAR)
+    noise = np.random.default_rng(1000 * identity + shot + 1).normal(0, 12, base.shape)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def write_png(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return path
+
+
+class CountingEmbedder:
+    """The real embedder, counting the images it is asked to embed."""
+
+    def __init__(self, inner):
+        self.inner, self.count = inner, 0
+        self.embedding_dim, self.preprocess = inner.embedding_dim, inner.preprocess
+
+    def embed(self, images, flip=False):
+        self.count += len(images)
+        return self.inner.embed(images, flip)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return {"a16": save_tiny_model(d / "a16.keras", 16, 0), "b16": save_tiny_model(d / "b16.keras", 16, 1),
+            "c8": save_tiny_model(d / "c8.keras", 8, 2)}
+
+
+@pytest.fixture(scope="module")
+def embedder(models):
+    return load_model(models["a16"])
+
+
+@pytest.fixture
+def gallery(tmp_path):
+    g = tmp_path / "gallery"
+    for i in range(3):
+        for s in range(2):
+            write_png(g / f"id{i}" / f"{s}.png", person(i, s))
+    return g
+
+
+def enroll(gallery, emb, model_path, **kw):
+    return ident.enroll(gallery, emb, ident.model_key(model_path, emb, aligned=True), aligner=None,
+                        warn=kw.pop("warn", lambda m: None), **kw)
+
+
+def test_enrol_caches_by_content_hash(gallery, embedder, models):
+    spy = CountingEmbedder(embedder)
+    g = enroll(gallery, spy, models["a16"])
+    assert (spy.count, g.embedded, g.reused, g.removed) == (6, 6, 0, 0)
+    assert g.index_written and (gallery / ident.INDEX_NAME).is_file()
+    assert g.names == ["id0", "id1", "id2"] and g.num_images == [2, 2, 2]
+    # Template = renormalised mean of the unit embeddings of the identity's photos.
+    e = embedder.embed(np.stack([person(1, 0), person(1, 1)]))
+    want = e.mean(0) / np.linalg.norm(e.mean(0))
+    np.testing.assert_allclose(g.templates[1], want, atol=1e-5)
+
+    spy.count = 0
+    g = enroll(gallery, spy, models["a16"])
+    assert (spy.count, g.embedded, g.reused, g.index_written) == (0, 0, 6, False)
+
+    write_png(gallery / "id0" / "1.png", person(0, 7))          # changed content, same name
+    write_png(gallery / "id3" / "0.png", person(3, 0))          # new identity
+    (gallery / "id2" / "1.png").rename(gallery / "id2" / "renamed.png")  # renamed: same hash, reused
+    g = enroll(gallery, spy, models["a16"])
+    assert (spy.count, g.embedded, g.reused, g.removed) == (2, 2, 5, 1)
+    assert g.names == ["id0", "id1", "id2", "id3"]
+
+    os.remove(gallery / "id1" / "0.png")
+    g = enroll(gallery, spy, models["a16"])
+    assert (g.embedded, g.removed, g.num_images) == (0, 1, [2, 1, 2, 1])
+    meta, table = ident.read_index(gallery / ident.INDEX_NAME)
+    assert len(meta["entries"]) == len(table) == 6
+    assert "id1/0.png" not in meta["paths"]
+    # No temp files left behind by the atomic write, and the index is plain arrays (no pickle needed).
+    assert sorted(p.name for p in gallery.iterdir() if p.is_file()) == [ident.INDEX_NAME]
+    with np.load(gallery / ident.INDEX_NAME, allow_pickle=False) as z:
+        assert sorted(z.files) == ["embeddings", "meta"] and z["embeddings"].dtype == np.float32
+
+
+def test_identify_top_k_and_unknown(gallery, embedder, models, tmp_path):
+    g = enroll(gallery, embedder, models["a16"])
+    queries = [write_png(tmp_path / f"q{i}.png", person(i, 50)) for i in range(3)]
+    results = ident.identify(g, embedder, queries, top=2, threshold=0.0)
+    assert [r["identity"] for r in results] == ["id0", "id1", "id2"]
+    assert all(len(r["top"]) == 2 and r["top"][0][1] >= r["top"][1][1] for r in results)
+    # Above any reachable score, every answer is "unknown", but the ranking is still reported.
+    results = ident.identify(g, embedder, queries, top=5, threshold=0.9999)
+    assert [r["identity"] for r in results] == ["unknown"] * 3
+    assert [r["top"][0][0] for r in results] == ["id0", "id1", "id2"] and len(results[0]["top"]) == 3
+
+
+def test_index_of_other_embedding_size_or_model_is_an_error(gallery, models):
+    a = load_model(models["a16"])
+    enroll(gallery, a, models["a16"])
+    c8 = load_model(models["c8"])
+    with pytest.raises(FaceError, match="holds 16-d embeddings but model .* gives 8-d"):
+        enroll(gallery, c8, models["c8"])
+    b = load_model(models["b16"])
+    with pytest.raises(FaceError, match="another sha256"):
+        enroll(gallery, b, models["b16"])
+    g = enroll(gallery, b, models["b16"], rebuild=True)  # --rebuild_index replaces it
+    assert g.embedded == 6
+    assert enroll(gallery, b, models["b16"]).reused == 6
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "wrong_rows"])
+def test_corrupt_index_is_rebuilt_with_a_warning(gallery, embedder, models, damage):
+    enroll(gallery, embedder, models["a16"])
+    path = gallery / ident.INDEX_NAME
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[:len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not an index at all" * 10)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:  # valid npz whose header points at rows that do not exist
+        meta, table = ident.read_index(path)
+        ident.write_index(path, meta, table[:2])
+    warnings = []
+    spy = CountingEmbedder(embedder)
+    g = enroll(gallery, spy, models["a16"], warn=warnings.append)
+    assert spy.count == 6 and g.embedded == 6 and g.reused == 0
+    assert len(warnings) == 1 and "corrupt" in warnings[0] and "rebuilding" in warnings[0]
+    assert ident.read_index(path) is not None  # rewritten, readable again
+
+
+def test_unusable_gallery_photos_are_skipped_and_remembered(gallery, embedder, models):
+    (gallery / "id0" / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    write_png(gallery / "id9" / "wide.png", np.zeros((40, 200, 3), np.uint8))  # not a square crop
+    warnings = []
+    g = enroll(gallery, embedder, models["a16"], warn=warnings.append)
+    assert g.names == ["id0", "id1", "id2"] and len(g.skipped) == 2
+    assert any("bad.jpg" in w for w in warnings) and any("'id9' has no usable photo" in w for w in warnings)
+    spy = CountingEmbedder(embedder)
+    g = enroll(gallery, spy, models["a16"], warn=warnings.append)
+    assert spy.count == 0 and len(g.skipped) == 2  # failures are cached too, not retried each run
+
+
+def test_read_only_gallery_still_answers(gallery, embedder, models):
+    os.chmod(gallery, 0o555)
+    try:
+        warnings = []
+        g = enroll(gallery, embedder, models["a16"], warn=warnings.append)
+    finally:
+        os.chmod(gallery, 0o755)
+    assert not g.index_written and len(g.names) == 3
+    assert any("cannot write index" in w and "--index" in w for w in warnings)
+    assert not (gallery / ident.INDEX_NAME).exists()
+
+
+def test_run_prints_answers_and_one_line_errors(gallery, models, tmp_path, capsys):
+    q = write_png(tmp_path / "q.png", person(2, 9))
+    rc = ident.run(str(models["a16"]), str(gallery), [str(q)], top=2, threshold=0.0, aligned=True,
+                   out=sys.stdout, err=sys.stderr)
+    out = capsys.readouterr().out
+    assert rc == 0 and "embedded 6 new, reused 0" in out and f"{q}: id2" in out and "  2. " in out
+
+    rc = ident.run(str(models["a16"]), str(gallery), [str(q)], aligned=True, as_json=True,
+                   out=sys.stdout, err=sys.stderr)
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["gallery"]["reused"] == 6 and doc["threshold"] == DEFAULT_THRESHOLD
+    assert doc["results"][0]["top"][0][0] == "id2"
+
+    bad = tmp_path / "empty.jpg"
+    bad.write_bytes(b"")
+    cases = {
+        "model not found": (str(tmp_path / "nope.keras"), str(gallery), [str(q)]),
+        "gallery not found": (str(models["a16"]), str(tmp_path / "nogallery"), [str(q)]),
+        "image not found": (str(models["a16"]), str(gallery), [str(tmp_path / "missing.jpg")]),
+        "zero-byte file": (str(models["a16"]), str(gallery), [str(bad)]),
+        "holds 16-d embeddings": (str(models["c8"]), str(gallery), [str(q)]),
+    }
+    for message, (model, gal, queries) in cases.items():
+        rc = ident.run(model, gal, queries, aligned=True, out=sys.stdout, err=sys.stderr)
+        err = capsys.readouterr().err
+        assert rc == 1 and message in err, (message, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_cli_subprocess_error_is_one_line(gallery, models, tmp_path):
+    q = write_png(tmp_path / "q.png", person(0, 3))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-m", "mobiface_tf.identify", f"--model={tmp_path / 'missing.tflite'}",
+                           f"--gallery={gallery}", f"--query={q}"], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: model not found")
+
+
+# ----------------------------------------------------------------------------------------------- real LFW
+def lfw_gallery_split(lfw_dir, num_ids=20, min_images=4, enrol=3):
+    """First `num_ids` LFW identities (alphabetical) with >= min_images photos: `enrol` enrolled, rest queried."""
+    chosen = []
+    for d in sorted(p for p in Path(lfw_dir).iterdir() if p.is_dir()):
+        photos = sorted(d.glob("*.jpg"))
+        if len(photos) >= min_images:
+            chosen.append((d.name, photos[:enrol], photos[enrol:]))
+            if len(chosen) == num_ids:
+                return chosen
+    raise AssertionError(f"fewer than {num_ids} identities with >= {min_images} photos in {lfw_dir}")
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_lfw_identification_top1(lfw_dir, reference_tflite, tmp_path):
+    import shutil
+
+    from mobiface_tf.align import FaceAligner
+
+    split = lfw_gallery_split(lfw_dir)
+    gallery = tmp_path / "gallery"
+    for name, enrolled, _ in split:
+        (gallery / name).mkdir(parents=True)
+        for p in enrolled:
+            shutil.copy(p, gallery / name / p.name)
+    # Query cap keeps the runtime bounded (George_W_Bush alone has 530 photos): at most 5 per identity.
+    queries = [(name, p) for name, _, rest in split for p in rest[:5]]
+    emb, aligner = load_model(reference_tflite), FaceAligner()
+    key = ident.model_key(reference_tflite, emb, aligned=False)
+    g = ident.enroll(gallery, emb, key, aligner=aligner)
+    assert len(g.names) == 20 and g.embedded == 60 and not g.skipped
+    results = ident.identify(g, emb, [p for _, p in queries], top=5, threshold=DEFAULT_THRESHOLD, aligner=aligner)
+    assert not [r for r in results if "error" in r]
+    top1 = np.mean([r["top"][0][0] == name for (name, _), r in zip(queries, results)])
+    top5 = np.mean([name in [n for n, _ in r["top"]] for (name, _), r in zip(queries, results)])
+    answered = np.mean([r["identity"] == name for (name, _), r in zip(queries, results)])
+    print(f"\nLFW identification, 20 identities x 3 enrolled, {len(queries)} queries: top-1 {top1:.4f}, "
+          f"top-5 {top5:.4f}, correct incl. 'unknown' at threshold {DEFAULT_THRESHOLD}: {answered:.4f}")
+    assert top1 >= 0.9
+
+    # The real CLI once, as a subprocess: the index built above is reused, so it embeds only the queries.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    (name_a, qa), (name_b, qb) = queries[0], queries[-1]
+    proc = subprocess.run([sys.executable, "-m", "mobiface_tf.identify", f"--model={reference_tflite}",
+                           f"--gallery={gallery}", f"--query={qa}", f"--query={qb}", "--top=2"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "embedded 0 new, reused 60" in proc.stdout
+    assert f"{qa}: {name_a}" in proc.stdout and f"{qb}: {name_b}" in proc.stdout, proc.stdout
