@@ -217,3 +217,22 @@ def test_reference_uint8_lfw_accuracy(lfw_embeddings):
     print(f"\nuint8 LFW 10-fold: {q['accuracy']:.4f} ± {q['accuracy_std']:.4f} (fp32 {f['accuracy']:.4f})")
     # The publisher's uint8 model is lossy (~0.979 measured by a probe): clearly useful, clearly below fp32.
     assert 0.95 < q["accuracy"] < f["accuracy"]
+
+
+@pytest.mark.slow
+def test_cli_realign_with_mtcnn(tmp_path, reference_tflite, lfw_dir, lfw_pairs):
+    """--realign runs the real MTCNN on each LFW crop and re-warps it to the ArcFace template."""
+    pytest.importorskip("mobiface_tf.align", reason="mobiface_tf.align (FaceAligner) not in this checkout yet")
+    pairs = _mini_pairs(lfw_pairs, tmp_path / "pairs_mini.txt", 1)
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "evaluate.py"), f"--model={reference_tflite}", f"--lfw_dir={lfw_dir}",
+         f"--pairs={pairs}", "--realign", f"--output={out}", "--progress=false", "--write_sidecar=false"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["realign"] is True and report["num_pairs"] == 20
+    # MTCNN finds the face in (nearly) every LFW crop; the count of fall-backs is reported, not hidden.
+    assert 0 <= report["realign_failed"] <= 2
+    assert report["accuracy"] >= 0.8
+    assert "sidecar" not in report
