@@ -170,7 +170,8 @@ def test_cli_on_real_lfw_subset(tmp_path, reference_tflite, lfw_dir, lfw_pairs):
 
 @pytest.fixture(scope="module")
 def lfw_embeddings(reference_tflite, reference_tflite_uint8, lfw_dir, lfw_pairs):
-    """Embed each image referenced by pairs.txt once per model (fp32: image and mirror; uint8: image)."""
+    """Embed each of the ~7.7k images referenced by pairs.txt once per model (no flip: it would double the
+    time; the flip figure comes from the tools/evaluate.py run quoted in the README)."""
     from mobiface_tf.data.verification import read_image_rgb, read_lfw_pairs
     from mobiface_tf.embedder import load_embedder
 
@@ -178,13 +179,8 @@ def lfw_embeddings(reference_tflite, reference_tflite_uint8, lfw_dir, lfw_pairs)
     unique = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
     index = {p: i for i, p in enumerate(unique)}
     images = np.stack([read_image_rgb(p) for p in unique])
-    fp32 = load_embedder(reference_tflite, num_threads=2)
-    uint8 = load_embedder(reference_tflite_uint8, num_threads=2)
-    emb = {
-        "fp32": fp32.embed_raw(images),
-        "fp32_mirror": fp32.embed_raw(images[:, :, ::-1]),
-        "uint8": uint8.embed_raw(images),
-    }
+    emb = {name: load_embedder(path, num_threads=2).embed_raw(images)
+           for name, path in (("fp32", reference_tflite), ("uint8", reference_tflite_uint8))}
     a = np.array([index[p.path_a] for p in pairs])
     b = np.array([index[p.path_b] for p in pairs])
     return emb, a, b, np.array([p.issame for p in pairs]), np.array([p.fold for p in pairs])
@@ -200,13 +196,11 @@ def _accuracy(emb, a, b, issame, folds):
 @pytest.mark.slow
 def test_reference_fp32_lfw_accuracy(lfw_embeddings):
     emb, a, b, issame, folds = lfw_embeddings
-    plain = _accuracy(emb["fp32"], a, b, issame, folds)
-    flip = _accuracy(emb["fp32"] + emb["fp32_mirror"], a, b, issame, folds)
-    print(f"\nfp32 LFW 10-fold: {plain['accuracy']:.4f} ± {plain['accuracy_std']:.4f}; "
-          f"flip {flip['accuracy']:.4f} ± {flip['accuracy_std']:.4f}; TAR@FAR {flip['tar_at_far']}")
-    assert 0.990 <= plain["accuracy"] <= 0.995
-    assert 0.990 <= flip["accuracy"] <= 0.995
-    assert plain["num_pairs"] == 6000 and plain["tar_at_far"]["0.001"] is not None
+    report = _accuracy(emb["fp32"], a, b, issame, folds)
+    print(f"\nfp32 LFW 10-fold: {report['accuracy']:.4f} ± {report['accuracy_std']:.4f}; "
+          f"threshold {report['threshold']:.4f}; TAR@FAR {report['tar_at_far']}")
+    assert 0.990 <= report["accuracy"] <= 0.995
+    assert report["num_pairs"] == 6000 and report["tar_at_far"]["0.001"] is not None
 
 
 @pytest.mark.slow
@@ -215,7 +209,7 @@ def test_reference_uint8_lfw_accuracy(lfw_embeddings):
     q = _accuracy(emb["uint8"], a, b, issame, folds)
     f = _accuracy(emb["fp32"], a, b, issame, folds)
     print(f"\nuint8 LFW 10-fold: {q['accuracy']:.4f} ± {q['accuracy_std']:.4f} (fp32 {f['accuracy']:.4f})")
-    # The publisher's uint8 model is lossy (~0.979 measured by a probe): clearly useful, clearly below fp32.
+    # The publisher's uint8 model is lossy (0.9758 here, ~0.979 in a probe): clearly useful, clearly below fp32.
     assert 0.95 < q["accuracy"] < f["accuracy"]
 
 
