@@ -91,3 +91,16 @@ def test_reference_models_fp32_and_uint8(reference_tflite, reference_tflite_uint
     assert np.all(agreement > 0.8), agreement
     for s in (a @ a.T, b @ b.T):  # both models: same person scores well above a different one
         assert min(s[0, 1], s[0, 2]) > s[0, 3] + 0.2, s
+
+
+@pytest.mark.slow
+def test_project_model_keras_roundtrip(tmp_path):
+    """A project backbone saved as .keras loads through the embedder and reproduces its own outputs."""
+    models = pytest.importorskip("mobiface_tf.models", reason="mobiface_tf.models not in this checkout yet")
+    model = models.build("mobilefacenet")
+    model.save(tmp_path / "mfn.keras")
+    images = np.random.default_rng(1).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    emb = load_embedder(tmp_path / "mfn.keras")
+    direct = np.asarray(model(images.astype(np.float32), training=False))
+    assert emb.embedding_dim == direct.shape[1]
+    np.testing.assert_allclose(emb.embed(images), l2_normalize(direct), atol=1e-4)
