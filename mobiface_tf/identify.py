@@ -312,16 +312,21 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Embedding model: .keras file, SavedModel dir or .tflite file.")
-flags.DEFINE_string("gallery", None, "Gallery folder: one sub-folder of photos per identity.")
-flags.DEFINE_multi_string("query", [], "Query photo; repeat the flag for several.")
-flags.DEFINE_integer("top", 3, "How many identities to list per query.", lower_bound=1)
-flags.DEFINE_float("threshold", None, "Cosine threshold below which the answer is 'unknown'; default: the model's "
-                   ".eval.json sidecar, else the documented default in mobiface_tf/faces.py.")
-flags.DEFINE_string("index", None, f"Enrolment cache file; default GALLERY/{INDEX_NAME}.")
-flags.DEFINE_bool("rebuild_index", False, "Ignore and replace an existing index.")
-flags.DEFINE_bool("aligned", False, "Gallery and query photos are already aligned face crops: skip detection.")
-flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
+
+
+def define_flags():
+    """Flags are defined only when run as a program, so importing this module (tests, verify and identify
+    together) never registers duplicate absl flags."""
+    flags.DEFINE_string("model", None, "Embedding model: .keras file, SavedModel dir or .tflite file.")
+    flags.DEFINE_string("gallery", None, "Gallery folder: one sub-folder of photos per identity.")
+    flags.DEFINE_multi_string("query", [], "Query photo; repeat the flag for several.")
+    flags.DEFINE_integer("top", 3, "How many identities to list per query.", lower_bound=1)
+    flags.DEFINE_float("threshold", None, "Cosine threshold below which the answer is 'unknown'; default: the model's "
+                       ".eval.json sidecar, else the documented default in mobiface_tf/faces.py.")
+    flags.DEFINE_string("index", None, f"Enrolment cache file; default GALLERY/{INDEX_NAME}.")
+    flags.DEFINE_bool("rebuild_index", False, "Ignore and replace an existing index.")
+    flags.DEFINE_bool("aligned", False, "Gallery and query photos are already aligned face crops: skip detection.")
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
 
 
 def main(argv):
@@ -333,4 +338,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -86,11 +86,16 @@ def run(model_path, images, threshold=None, aligned=False, as_json=False, out=sy
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Embedding model: .keras file, SavedModel dir or .tflite file.")
-flags.DEFINE_float("threshold", None, "Cosine threshold; default: the model's .eval.json sidecar, else the "
-                   "documented default in mobiface_tf/faces.py.")
-flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
-flags.DEFINE_bool("aligned", False, "The images are already aligned face crops: skip detection, only resize.")
+
+
+def define_flags():
+    """Flags are defined only when run as a program, so importing this module (tests, verify and identify
+    together) never registers duplicate absl flags."""
+    flags.DEFINE_string("model", None, "Embedding model: .keras file, SavedModel dir or .tflite file.")
+    flags.DEFINE_float("threshold", None, "Cosine threshold; default: the model's .eval.json sidecar, else the "
+                       "documented default in mobiface_tf/faces.py.")
+    flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
+    flags.DEFINE_bool("aligned", False, "The images are already aligned face crops: skip detection, only resize.")
 
 
 def main(argv):
@@ -98,4 +103,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

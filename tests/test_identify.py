@@ -231,15 +231,20 @@ def test_cli_subprocess_error_is_one_line(gallery, models, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- real LFW
-def lfw_gallery_split(lfw_dir, num_ids=20, min_images=4, enrol=3):
-    """First `num_ids` LFW identities (alphabetical) with >= min_images photos: `enrol` enrolled, rest queried."""
-    chosen = []
+def lfw_gallery_split(lfw_dir, num_ids=20, min_images=4, enrol=3, num_strangers=20):
+    """First `num_ids` LFW identities (alphabetical) with >= min_images photos: `enrol` enrolled, rest queried.
+
+    Also the first photo of the first `num_strangers` identities with a single photo: people not in the gallery.
+    """
+    chosen, strangers = [], []
     for d in sorted(p for p in Path(lfw_dir).iterdir() if p.is_dir()):
         photos = sorted(d.glob("*.jpg"))
-        if len(photos) >= min_images:
+        if len(photos) >= min_images and len(chosen) < num_ids:
             chosen.append((d.name, photos[:enrol], photos[enrol:]))
-            if len(chosen) == num_ids:
-                return chosen
+        elif len(photos) == 1 and len(strangers) < num_strangers:
+            strangers.append(photos[0])
+        if len(chosen) == num_ids and len(strangers) == num_strangers:
+            return chosen, strangers
     raise AssertionError(f"fewer than {num_ids} identities with >= {min_images} photos in {lfw_dir}")
 
 
@@ -250,7 +255,7 @@ def test_lfw_identification_top1(lfw_dir, reference_tflite, tmp_path):
 
     from mobiface_tf.align import FaceAligner
 
-    split = lfw_gallery_split(lfw_dir)
+    split, strangers = lfw_gallery_split(lfw_dir)
     gallery = tmp_path / "gallery"
     for name, enrolled, _ in split:
         (gallery / name).mkdir(parents=True)
@@ -267,9 +272,14 @@ def test_lfw_identification_top1(lfw_dir, reference_tflite, tmp_path):
     top1 = np.mean([r["top"][0][0] == name for (name, _), r in zip(queries, results)])
     top5 = np.mean([name in [n for n, _ in r["top"]] for (name, _), r in zip(queries, results)])
     answered = np.mean([r["identity"] == name for (name, _), r in zip(queries, results)])
+    # Open set: people who are not enrolled should get "unknown" at the default threshold.
+    others = ident.identify(g, emb, strangers, top=1, threshold=DEFAULT_THRESHOLD, aligner=aligner)
+    rejected = np.mean([r.get("identity") == "unknown" for r in others])
     print(f"\nLFW identification, 20 identities x 3 enrolled, {len(queries)} queries: top-1 {top1:.4f}, "
-          f"top-5 {top5:.4f}, correct incl. 'unknown' at threshold {DEFAULT_THRESHOLD}: {answered:.4f}")
-    assert top1 >= 0.9
+          f"top-5 {top5:.4f}, correct incl. 'unknown' at threshold {DEFAULT_THRESHOLD}: {answered:.4f}; "
+          f"{len(strangers)} people not enrolled answered 'unknown': {rejected:.4f} "
+          f"(best scores {sorted(round(r['score'], 3) for r in others)[-3:]})")
+    assert top1 >= 0.9 and rejected >= 0.8
 
     # The real CLI once, as a subprocess: the index built above is reused, so it embeds only the queries.
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
