@@ -1,0 +1,131 @@
+"""The trainer: schedule, weight-decay selection, a CLI smoke run, bad flags, NaN handling, mixed precision."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mobiface_tf import train as tr
+from mobiface_tf.data.synthetic import write_synthetic_tfrecords
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth")
+    write_synthetic_tfrecords(d, num_identities=6, images_per_identity=8, seed=0, shards=4)
+    return d
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "mobiface_tf.train", *args], capture_output=True, text=True,
+                          env=ENV, cwd=REPO, timeout=timeout)
+
+
+def test_paper_schedule():
+    sched = tr.PiecewiseWithWarmup(0.1, [40000, 60000, 80000], 0.1)
+    got = [float(sched(s)) for s in (0, 39999, 40000, 59999, 60000, 80000, 99999)]
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 0.001, 1e-4, 1e-4], rtol=1e-5)
+    warm = tr.PiecewiseWithWarmup(0.1, [40000], 0.1, warmup_steps=100)
+    np.testing.assert_allclose([float(warm(0)), float(warm(49)), float(warm(99)), float(warm(500))],
+                               [0.001, 0.05, 0.1, 0.1], rtol=1e-5)
+    with pytest.raises(ValueError, match="--lr must be > 0, got 0"):
+        tr.PiecewiseWithWarmup(0.0)
+
+
+def test_weight_decay_only_on_kernels_and_centres():
+    from mobiface_tf.heads import MarginHead
+
+    net = tr.build_backbone("mobiface", 64, "gdc")
+    head = MarginHead(5)
+    head.build((None, 64))
+    names = {v.path.split("/")[-1] for v in tr.decayed_variables(net.trainable_variables + head.trainable_variables)}
+    assert names == {"kernel", "centres"}
+    skipped = {v.path.split("/")[-1] for v in net.trainable_variables} - names
+    assert skipped == {"gamma", "beta", "alpha"}  # BN and PReLU parameters
+
+
+@pytest.mark.slow
+def test_cli_smoke(synth, tmp_path):
+    """A real 4-step run: log line with img/s, flags.txt, events, checkpoints, and a usable embedding.keras."""
+    out = tmp_path / "run"
+    r = run_cli(f"--data={synth}/*.tfrecord", f"--model_dir={out}", "--batch_size=8", "--steps=4", "--log_every=2",
+                "--ckpt_every=2", "--lr=0.01", "--embedding_dim=128")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "img/s" in r.stdout + r.stderr
+    assert "--batch_size=8" in (out / "flags.txt").read_text()
+    assert list((out / "train").glob("events.out.tfevents.*"))
+    assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-4")
+    from mobiface_tf.embedder import load_embedder
+
+    emb = load_embedder(out / "embedding.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (2, 112, 112, 3)).astype(np.float32)
+    e = emb.embed(x)
+    assert e.shape == (2, 128) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    # The saved model is the backbone only, float32, and has no margin head.
+    assert emb.model.dtype_policy.name == "float32"
+    assert not any("margin" in layer.name for layer in emb.model.layers)
+
+
+@pytest.mark.slow
+def test_bad_flags_one_line_error(synth, tmp_path):
+    """Real CLI processes (run at once): non-zero exit, the message repeats the value, no traceback."""
+    cases = [(["--backbone=resnet"], "--backbone"),
+             (["--lr=-1"], "--lr must be > 0"),
+             (["--data=/nonexistent/*.tfrecord"], "matched no files: '/nonexistent/*.tfrecord'")]
+    base = [sys.executable, "-m", "mobiface_tf.train", f"--data={synth}", f"--model_dir={tmp_path / 'm'}", "--steps=1"]
+    procs = [subprocess.Popen(base + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                              cwd=REPO) for args, _ in cases]  # later flags win: the bad value overrides the base
+    for p, (args, expect) in zip(procs, cases):
+        _, err = p.communicate(timeout=180)
+        assert p.returncode != 0, args
+        assert "Traceback" not in err, err[-2000:]
+        assert expect in err, err[-2000:]
+
+
+@pytest.mark.parametrize("kwargs,expect", [
+    (dict(margin_m2=4.0), "0 <= m2 < pi"),
+    (dict(lr=0.0), "--lr must be > 0, got 0.0"),
+    (dict(lr_boundaries=[60, 40]), "increasing"),
+    (dict(backbone="resnet"), "unknown --backbone 'resnet'"),
+    (dict(batch_size=0), "--batch_size must be >= 1, got 0"),
+    (dict(val_lfw_dir="x"), "go together"),
+])
+def test_bad_arguments_raise_before_work(synth, tmp_path, kwargs, expect):
+    with pytest.raises(ValueError, match=expect):
+        tr.train(str(synth), str(tmp_path), **kwargs)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth, tmp_path):
+    """A diverging lr: the loop raises TrainingDiverged, and every checkpoint on disk holds finite weights."""
+    with pytest.raises(tr.TrainingDiverged, match="loss is (nan|inf).*last good checkpoint"):
+        tr.train(str(synth), str(tmp_path), backbone="mobiface", embedding_dim=32, batch_size=4, steps=40,
+                 lr=1e12, ckpt_every=1, log_every=1, margin="softmax", weight_decay=0.0)
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    assert latest is not None, "at least the first step(s) should have been saved before divergence"
+    reader = tf.train.load_checkpoint(latest)
+    floats = [n for n, d in reader.get_variable_to_dtype_map().items() if d.is_floating]
+    assert any("centres" in n for n in floats)
+    for name in floats:
+        assert np.all(np.isfinite(reader.get_tensor(name))), name
+    assert not (tmp_path / "embedding.keras").exists()
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_steps(synth, tmp_path, precision):
+    import keras
+
+    summary = tr.train(str(synth), str(tmp_path), embedding_dim=32, batch_size=4, steps=2, lr=0.01,
+                       log_every=1, mixed_precision=precision)
+    assert np.all(np.isfinite(summary["losses"]))
+    assert summary["head"].dtype_policy.name == "float32"  # the margin head stays float32
+    assert summary["backbone"].dtype_policy.name == precision
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # restored for the caller
+    reloaded = keras.models.load_model(summary["embedding_model"])
+    assert reloaded.dtype_policy.name == "float32"
