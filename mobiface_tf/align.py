@@ -10,6 +10,7 @@ import dataclasses
 import io
 import os
 import threading
+import warnings
 
 import cv2
 import numpy as np
@@ -37,8 +38,12 @@ def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int, str, str]:
     if not data:
         raise ImageError(f"zero-byte file: {name}")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size[0], im.size[1], im.format or "", im.mode
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own max_pixels check follows
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size[0], im.size[1], im.format or "", im.mode
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"too large ({e}): {name}") from None
     except UnidentifiedImageError:
         raise ImageError(f"not an image (unknown format): {name}") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL raises these on broken headers

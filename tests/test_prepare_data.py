@@ -1,0 +1,206 @@
+"""tools/prepare_data.py end to end, as a user runs it (subprocess): bad inputs, RecordIO, SIGKILL, AT&T."""
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mobiface_tf.align import ARCFACE_TEMPLATE, FaceAligner, decode_image_rgb
+from mobiface_tf.data.sources import IRHeader, pack_ir, write_recordio
+from mobiface_tf.data.synthetic import render_identity, write_synthetic_folder
+from mobiface_tf.data.tfrecord import read_examples
+
+REPO = Path(__file__).resolve().parents[1]
+TOOL = str(REPO / "tools" / "prepare_data.py")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def run_tool(*args, check=True):
+    proc = subprocess.run([sys.executable, TOOL, "--progress=false", *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"prepare_data failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def all_examples(out):
+    return [ex for p in sorted(Path(out).glob("*.tfrecord")) for ex in read_examples(p)]
+
+
+def _png_header_only(w, h):
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_bad_inputs_skipped_with_reasons_good_ones_kept(tmp_path):
+    from PIL import Image
+    faces = render_identity(0, 0, 6)
+    bgr = lambda a: cv2.cvtColor(a, cv2.COLOR_RGB2BGR)  # noqa: E731
+    good, bad = tmp_path / "in" / "good", tmp_path / "in" / "bad"
+    good.mkdir(parents=True)
+    bad.mkdir()
+    cv2.imwrite(str(good / "plain.jpg"), bgr(faces[0]))
+    rgba = np.dstack([bgr(faces[1]), np.full((112, 112), 255, np.uint8)])
+    cv2.imwrite(str(good / "alpha.png"), rgba)
+    cv2.imwrite(str(good / "deep16.png"), bgr(faces[2]).astype(np.uint16) * 257)
+    cv2.imwrite(str(good / "gray.pgm"), cv2.cvtColor(faces[3], cv2.COLOR_RGB2GRAY))
+    buf = io.BytesIO()
+    Image.fromarray(faces[4]).convert("CMYK").save(buf, format="JPEG")
+    (good / "cmyk.jpg").write_bytes(buf.getvalue())
+    (bad / "zero.jpg").write_bytes(b"")
+    jpg = cv2.imencode(".jpg", bgr(faces[5]))[1].tobytes()
+    (bad / "truncated.jpg").write_bytes(jpg[: len(jpg) // 2])
+    (bad / "text.png").write_text("not an image at all\n")
+    (bad / "huge.png").write_bytes(_png_header_only(9000, 9000))
+    cv2.imwrite(str(bad / "noface.jpg"), np.full((200, 160, 3), 127, np.uint8))  # auto -> mtcnn: no face
+
+    out = tmp_path / "out"
+    proc = run_tool(f"--input={tmp_path / 'in'}", f"--output={out}", "--align=auto", "--shards=2", "--workers=1")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["num_inputs"] == 10 and m["num_images"] + len(m["skipped"]) == 10
+    reasons = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert set(reasons) == {"bad/zero.jpg", "bad/truncated.jpg", "bad/text.png", "bad/huge.png", "bad/noface.jpg"}
+    assert "zero-byte" in reasons["bad/zero.jpg"] and "truncated JPEG" in reasons["bad/truncated.jpg"]
+    assert "not an image" in reasons["bad/text.png"] and "too large" in reasons["bad/huge.png"]
+    assert "no face" in reasons["bad/noface.jpg"]
+    assert m["class_names"] == ["bad", "good"] and m["class_counts"] == [0, 5]
+    exs = all_examples(out)
+    assert sorted(e["source"] for e in exs) == sorted(f"good/{f}" for f in
+                                                      ["plain.jpg", "alpha.png", "deep16.png", "gray.pgm", "cmyk.jpg"])
+    for e in exs:  # every kept image is a decodable 112x112 RGB JPEG, close to what was written
+        img = decode_image_rgb(e["jpeg"])
+        assert img.shape == (112, 112, 3) and e["label"] == 1
+    plain = next(e for e in exs if e["source"] == "good/plain.jpg")
+    assert plain["jpeg"] == (good / "plain.jpg").read_bytes()  # an RGB 112x112 JPEG is kept byte for byte
+    assert "skipped 5 of 10" in proc.stdout
+
+
+def test_align_none_refuses_uncropped(tmp_path):
+    d = tmp_path / "in" / "a"
+    d.mkdir(parents=True)
+    cv2.imwrite(str(d / "big.jpg"), np.zeros((150, 120, 3), np.uint8))
+    run_tool(f"--input={tmp_path / 'in'}", f"--output={tmp_path / 'out'}", "--align=none", "--workers=1")
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["num_images"] == 0 and "not 112x112 (120x150)" in m["skipped"][0]["reason"]
+
+
+def test_recordio_with_header_record(tmp_path):
+    # faces_emore layout: record 0 is a header (flag>0) and identity records follow the images.
+    faces = np.concatenate([render_identity(0, c, 3) for c in range(2)])
+    recs = [(0, pack_ir(IRHeader(2, (7.0, 9.0), 0, 0), b""))]
+    recs += [(k + 1, pack_ir(IRHeader(0, (float(k // 3),), k + 1, 0), cv2.imencode(".jpg", f)[1].tobytes()))
+             for k, f in enumerate(faces)]
+    recs += [(7, pack_ir(IRHeader(2, (1.0, 4.0), 0, 0), b"")), (8, pack_ir(IRHeader(2, (4.0, 7.0), 0, 0), b""))]
+    write_recordio(tmp_path / "train.rec", recs)
+    run_tool(f"--input={tmp_path / 'train.rec'}", f"--output={tmp_path / 'out'}", "--workers=1")
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert (m["num_images"], m["num_classes"], m["skipped"]) == (6, 2, [])
+    assert sorted((e["source"], e["label"]) for e in all_examples(tmp_path / "out")) == [
+        (f"train.rec#{k}", (k - 1) // 3) for k in range(1, 7)]
+
+
+def test_corrupt_recordio_fails_with_file_and_offset(tmp_path):
+    write_recordio(tmp_path / "c.rec", [(k, pack_ir(IRHeader(0, (0.0,), k, 0), b"x" * 40)) for k in range(4)])
+    data = bytearray((tmp_path / "c.rec").read_bytes())
+    off = int((tmp_path / "c.idx").read_text().splitlines()[2].split()[1])
+    data[off] ^= 0xFF
+    (tmp_path / "c.rec").write_bytes(bytes(data))
+    proc = run_tool(f"--input={tmp_path / 'c.rec'}", f"--output={tmp_path / 'out'}", "--workers=1", check=False)
+    assert proc.returncode != 0
+    assert f"c.rec: bad magic" in proc.stderr and f"at offset {off}" in proc.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not list((tmp_path / "out").glob("*.tmp-*"))
+
+
+def test_real_recordio_sample(tmp_path, recordio_dir):
+    run_tool(f"--input={recordio_dir / 'validation.rec'}", f"--output={tmp_path}", "--shards=3", "--workers=1")
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert (m["num_images"], m["num_classes"], m["skipped"]) == (229, 25, [])
+    lst = {}
+    for line in (recordio_dir / "validation.lst").read_text().splitlines():
+        key, label, path = line.split("\t")
+        lst[int(key)] = (int(float(label)), path.split("/")[0])
+    exs = all_examples(tmp_path)
+    assert len(exs) == 229
+    for e in exs:
+        label, name = lst[int(e["source"].split("#")[1])]
+        assert e["label"] == label and m["class_names"][label] == name
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_completes_without_duplicates(tmp_path):
+    src = write_synthetic_folder(tmp_path / "in", num_identities=60, images_per_identity=50, seed=3)  # 3000
+    out = tmp_path / "out"
+    args = [sys.executable, TOOL, "--progress=false", f"--input={src}", f"--output={out}", "--shards=12",
+            "--workers=2", "--align=none"]
+    proc = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("*.tfrecord")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGKILL)  # the tool and its worker processes, all at once
+    finally:
+        proc.wait()
+    done = list(out.glob("*.tfrecord"))
+    if (out / "manifest.json").exists() or len(done) == 12:
+        pytest.fail("the run finished before it could be killed; make the input larger")
+    assert done, "no shard was complete when killed"
+    finished = {p.name: p.stat().st_mtime_ns for p in done if Path(str(p) + ".done.json").exists()}
+    # No half shard under a final name: every visible shard is complete and readable.
+    for p in done:
+        assert len(read_examples(p)) == 250
+    run_tool(f"--input={src}", f"--output={out}", "--shards=12", "--workers=2", "--align=none")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["num_images"] == 3000 and m["skipped"] == [] and m["synthetic"] is True
+    sources = [e["source"] for e in all_examples(out)]
+    assert len(sources) == 3000 and len(set(sources)) == 3000
+    assert not list(out.glob("*.tmp-*"))
+    # Shards recorded as finished before the kill were kept, not redone.
+    for name, mtime in finished.items():
+        assert (out / name).stat().st_mtime_ns == mtime, name
+
+
+# ----------------------------------------------------------------------------------------------- AT&T, real faces
+@pytest.fixture(scope="module")
+def att_prepared(att_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("att")
+    t = time.time()
+    proc = run_tool(f"--input={att_dir}", f"--output={out}", "--align=mtcnn", "--shards=4", "--workers=2")
+    return out, json.loads((out / "manifest.json").read_text()), time.time() - t, proc.stdout
+
+
+@pytest.mark.slow
+def test_att_all_inputs_accounted_nearly_all_aligned(att_prepared):
+    out, m, seconds, stdout = att_prepared
+    print(f"AT&T: {m['num_images']}/390 aligned by MTCNN in {seconds:.1f}s; skipped: {m['skipped']}")
+    assert m["num_inputs"] == 390 and m["num_images"] + len(m["skipped"]) == 390
+    assert m["num_classes"] == 39 and m["aligned_by"]["mtcnn"] == m["num_images"]
+    assert m["num_images"] >= 380  # "nearly all"; the exact count is printed above and in the README
+    counts = Counter(e["label"] for e in all_examples(out))
+    assert len(counts) == 39 and sum(counts.values()) == m["num_images"]
+
+
+@pytest.mark.slow
+def test_att_aligned_eyes_on_template(att_prepared):
+    out, m, _, _ = att_prepared
+    exs = all_examples(out)[::13]  # 30 crops spread over the identities
+    aligner = FaceAligner()
+    errs = []
+    for e in exs:
+        _, _, marks = aligner.detect(decode_image_rgb(e["jpeg"]))
+        assert len(marks), f"no face re-detected in aligned crop {e['source']}"
+        errs.append(np.abs(marks[0, :2] - ARCFACE_TEMPLATE[:2]).max())
+    print(f"eye offset from template: mean {np.mean(errs):.2f}px, max {np.max(errs):.2f}px")
+    assert np.mean(errs) < 3.0 and np.max(errs) < 6.0
