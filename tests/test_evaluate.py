@@ -168,6 +168,26 @@ def test_cli_on_real_lfw_subset(tmp_path, reference_tflite, lfw_dir, lfw_pairs):
     assert json.loads(Path(report["sidecar"]).read_text())["threshold"] == report["threshold"]
 
 
+def test_cli_on_bin_built_from_real_faces(tmp_path, reference_tflite, lfw_dir, lfw_pairs):
+    """--bin path: a .bin pickled like InsightFace's (JPEG bytes, issame) from 20 real LFW pairs."""
+    import pickle
+
+    from mobiface_tf.data.verification import read_lfw_pairs
+
+    pairs = read_lfw_pairs(_mini_pairs(lfw_pairs, tmp_path / "pairs_mini.txt", 1), lfw_dir)
+    images = [p.read_bytes() for pair in pairs for p in (pair.path_a, pair.path_b)]
+    (tmp_path / "mini.bin").write_bytes(pickle.dumps((images, [p.issame for p in pairs])))
+    out = tmp_path / "bin_report.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "evaluate.py"), f"--model={reference_tflite}",
+         f"--bin={tmp_path / 'mini.bin'}", f"--output={out}", "--progress=false", "--write_sidecar=false"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["dataset"].startswith("bin:") and report["num_pairs"] == 20 and report["num_negative"] == 10
+    assert report["accuracy"] >= 0.9 and Path(report["roc_png"]).is_file()
+
+
 @pytest.fixture(scope="module")
 def lfw_embeddings(reference_tflite, reference_tflite_uint8, lfw_dir, lfw_pairs):
     """Embed each of the ~7.7k images referenced by pairs.txt once per model (no flip: it would double the
