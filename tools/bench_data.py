@@ -42,29 +42,32 @@ def _write_shards(out_dir: str, num_images: int) -> str:
     return f"LFW 112x112 JPEGs ({len(files)} from {lfw})"
 
 
-def _time(pattern: str, threads: int) -> float:
+def _time(pattern: str, threads: int) -> tuple[float, float]:
     from mobiface_tf.data.pipeline import make_dataset
     ds = make_dataset(pattern, FLAGS.batch_size, training=True, seed=0, shuffle_buffer=2048, threads=threads)
     it = iter(ds)
     for _ in range(10):  # warm-up: fill the shuffle buffer and let AUTOTUNE settle
         next(it)
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < FLAGS.seconds:
         n += int(next(it)[0].shape[0])
-    return n / (time.perf_counter() - t0)
+    # Wall-clock rate, and images per CPU-second of this process (all its threads): the second figure holds
+    # even when other jobs share the cores.
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
 
 def main(argv):
     del argv
     with tempfile.TemporaryDirectory() as tmp:
         what = _write_shards(tmp, FLAGS.num_images)
-        rows = [(int(t), _time(tmp, int(t))) for t in FLAGS.threads]
+        rows = [(int(t), *_time(tmp, int(t))) for t in FLAGS.threads]
     print(f"\n`{' '.join([os.path.basename(sys.executable), 'tools/bench_data.py'] + sys.argv[1:])}` "
           f"on {os.cpu_count()} CPU cores; data: {what}; batch {FLAGS.batch_size}, training=True\n")
-    print("| threads | img/s | img/s per core | vs 1 thread |")
-    print("|---:|---:|---:|---:|")
-    for t, ips in rows:
-        print(f"| {t} | {ips:,.0f} | {ips / t:,.0f} | {ips / rows[0][1]:.2f}x |")
+    print(f"1-min load average at the end (other jobs share the cores): {os.getloadavg()[0]:.1f}\n")
+    print("| threads | img/s (wall) | img/s per core (wall) | vs 1 thread | img per CPU-second |")
+    print("|---:|---:|---:|---:|---:|")
+    for t, ips, cpu in rows:
+        print(f"| {t} | {ips:,.0f} | {ips / t:,.0f} | {ips / rows[0][1]:.2f}x | {cpu:,.0f} |")
 
 
 if __name__ == "__main__":
