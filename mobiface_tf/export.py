@@ -1,14 +1,208 @@
-"""Keras -> TFLite conversion.
+"""Keras -> TFLite conversion (fp32, fp16, dynamic-range, full int8), the PReLU rewrite that lets
+XNNPACK run int8 PReLU networks, delegation counting and the Keras-vs-TFLite parity report.
 
-The graph is frozen (variables -> constants) before conversion. Converting the live concrete function
-with its variables makes the converter keep large weights (the 12.8 M-weight Table I FC kernel) as
-resource variables: the .tflite then has VAR_HANDLE/READ_VARIABLE ops that are never initialised and
-returns NaN. Freezing first avoids that, and the input is fixed at batch 1 so XNNPACK gets one partition.
+Freezing. The graph is frozen (variables -> constants) before conversion. Converting the live
+concrete function with its variables makes the converter keep large weights (the 12.8 M-weight
+Table I FC kernel) as resource variables: the .tflite then has VAR_HANDLE/READ_VARIABLE ops that are
+never initialised and returns NaN. Freezing first avoids that.
+
+Batch 1. The input is fixed at [1, 112, 112, 3]: a dynamic batch put SHAPE/PACK ops into the graph
+and split the XNNPACK partition in a probe.
+
+PReLU. Keras' per-channel PReLU (relu(x) - alpha * relu(-x)) is fused by the converter into one
+TFLite PRELU op. XNNPACK delegates float PRELU but not int8 PRELU, so a stock int8 MobiFace is
+cut into 32 XNNPACK partitions, with the 31 PReLUs run by the builtin int8 kernel in between
+(measured: int8 slower than fp32). `rewrite_prelu` replaces every per-channel PReLU before
+conversion with ops XNNPACK runs in int8 (MUL, MUL+RELU, ADD), which keeps the whole int8 graph in
+one partition. The rewrite is exact in float (see `ChannelPReLU`).
 """
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+# The interpreter helpers live in bench.py, which must stay importable without TensorFlow (its timing
+# children would otherwise pay TF's import time and memory); re-exported here for callers of export.
+from mobiface_tf.bench import delegation, make_interpreter, op_counts  # noqa: F401
 
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
+INT8_IO = ("float", "int8")
+# Parity on real faces (cosine similarity Keras vs TFLite embeddings): enforced minimum per mode.
+# int8 is only reported (the issue's aim is a mean >= 0.98).
+PARITY_MIN = {"none": 0.9999, "float16": 0.999}
+INT8_PARITY_AIM = 0.98
+DEFAULT_NUM_CALIBRATION = 100
+
+
+class ParityError(RuntimeError):
+    """An export whose TFLite embeddings disagree with Keras beyond the mode's threshold."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Real faces for calibration and parity
+# ---------------------------------------------------------------------------------------------
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp")
+
+
+def load_faces(source, limit: int, seed: int = 0, size: int = 112) -> np.ndarray:
+    """Up to `limit` aligned faces as uint8 RGB [N, size, size, 3] from an image dir or TFRecords.
+
+    `source` is a directory of images (walked recursively, e.g. ../shared/data/lfw/lfw-112x112), a
+    directory of *.tfrecord shards, or a TFRecord glob (the tools/prepare_data.py format). From an
+    image dir we take a seeded random sample of the sorted file list, so the set spans many
+    identities and is the same on every run.
+    """
+    if limit < 1:
+        raise ValueError(f"number of faces must be >= 1, got {limit}")
+    path = Path(str(source))
+    if path.is_dir() and not any(path.glob("*.tfrecord")):
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {str(source)!r}; "
+                             "pass a directory of aligned 112x112 face crops or a TFRecord glob")
+        order = np.random.default_rng(seed).permutation(len(files))[:limit]
+        return np.stack([_read_image(files[i], size) for i in sorted(order)])
+    return _read_tfrecord_faces(source, limit, size)
+
+
+def _read_image(path, size):
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"cannot decode image {str(path)!r}; remove it or pass another --calibration/--parity_images")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes BGR; our models take RGB
+    if rgb.shape[:2] != (size, size):
+        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+    return rgb
+
+
+def _read_tfrecord_faces(pattern, limit, size):
+    # Imported lazily: the data package pulls in the aligner, which export from a directory never needs.
+    from mobiface_tf.data.pipeline import match_files
+    from mobiface_tf.data.tfrecord import parse_example
+
+    path = Path(str(pattern))
+    files = match_files(str(path / "*.tfrecord") if path.is_dir() else str(pattern))
+    images = []
+    for serialized in tf.data.TFRecordDataset(files).take(limit):
+        image, _ = parse_example(serialized)
+        image = image.numpy()
+        if image.shape[:2] != (size, size):
+            image = tf.image.resize(image, (size, size)).numpy().round().astype(np.uint8)
+        images.append(image)
+    if not images:
+        raise ValueError(f"TFRecords {str(pattern)!r} hold no examples; run tools/prepare_data.py first")
+    return np.stack(images)
+
+
+# ---------------------------------------------------------------------------------------------
+# The PReLU rewrite
+# ---------------------------------------------------------------------------------------------
+# PReLU(x) = a*x + (1-a)*relu(x) holds for every slope a (x >= 0: a*x + (1-a)*x = x; x < 0: a*x).
+# Three ways to write it with ops that XNNPACK runs in int8, cheapest first:
+#   "fold":    0 < a <= 1 and the input comes from a BatchNormalization nobody else reads. The BN's
+#              gamma and beta are multiplied by a, so it outputs u = a*x, and PReLU = u + relu(c*u)
+#              with c = (1-a)/a >= 0 -> MUL with fused RELU, ADD (2 ops).
+#   "fast":    a <= 1: (1-a) >= 0 moves inside the relu, a*x + relu((1-a)*x) -> MUL, MUL+RELU, ADD.
+#   "general": some a > 1: (1-a)*relu(x) = sign(1-a) * relu(|1-a|*x) -> one more MUL by +-1.
+# All three equal PReLU in float up to rounding. Why not simpler forms: LiteRT 2.3's XNNPACK leaves
+# int8 PRELU, RELU, MAXIMUM and MINIMUM to the builtin kernels (measured, see README), so neither the
+# stock PRELU, nor max(x, a*x) (exact only for 0 <= a <= 1), nor relu(x) - a*relu(-x) (which the
+# converter fuses back into PRELU) keep one partition; int8 MUL (with a fused RELU) and ADD are delegated.
+FOLD_MIN_SLOPE = 1e-3  # below this c = (1-a)/a explodes and ruins the int8 range of relu(c*u)
+PRELU_FORMS = ("fold", "fast", "general")
+
+
+class ChannelPReLU(keras.layers.Layer):
+    """Per-channel PReLU in one of PRELU_FORMS, carrying the original slopes `alpha`."""
+
+    def __init__(self, alpha_shape, form, **kwargs):
+        super().__init__(**kwargs)
+        if form not in PRELU_FORMS:
+            raise ValueError(f"unknown PReLU form {form!r}; expected one of {PRELU_FORMS}")
+        self.alpha_shape = tuple(alpha_shape)
+        self.form = form
+
+    def build(self, input_shape):
+        self.alpha = self.add_weight(name="alpha", shape=self.alpha_shape, initializer="zeros", trainable=False)
+
+    def call(self, x):
+        a = keras.ops.cast(self.alpha, x.dtype)
+        relu = keras.ops.relu
+        if self.form == "fold":  # x is already a * (the PReLU input), see rewrite_prelu
+            return x + relu(((1.0 - a) / a) * x)
+        if self.form == "fast":
+            return a * x + relu((1.0 - a) * x)
+        return a * x + keras.ops.sign(1.0 - a) * relu(keras.ops.abs(1.0 - a) * x)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha_shape": self.alpha_shape, "form": self.form}
+
+
+def _producer(tensor):
+    return tensor._keras_history.operation
+
+
+def _num_consumers(model, layer):
+    """How many layer calls in `model` read an output of `layer` (plus 1 if it is a model output)."""
+    count = sum(1 for t in model.outputs if _producer(t) is layer)
+    for other in model.layers:
+        for node in other._inbound_nodes:
+            count += sum(1 for t in node.input_tensors if _producer(t) is layer)
+    return count
+
+
+def prelu_form(model, layer) -> str:
+    """Which PRELU_FORMS entry is exact for this PReLU layer (see the table above)."""
+    alpha = layer.get_weights()[0]
+    if np.any(alpha > 1.0):
+        return "general"
+    bn = _producer(layer.input)
+    if (np.all(alpha >= FOLD_MIN_SLOPE) and isinstance(bn, keras.layers.BatchNormalization) and bn.scale
+            and bn.center and bn.axis in (-1, [-1], len(layer.input.shape) - 1, [len(layer.input.shape) - 1])
+            and _num_consumers(model, bn) == 1):
+        return "fold"
+    return "fast"
+
+
+def rewrite_prelu(model: keras.Model) -> tuple[keras.Model, dict]:
+    """Clone `model` with every PReLU replaced by a `ChannelPReLU` carrying the same slopes.
+
+    Returns (clone, summary) with summary[form] = names of the PReLU layers written in that form.
+    For "fold" layers the preceding BN's gamma and beta are multiplied by the slopes in the clone.
+    """
+    summary = {form: [] for form in PRELU_FORMS}
+    forms = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.PReLU):
+            forms[layer.name] = prelu_form(model, layer)
+            summary[forms[layer.name]].append(layer.name)
+
+    def swap(layer):
+        if layer.name in forms:
+            return ChannelPReLU(layer.get_weights()[0].shape, forms[layer.name], name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    clone = keras.models.clone_model(model, clone_function=swap)
+    for new, old in zip(clone.layers, model.layers):
+        new.set_weights(old.get_weights())
+    for name in summary["fold"]:
+        alpha = model.get_layer(name).get_weights()[0].reshape(-1)
+        bn = clone.get_layer(_producer(model.get_layer(name).input).name)
+        gamma, beta, *stats = bn.get_weights()
+        bn.set_weights([gamma * alpha, beta * alpha, *stats])
+    return clone, summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion
+# ---------------------------------------------------------------------------------------------
 def frozen_function(model, batch_size=1):
     """The inference function of `model` with a fixed [batch, H, W, C] input, variables frozen to constants."""
     spec = tf.TensorSpec([batch_size, *model.input_shape[1:]], tf.float32, name="image")
@@ -16,6 +210,130 @@ def frozen_function(model, batch_size=1):
     return convert_variables_to_constants_v2(fn)
 
 
-def to_tflite(model) -> bytes:
-    """float32 TFLite flatbuffer of `model` (batch 1)."""
-    return tf.lite.TFLiteConverter.from_concrete_functions([frozen_function(model)]).convert()
+def to_tflite(model, quantize: str = "none", representative_images=None, int8_io: str = "float") -> bytes:
+    """TFLite flatbuffer of `model` at batch 1.
+
+    Args:
+      quantize: "none" (fp32), "float16" (fp16 weights, fp32 compute on CPU), "dynamic" (int8
+        weights, dynamic-range activations) or "int8" (full integer, calibrated).
+      representative_images: for int8, an array [N, H, W, 3] of raw RGB 0-255 real aligned faces.
+      int8_io: for int8, "float" keeps float32 input/output (quantize/dequantize inside the model);
+        "int8" makes the model take and return int8 tensors.
+    """
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"unknown quantize mode {quantize!r}; expected one of {QUANTIZE_MODES}")
+    if int8_io not in INT8_IO:
+        raise ValueError(f"unknown int8_io {int8_io!r}; expected one of {INT8_IO}")
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen_function(model)])
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantize == "int8":
+        if representative_images is None or len(representative_images) == 0:
+            raise ValueError("int8 export needs representative images (pass --calibration=DIR or TFRecord glob)")
+        images = np.asarray(representative_images, np.float32)
+
+        def representative():
+            for image in images:
+                yield [image[None]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io == "int8":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+# ---------------------------------------------------------------------------------------------
+# Inspection: delegation and running
+# ---------------------------------------------------------------------------------------------
+def run_tflite(interp, images) -> np.ndarray:
+    """Float embeddings [N, D] for raw RGB 0-255 images, one at a time (batch 1), (de)quantising int8 I/O."""
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    results = []
+    for image in np.asarray(images, np.float32):
+        x = image[None]
+        if np.issubdtype(inp["dtype"], np.integer):
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+        y = interp.get_tensor(out["index"]).astype(np.float32)
+        if np.issubdtype(out["dtype"], np.integer):
+            scale, zero = out["quantization"]
+            y = (y - zero) * scale
+        results.append(y[0])
+    return np.stack(results)
+
+
+def cosine(a, b) -> np.ndarray:
+    """Row-wise cosine similarity, in float64: random-init embeddings can be ~1e-7 in norm."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-300)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-300)
+    return np.sum(a * b, -1)
+
+
+def parity(model, model_content: bytes, images) -> dict:
+    """Cosine similarity between Keras and TFLite embeddings of the same real faces: min and mean."""
+    keras_emb = np.asarray(model.predict(np.asarray(images, np.float32), batch_size=32, verbose=0))
+    tfl_emb = run_tflite(make_interpreter(model_content), images)
+    cos = cosine(keras_emb, tfl_emb)
+    return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "num_images": int(len(cos))}
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole export
+# ---------------------------------------------------------------------------------------------
+def export(model, output, quantize="none", calibration_images=None, parity_images=None, int8_io="float",
+           rewrite=None, enforce=True) -> dict:
+    """Convert `model`, write OUTPUT and OUTPUT.parity.json, return the report.
+
+    rewrite: apply `rewrite_prelu` before conversion. None (default) = only for int8. In float modes
+    XNNPACK already runs PRELU as one fused op, and the rewrite measured slightly slower there (3 ops
+    instead of 1, see README); in int8 it is what keeps the graph in one XNNPACK partition.
+    Parity is always measured against the original model. Raises ParityError when fp32/fp16 parity
+    is below PARITY_MIN (after writing the report, so the numbers can be inspected).
+    """
+    output = Path(output)
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"unknown quantize mode {quantize!r}; expected one of {QUANTIZE_MODES}")
+    if rewrite is None:
+        rewrite = quantize == "int8"
+    converted, summary = rewrite_prelu(model) if rewrite else (model, {form: [] for form in PRELU_FORMS})
+    content = to_tflite(converted, quantize, calibration_images, int8_io)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(content)
+    interp = make_interpreter(content)
+    report = {
+        "model": model.name,
+        "tflite": str(output),
+        "quantize": quantize,
+        "int8_io": int8_io if quantize == "int8" else "float",
+        "size_bytes": len(content),
+        "prelu_rewrite": {"enabled": bool(rewrite), **{form: len(summary[form]) for form in PRELU_FORMS},
+                          "general_layers": summary["general"]},
+        "num_calibration": 0 if quantize != "int8" else int(len(calibration_images)),
+        "ops": op_counts(content),
+        **delegation(interp),
+    }
+    if parity_images is not None and len(parity_images):
+        report["parity"] = parity(model, content, parity_images)
+        threshold = PARITY_MIN.get(quantize)
+        report["parity"]["threshold"] = threshold if threshold is not None else f"reported only (aim mean >= {INT8_PARITY_AIM})"
+    else:
+        report["parity"] = None
+    Path(str(output) + ".parity.json").write_text(json.dumps(report, indent=2))
+    if enforce and quantize in PARITY_MIN:
+        if report["parity"] is None:
+            raise ParityError(f"{quantize} export {str(output)!r} has no parity images; pass --parity_images=DIR")
+        if report["parity"]["cosine_min"] < PARITY_MIN[quantize]:
+            raise ParityError(f"{quantize} export {str(output)!r}: min cosine {report['parity']['cosine_min']:.6f} "
+                              f"< {PARITY_MIN[quantize]} (Keras vs TFLite); see {output}.parity.json")
+    return report

@@ -1,0 +1,418 @@
+"""Latency, MACs, size, delegation and memory of TFLite face-embedding networks.
+
+Every figure that is compared is measured in the same run: the latencies of all models and the
+machine's sgemm peak (mobiface_tf.peak). Each model is timed in a fresh subprocess so that its peak
+RSS (resource.getrusage ru_maxrss of that child: Python + LiteRT + the model) is its own.
+
+Timing: batch 1, LiteRT Interpreter with its default XNNPACK delegate at `threads` threads, a few
+warm-up invokes, then >= 50 timed invokes; p50 and p90 of the per-invoke wall time.
+Achieved GFLOP/s = 2 * MACs / p50. `fraction_of_peak` divides it by the sgemm GFLOP/s at the same
+thread count (numpy BLAS); `peak_gflops` is the single-thread figure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MODELS = ("mobiface_fc", "mobiface_gdc", "mobilefacenet", "mobilenet_v1_gdc")
+DEFAULT_THREADS = (1, 2)
+MIN_RUNS = 50
+
+
+# ---------------------------------------------------------------------------------------------
+# Interpreter, delegation
+# ---------------------------------------------------------------------------------------------
+def make_interpreter(model_content: bytes | None = None, model_path=None, num_threads: int = 1):
+    """LiteRT interpreter (XNNPACK is applied by default on CPU), tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model_content, model_path=None if model_path is None else str(model_path),
+                         num_threads=num_threads)
+    interp.allocate_tensors()
+    return interp
+
+
+def delegation(interp) -> dict:
+    """XNNPACK partitions and undelegated ops of an allocated interpreter.
+
+    LiteRT's Python API has no partition counter. After allocation, `_get_ops_details()` lists the
+    graph's original nodes followed by one "DELEGATE" node per delegate partition; the original
+    nodes a partition took over stay listed but are no longer executed. We rebuild the execution
+    plan: walk back from the graph outputs, where a tensor is produced by a DELEGATE node if one
+    outputs it, else by its original op, which is then an undelegated op run by the builtin kernels.
+    """
+    ops = interp._get_ops_details()
+    delegate_out, op_out = {}, {}
+    for op in ops:
+        target = delegate_out if op["op_name"] == "DELEGATE" else op_out
+        for t in op["outputs"]:
+            target[int(t)] = op
+    wanted = [int(d["index"]) for d in interp.get_output_details()]
+    seen, executed = set(), {}
+    while wanted:
+        t = wanted.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        producer = delegate_out.get(t) or op_out.get(t)
+        if producer is None:  # graph input or constant
+            continue
+        executed[producer["index"]] = producer
+        wanted.extend(int(i) for i in producer["inputs"] if i >= 0)
+    names = [op["op_name"] for op in executed.values()]
+    undelegated = {}
+    for n in names:
+        if n != "DELEGATE":
+            undelegated[n] = undelegated.get(n, 0) + 1
+    return {"partitions": names.count("DELEGATE"), "undelegated_ops": dict(sorted(undelegated.items())),
+            "num_undelegated": sum(undelegated.values())}
+
+
+def op_counts(model_content: bytes) -> dict:
+    """Op types and counts of the flatbuffer graph itself (before delegation)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_content=model_content,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    counts = {}
+    for op in interp._get_ops_details():
+        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing one .tflite (runs inside a fresh child process)
+# ---------------------------------------------------------------------------------------------
+def peak_rss_kb() -> int:
+    """This process's peak resident set size in kB.
+
+    VmHWM from /proc/self/status where it exists: getrusage's ru_maxrss is not usable in a child
+    started from a big parent, because Linux carries the parent's high-water mark across fork+exec
+    (we measured ~1 GB for a 60 MB child of the TF-loaded bench). Elsewhere, ru_maxrss.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        m = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.M)
+        if m:
+            return int(m[1])
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss // 1024 if sys.platform == "darwin" else rss  # macOS reports bytes, Linux kB
+
+
+def measure(path, threads: int = 1, warmup: int = 5, runs: int = MIN_RUNS) -> dict:
+    """Time one .tflite in this process: p50/p90 latency, delegation, peak RSS so far."""
+    import time
+
+    interp = make_interpreter(model_path=path, num_threads=threads)
+    inp = interp.get_input_details()[0]
+    rng = np.random.default_rng(0)
+    if np.issubdtype(inp["dtype"], np.integer):
+        info = np.iinfo(inp["dtype"])
+        x = rng.integers(info.min, info.max, inp["shape"], endpoint=True).astype(inp["dtype"])
+    else:
+        x = rng.uniform(0, 255, inp["shape"]).astype(inp["dtype"])  # raw RGB 0-255
+    interp.set_tensor(inp["index"], x)
+    for _ in range(warmup):
+        interp.invoke()
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        interp.invoke()
+        times[i] = time.perf_counter() - t0
+    rss_kb = peak_rss_kb()
+    return {
+        "latency_ms_p50": float(np.percentile(times, 50) * 1e3),
+        "latency_ms_p90": float(np.percentile(times, 90) * 1e3),
+        "runs": runs,
+        "peak_rss_mb": round(rss_kb / 1024, 1),
+        **delegation(interp),
+    }
+
+
+def measure_in_subprocess(path, threads: int, warmup: int, runs: int, timeout: float = 600) -> dict:
+    """`measure` in a fresh Python process (own peak RSS, no interference from models timed before)."""
+    cmd = [sys.executable, "-m", "mobiface_tf.bench", str(path), str(threads), str(warmup), str(runs)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"timing {str(path)!r} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The official benchmark_model binary
+# ---------------------------------------------------------------------------------------------
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"  # numbers may print as 2.9e+06
+
+
+def _key_values(text):
+    return {k: float(v) for k, v in re.findall(rf"(\w+)=({_NUM})", text)}
+
+
+def parse_benchmark_model(output: str) -> dict:
+    """Parse the text printed by TFLite's benchmark_model (tensorflow/lite/tools/benchmark).
+
+    Reads the "count=... avg=..." lines (the first is the warm-up, the last the timed runs), the
+    "Inference timings in us:" summary, the memory footprint, the model size, the delegate's
+    "Replacing N out of M node(s) ... yielding P partitions" line and, with --enable_op_profiling,
+    the "Summary by node type" table of the timed runs.
+    """
+    out = {}
+    counts = [_key_values(line) for line in output.splitlines() if re.search(r"\bcount=\d", line)
+              and "Timings (microseconds)" not in line and "Memory (bytes)" not in line]
+    if counts:
+        out["warmup"] = counts[0] if len(counts) > 1 else None
+        out["runs"] = counts[-1]
+    m = re.search(rf"Inference timings in us: Init: ({_NUM}), First inference: ({_NUM}), "
+                  rf"Warmup \(avg\): ({_NUM}), Inference \(avg\): ({_NUM})", output)
+    if m:
+        out.update(init_us=float(m[1]), first_inference_us=float(m[2]), warmup_avg_us=float(m[3]),
+                   inference_avg_us=float(m[4]))
+    m = re.search(rf"Memory footprint delta from the start of the tool \(MB\): init=({_NUM}) overall=({_NUM})", output)
+    if m:
+        out.update(memory_init_mb=float(m[1]), memory_overall_mb=float(m[2]))
+    m = re.search(rf"Peak memory footprint \(MB\): init=({_NUM}) overall=({_NUM})", output)
+    if m:
+        out.update(peak_memory_init_mb=float(m[1]), peak_memory_overall_mb=float(m[2]))
+    m = re.search(rf"The input model file size \(MB\): ({_NUM})", output)
+    if m:
+        out["model_size_mb"] = float(m[1])
+    m = re.search(r"Replacing (\d+) out of (\d+) node\(s\) with delegate \((\w+)\) node, yielding (\d+) partitions", output)
+    if m:
+        out.update(delegated_nodes=int(m[1]), total_nodes=int(m[2]), delegate=m[3], partitions=int(m[4]))
+    if "inference_avg_us" not in out and "runs" not in out:
+        raise ValueError("no timings found in benchmark_model output (expected 'Inference timings in us:' "
+                         "or 'count=... avg=...' lines); run it with --graph=MODEL.tflite")
+    out["node_types"] = _node_type_summary(output)
+    return out
+
+
+def _node_type_summary(output):
+    """Rows of the last 'Summary by node type' table (the timed runs, not the initialisation)."""
+    blocks = output.split("Summary by node type")
+    if len(blocks) < 2:
+        return []
+    rows = []
+    for line in blocks[-1].splitlines()[2:]:
+        cells = line.split()
+        if len(cells) < 7 or not cells[1].isdigit():
+            break
+        rows.append({"node_type": cells[0], "count": int(cells[1]), "avg_ms": float(cells[2]),
+                     "avg_pct": float(cells[3].rstrip("%")), "times_called": int(float(cells[6]))})
+    return rows
+
+
+def run_benchmark_model(binary, tflite, threads: int, runs: int = MIN_RUNS, profile: bool = False) -> dict:
+    """Run the official benchmark_model binary on one .tflite and parse what it prints."""
+    binary = Path(binary)
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        raise ValueError(f"--benchmark_model={str(binary)!r} is not an executable file; pass the path to "
+                         "TFLite's benchmark_model binary")
+    cmd = [str(binary), f"--graph={tflite}", f"--num_threads={threads}", f"--num_runs={runs}",
+           "--warmup_runs=5", f"--enable_op_profiling={'true' if profile else 'false'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return parse_benchmark_model(proc.stdout + "\n" + proc.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows and tables
+# ---------------------------------------------------------------------------------------------
+def finish_row(row: dict, peaks: dict) -> dict:
+    """Add achieved GFLOP/s (2 x MACs / p50) and the fractions of the sgemm peak."""
+    macs, p50 = row.get("macs"), row.get("latency_ms_p50")
+    row["peak_gflops"] = peaks[1]
+    if macs and p50:
+        row["gflops_per_s"] = round(2 * macs / (p50 * 1e-3) / 1e9, 2)
+        row["fraction_of_peak"] = round(row["gflops_per_s"] / peaks[row["threads"]], 3)
+    else:
+        row["gflops_per_s"] = row["fraction_of_peak"] = None
+    return row
+
+
+COLUMNS = [  # (header, key, format)
+    ("model", "model", "{}"), ("quantize", "quantize", "{}"), ("threads", "threads", "{}"),
+    ("params", "params", "{:,}"), ("MMACs", "macs", "{:.0f}"), ("size MB", "size_bytes", "{:.2f}"),
+    ("p50 ms", "latency_ms_p50", "{:.2f}"), ("p90 ms", "latency_ms_p90", "{:.2f}"),
+    ("partitions", "partitions", "{}"), ("undelegated", "undelegated_ops", "{}"),
+    ("GFLOP/s", "gflops_per_s", "{:.1f}"), ("of peak", "fraction_of_peak", "{:.1%}"),
+    ("RSS MB", "peak_rss_mb", "{:.0f}"), ("cos min/mean", "parity", "{}"),
+]
+
+
+def _cell(row, key, fmt):
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key == "macs":
+        return fmt.format(value / 1e6)
+    if key == "size_bytes":
+        return fmt.format(value / 1e6)
+    if key == "undelegated_ops":
+        return ", ".join(f"{k} x{v}" for k, v in value.items()) or "none"
+    if key == "parity":
+        return f"{value['cosine_min']:.4f} / {value['cosine_mean']:.4f}"
+    return fmt.format(value)
+
+
+def markdown_table(rows, columns=COLUMNS) -> str:
+    columns = [c for c in columns if any(r.get(c[1]) is not None for r in rows)]
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r, k, f) for _, k, f in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+STATIC_COLUMNS = [("model", "model", "{}"), ("params", "params", "{:,}"), ("trainable", "trainable_params", "{:,}"),
+                  ("MMACs", "macs", "{:.0f}"), ("fp32 MB (4 B/param)", "fp32_mb", "{:.2f}"),
+                  ("embedding", "embedding_dim", "{}")]
+
+
+def static_table(names) -> tuple[list, str]:
+    """params / MACs / sizes of zoo configurations, no conversion, no timing."""
+    from mobiface_tf.models.zoo import static_row
+
+    rows = [static_row(name) for name in names]
+    return rows, markdown_table(rows, STATIC_COLUMNS)
+
+
+def latency_chart(rows, path) -> None:
+    """Bar chart of p50 latency per model x quantize mode, one group per thread count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    modes = list(dict.fromkeys(r["quantize"] for r in rows))
+    threads = sorted({r["threads"] for r in rows})
+    fig, axes = plt.subplots(1, len(threads), figsize=(6 * len(threads), 4), squeeze=False)
+    width = 0.8 / len(modes)
+    for ax, t in zip(axes[0], threads):
+        for j, mode in enumerate(modes):
+            values = [next((r["latency_ms_p50"] for r in rows if r["model"] == m and r["quantize"] == mode
+                            and r["threads"] == t), np.nan) for m in models]
+            ax.bar(np.arange(len(models)) + j * width, values, width, label=mode)
+        ax.set_xticks(np.arange(len(models)) + width * (len(modes) - 1) / 2)
+        ax.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("p50 latency (ms), batch 1")
+        ax.set_title(f"{t} thread{'s' if t > 1 else ''}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(rows, output_dir, meta: dict) -> str:
+    """DIR/results.json, DIR/results.md, DIR/latency.png; returns the Markdown table."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(rows)
+    (output_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    notes = "\n".join(f"- {k}: {v}" for k, v in meta.items())
+    (output_dir / "results.md").write_text(table + "\n\n" + notes + "\n")
+    latency_chart(rows, output_dir / "latency.png")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole bench
+# ---------------------------------------------------------------------------------------------
+def bench(models, quantize_modes, threads, output_dir, calibration=None, num_calibration=100,
+          parity_images=None, num_parity=16, runs=MIN_RUNS, warmup=5, extra_tflite=(),
+          benchmark_model=None, profile=False, log=print) -> dict:
+    """Export every model in every mode, time them at every thread count, write the three outputs.
+
+    calibration: image dir or TFRecord glob of real aligned faces for int8; None -> synthetic noise
+      images (the rows say so: calibration "synthetic").
+    parity_images: source of real faces for the Keras-vs-TFLite cosine column (None -> no column).
+    """
+    import keras
+
+    from mobiface_tf import export as ex
+    from mobiface_tf.models import count_macs
+    from mobiface_tf.models.zoo import build_config
+    from mobiface_tf.peak import sgemm_gflops
+
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    bad = [q for q in quantize_modes if q not in ex.QUANTIZE_MODES]
+    if bad:
+        raise ValueError(f"unknown quantize mode(s) {bad}; expected some of {ex.QUANTIZE_MODES}")
+    output_dir = Path(output_dir)
+    model_dir = output_dir / "models"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    peaks = {t: round(sgemm_gflops(threads=t), 2) for t in sorted({1, *threads})}
+    log(f"sgemm peak GFLOP/s: {peaks}")
+
+    if "int8" in quantize_modes:
+        if calibration:
+            calib, calib_label = ex.load_faces(calibration, num_calibration), f"real faces: {calibration}"
+        else:
+            calib = np.random.default_rng(0).uniform(0, 255, (num_calibration, 112, 112, 3)).astype(np.uint8)
+            calib_label = "synthetic uniform noise (no --calibration given): int8 accuracy not representative"
+    else:
+        calib, calib_label = None, None
+    faces = ex.load_faces(parity_images, num_parity, seed=1) if parity_images else None
+
+    rows = []
+    for name in models:
+        keras.utils.set_random_seed(0)
+        model = build_config(name)  # random init: latency does not depend on the weights' values
+        params, macs = model.count_params(), count_macs(model)
+        for mode in quantize_modes:
+            path = model_dir / f"{name}_{mode}.tflite"
+            report = ex.export(model, path, mode, calib, faces, enforce=False)
+            for t in threads:
+                row = {"model": name, "quantize": mode, "threads": t, "params": params, "macs": macs,
+                       "size_bytes": report["size_bytes"], "tflite": str(path),
+                       "prelu_rewrite": report["prelu_rewrite"]["enabled"],
+                       **measure_in_subprocess(path, t, warmup, runs), "parity": report["parity"]}
+                if mode == "int8":
+                    row["calibration"] = calib_label
+                if benchmark_model:
+                    row["benchmark_model"] = run_benchmark_model(benchmark_model, path, t, runs, profile)
+                rows.append(finish_row(row, peaks))
+                log(f"{name} {mode} x{t}: p50 {row['latency_ms_p50']:.2f} ms, partitions {row['partitions']}")
+    for extra in extra_tflite:
+        extra = Path(extra)
+        if not extra.is_file():
+            raise FileNotFoundError(f"--extra_tflite={str(extra)!r} does not exist; pass a .tflite file")
+        for t in threads:
+            row = {"model": extra.stem, "quantize": "as given", "threads": t, "params": None, "macs": None,
+                   "size_bytes": extra.stat().st_size, "tflite": str(extra),
+                   **measure_in_subprocess(extra, t, warmup, runs)}
+            if benchmark_model:
+                row["benchmark_model"] = run_benchmark_model(benchmark_model, extra, t, runs, profile)
+            rows.append(finish_row(row, peaks))
+    if profile:
+        for row in rows:
+            row["ops"] = ex.op_counts(Path(row["tflite"]).read_bytes())
+    meta = {"peak_gflops_by_threads": peaks, "runs": runs, "warmup": warmup, "batch": 1,
+            "calibration": calib_label, "cpu_count": os.cpu_count(),
+            "timing": "LiteRT Interpreter + default XNNPACK delegate, fresh subprocess per row"}
+    table = write_outputs(rows, output_dir, meta)
+    return {"rows": rows, "meta": meta, "table": table}
+
+
+def ratio(rows, model, numerator="int8", denominator="none", threads=1) -> float | None:
+    """p50(numerator mode) / p50(denominator mode) for one model at one thread count, same run."""
+    def p50(mode):
+        return next((r["latency_ms_p50"] for r in rows if r["model"] == model and r["quantize"] == mode
+                     and r["threads"] == threads), None)
+    a, b = p50(numerator), p50(denominator)
+    return None if a is None or b is None else a / b
+
+
+if __name__ == "__main__":  # internal: python -m mobiface_tf.bench PATH THREADS WARMUP RUNS (one timing child)
+    _path, _threads, _warmup, _runs = sys.argv[1:5]
+    print(json.dumps(measure(_path, int(_threads), int(_warmup), int(_runs))))

@@ -1,0 +1,70 @@
+"""Latency / size / MACs table of MobiFace vs MobileFaceNet vs MobileNetV1 in TFLite.
+
+    python tools/bench.py --output_dir=/tmp/bench_out        # all models x modes x threads 1,2
+    python tools/bench.py --static                            # params, MACs, sizes only (seconds)
+    python tools/bench.py --models=mobiface_gdc --quantize=none,int8 --threads=1 \
+        --extra_tflite=../shared/data/models/mobilefacenet_insightface_fp32.tflite
+
+Prints a Markdown table and writes DIR/results.json, DIR/results.md and DIR/latency.png; the
+.tflite files go to DIR/models/ (each scorable by tools/evaluate.py). Int8 is calibrated on real
+aligned faces from --calibration (default: the LFW crops in ../shared/data when present), otherwise
+on synthetic noise, which the table's metadata says.
+"""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+DEFAULT_LFW = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw" / "lfw-112x112"
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["mobiface_fc", "mobiface_gdc", "mobilefacenet", "mobilenet_v1_gdc"],
+                  "zoo network names (mobiface_tf/models/zoo.py)")
+flags.DEFINE_list("quantize", ["none", "float16", "dynamic", "int8"], "TFLite modes")
+flags.DEFINE_list("threads", ["1", "2"], "interpreter thread counts")
+flags.DEFINE_string("output_dir", "bench_out", "where results.json/.md, latency.png and models/ go")
+flags.DEFINE_string("calibration", None, "int8 calibration faces: image dir or TFRecord glob "
+                    "(default: ../shared/data/lfw/lfw-112x112 if present, else synthetic)")
+flags.DEFINE_integer("num_calibration", 100, "int8 calibration images", lower_bound=1)
+flags.DEFINE_string("parity_images", None, "real faces for the Keras-vs-TFLite cosine column (default: as calibration)")
+flags.DEFINE_integer("num_parity", 16, "faces for the cosine column", lower_bound=1)
+flags.DEFINE_integer("runs", 50, "timed runs per row", lower_bound=1)
+flags.DEFINE_integer("warmup", 5, "warm-up runs per row", lower_bound=0)
+flags.DEFINE_list("extra_tflite", [], "extra .tflite files timed as additional rows")
+flags.DEFINE_string("benchmark_model", None, "path to TFLite's benchmark_model binary: also run it and parse it")
+flags.DEFINE_bool("profile", False, "per-op profile: op counts per model, and benchmark_model's op profiling")
+flags.DEFINE_bool("static", False, "only print params, MACs and sizes (no conversion, no timing)")
+
+
+def main(argv):
+    del argv
+    from mobiface_tf import bench as bench_lib
+
+    try:
+        if FLAGS.static:
+            _, table = bench_lib.static_table(FLAGS.models)
+            print(table)
+            return
+        threads = [int(t) for t in FLAGS.threads]
+        if any(t < 1 for t in threads):
+            raise ValueError(f"--threads must be positive integers, got {FLAGS.threads}")
+        calibration = FLAGS.calibration or (str(DEFAULT_LFW) if DEFAULT_LFW.is_dir() else None)
+        result = bench_lib.bench(FLAGS.models, FLAGS.quantize, threads, FLAGS.output_dir, calibration,
+                                 FLAGS.num_calibration, FLAGS.parity_images or calibration, FLAGS.num_parity,
+                                 FLAGS.runs, FLAGS.warmup, FLAGS.extra_tflite, FLAGS.benchmark_model, FLAGS.profile)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    print(result["table"])
+    for name in FLAGS.models:
+        r = bench_lib.ratio(result["rows"], name)
+        if r is not None:
+            print(f"{name}: int8 p50 / fp32 p50 at 1 thread = {r:.2f}")
+    print(f"peak sgemm GFLOP/s by threads: {result['meta']['peak_gflops_by_threads']}; "
+          f"outputs in {FLAGS.output_dir}/ (results.json, results.md, latency.png)")
+
+
+if __name__ == "__main__":
+    app.run(main)

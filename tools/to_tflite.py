@@ -1,0 +1,93 @@
+"""Export a face-embedding model to TFLite (batch 1) with a parity report on real faces.
+
+    python tools/to_tflite.py --backbone=mobiface_gdc --output=/tmp/mobiface_gdc_int8.tflite --quantize=int8 \
+        --calibration=../shared/data/lfw/lfw-112x112
+    python tools/to_tflite.py --model=runs/x/embedding.keras --output=model.tflite --quantize=float16 \
+        --parity_images=../shared/data/lfw/lfw-112x112
+
+Writes OUTPUT and OUTPUT.parity.json (cosine Keras vs TFLite on real faces: min and mean, plus the
+mode, size, ops and XNNPACK partitions). fp32 must reach min cosine >= 0.9999 and fp16 >= 0.999, or
+the command fails; int8 is reported (aim: mean >= 0.98).
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "trained embedding model (.keras) to export")
+flags.DEFINE_string("backbone", None, "instead of --model: a fresh random-init network, a zoo name (e.g. mobiface_gdc) "
+                    "or a builder name (mobiface, mobilefacenet, mobilenet_v1) with --head/--embedding_dim")
+flags.DEFINE_enum("head", None, ["fc", "gdc", "gap"], "head for a builder-name --backbone")
+flags.DEFINE_integer("embedding_dim", None, "embedding size for a builder-name --backbone", lower_bound=1)
+flags.DEFINE_string("output", None, "output .tflite path", required=True)
+flags.DEFINE_enum("quantize", "none", ["none", "float16", "dynamic", "int8"], "conversion mode")
+flags.DEFINE_string("calibration", None, "int8 representative set: directory of aligned face images or TFRecord glob")
+flags.DEFINE_integer("num_calibration", 100, "images used for int8 calibration", lower_bound=100)
+flags.DEFINE_enum("int8_io", "float", ["float", "int8"], "int8 mode: float32 or int8 model input/output")
+flags.DEFINE_string("parity_images", None, "real aligned faces for the parity report (image dir or TFRecord glob; "
+                    "default: --calibration)")
+flags.DEFINE_integer("num_parity", 50, "faces used for the parity report", lower_bound=1)
+flags.DEFINE_enum("prelu_rewrite", "auto", ["auto", "on", "off"],
+                  "rewrite PReLU into XNNPACK-delegated ops (auto: int8 only)")
+flags.DEFINE_integer("seed", 0, "random init seed for --backbone")
+
+
+def _build_model():
+    import keras
+
+    if bool(FLAGS.model) == bool(FLAGS.backbone):
+        raise ValueError("pass exactly one of --model=PATH.keras or --backbone=NAME")
+    if FLAGS.model:
+        path = Path(FLAGS.model)
+        if not path.is_file():
+            raise ValueError(f"--model={FLAGS.model!r} does not exist; pass a .keras file written by training")
+        import mobiface_tf.models  # noqa: F401  (custom layers, if any, register on import)
+        return keras.models.load_model(path, compile=False)
+    from mobiface_tf.models import BUILDERS, build
+    from mobiface_tf.models.zoo import CONFIGS, build_config
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.backbone in CONFIGS:
+        if FLAGS.head or FLAGS.embedding_dim:
+            raise ValueError(f"--backbone={FLAGS.backbone!r} is a zoo name that fixes head and embedding size; "
+                             f"use a builder name ({sorted(BUILDERS)}) with --head/--embedding_dim")
+        return build_config(FLAGS.backbone)
+    if FLAGS.backbone in BUILDERS:
+        kwargs = {k: v for k, v in (("head", FLAGS.head), ("embedding_dim", FLAGS.embedding_dim)) if v}
+        return build(FLAGS.backbone, **kwargs)
+    raise ValueError(f"unknown --backbone={FLAGS.backbone!r}; expected a zoo name {sorted(CONFIGS)} "
+                     f"or a builder name {sorted(BUILDERS)}")
+
+
+def main(argv):
+    del argv
+    from mobiface_tf import export as ex
+
+    try:
+        if FLAGS.quantize == "int8" and not FLAGS.calibration:
+            raise ValueError("--quantize=int8 needs --calibration=DIR or TFRecord glob of real aligned faces")
+        model = _build_model()
+        calib = ex.load_faces(FLAGS.calibration, FLAGS.num_calibration) if FLAGS.quantize == "int8" else None
+        source = FLAGS.parity_images or FLAGS.calibration
+        if not source:
+            raise ValueError("the parity report needs real faces: pass --parity_images=DIR (e.g. "
+                             "../shared/data/lfw/lfw-112x112) or --calibration")
+        faces = ex.load_faces(source, FLAGS.num_parity, seed=1)
+        rewrite = {"auto": None, "on": True, "off": False}[FLAGS.prelu_rewrite]
+        report = ex.export(model, FLAGS.output, FLAGS.quantize, calib, faces, FLAGS.int8_io, rewrite=rewrite)
+    except (ValueError, FileNotFoundError, ex.ParityError) as e:
+        sys.exit(f"error: {e}")
+    p = report["parity"]
+    print(f"wrote {FLAGS.output} ({report['size_bytes'] / 1e6:.2f} MB, {FLAGS.quantize}, "
+          f"{report['partitions']} XNNPACK partition(s), undelegated: {report['undelegated_ops'] or 'none'})")
+    print(f"parity on {p['num_images']} faces: cosine min {p['cosine_min']:.6f} mean {p['cosine_mean']:.6f} "
+          f"({p['threshold']}); report: {FLAGS.output}.parity.json")
+
+
+if __name__ == "__main__":
+    app.run(main)
