@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")  # the TFLite modes export.to_tflite implements
 DEFAULT_MODELS = ("mobiface_fc", "mobiface_gdc", "mobilefacenet", "mobilenet_v1_gdc")
 DEFAULT_THREADS = (1, 2)
 MIN_RUNS = 50
@@ -336,18 +337,26 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
       images (the rows say so: calibration "synthetic").
     parity_images: source of real faces for the Keras-vs-TFLite cosine column (None -> no column).
     """
+    # Check the arguments before the slow imports and conversions.
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    bad = [q for q in quantize_modes if q not in QUANTIZE_MODES]
+    if bad:
+        raise ValueError(f"unknown quantize mode(s) {bad}; expected some of {QUANTIZE_MODES}")
+    missing = [str(p) for p in extra_tflite if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--extra_tflite file(s) not found: {missing}; pass existing .tflite files")
+
     import keras
 
     from mobiface_tf import export as ex
     from mobiface_tf.models import count_macs
-    from mobiface_tf.models.zoo import build_config
+    from mobiface_tf.models.zoo import CONFIGS, build_config
     from mobiface_tf.peak import sgemm_gflops
 
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    bad = [q for q in quantize_modes if q not in ex.QUANTIZE_MODES]
-    if bad:
-        raise ValueError(f"unknown quantize mode(s) {bad}; expected some of {ex.QUANTIZE_MODES}")
+    unknown = [m for m in models if m not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown network(s) {unknown}; expected some of {sorted(CONFIGS)}")
     output_dir = Path(output_dir)
     model_dir = output_dir / "models"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -385,8 +394,6 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
                 log(f"{name} {mode} x{t}: p50 {row['latency_ms_p50']:.2f} ms, partitions {row['partitions']}")
     for extra in extra_tflite:
         extra = Path(extra)
-        if not extra.is_file():
-            raise FileNotFoundError(f"--extra_tflite={str(extra)!r} does not exist; pass a .tflite file")
         for t in threads:
             row = {"model": extra.stem, "quantize": "as given", "threads": t, "params": None, "macs": None,
                    "size_bytes": extra.stat().st_size, "tflite": str(extra),

@@ -28,9 +28,8 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 # The interpreter helpers live in bench.py, which must stay importable without TensorFlow (its timing
 # children would otherwise pay TF's import time and memory); re-exported here for callers of export.
-from mobiface_tf.bench import delegation, make_interpreter, op_counts  # noqa: F401
+from mobiface_tf.bench import QUANTIZE_MODES, delegation, make_interpreter, op_counts  # noqa: F401
 
-QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
 INT8_IO = ("float", "int8")
 # Parity on real faces (cosine similarity Keras vs TFLite embeddings): enforced minimum per mode.
 # int8 is only reported (the aim is a mean >= 0.98).

@@ -1,0 +1,172 @@
+"""TFLite export: the PReLU rewrite is exact and gives one XNNPACK partition in int8, parity on real LFW faces
+for every mode, the parity report, face loading (image dirs and TFRecords) and the CLI's one-line errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from mobiface_tf import export as ex
+from mobiface_tf.models.zoo import build_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _toy(alphas):
+    """conv -> BN -> PReLU per entry of `alphas` (slopes per channel), plus one PReLU without a BN before it."""
+    inp = keras.Input((16, 16, 3))
+    x = inp
+    for i, alpha in enumerate(alphas):
+        x = keras.layers.Conv2D(len(alpha), 3, padding="same", name=f"c{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.PReLU(shared_axes=[1, 2], name=f"p{i}")(x)
+    x = keras.layers.Conv2D(8, 1, name="last")(x)
+    x = keras.layers.PReLU(shared_axes=[1, 2], name="p_nobn")(x)
+    model = keras.Model(inp, x)
+    rng = np.random.default_rng(0)
+    for i, alpha in enumerate(alphas):
+        model.get_layer(f"p{i}").set_weights([np.asarray(alpha, "float32").reshape(1, 1, -1)])
+        c = len(alpha)  # non-trivial BN statistics so the fold into gamma/beta is really exercised
+        model.get_layer(f"bn{i}").set_weights([rng.uniform(0.5, 2, c), rng.normal(0, 1, c), rng.normal(0, 1, c),
+                                               rng.uniform(0.5, 2, c)])
+    model.get_layer("p_nobn").set_weights([rng.uniform(-0.5, 0.9, (1, 1, 8)).astype("float32")])
+    return model
+
+
+def test_rewrite_is_exact_in_every_form():
+    rng = np.random.default_rng(1)
+    in_range = rng.uniform(0.05, 1.0, 8)
+    above_one = np.r_[rng.uniform(0.1, 0.9, 6), 1.7, 3.0]       # a > 1: max(x, a*x) would be wrong -> "general"
+    negative = np.r_[rng.uniform(0.1, 0.9, 6), -0.4, 0.0]       # a <= 0: cannot fold (c = (1-a)/a) -> "fast"
+    model = _toy([in_range, above_one, negative])
+    clone, summary = ex.rewrite_prelu(model)
+    assert summary == {"fold": ["p0"], "fast": ["p2", "p_nobn"], "general": ["p1"]}
+    assert not any(isinstance(l, keras.layers.PReLU) for l in clone.layers)
+    x = rng.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    want, got = np.asarray(model(x)), np.asarray(clone(x))
+    assert np.abs(want).max() > 1.0  # outputs of order 1+, so the tolerance below is meaningful
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert np.mean(want < 0) > 0.1  # the negative side of every PReLU is exercised
+
+
+def test_rewrite_mobiface_equal_within_1e5():
+    keras.utils.set_random_seed(0)
+    model = build_config("mobiface_gdc")
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # trained-like slopes, some > 1 (general form), instead of the 0.25 init
+        if isinstance(layer, keras.layers.PReLU):
+            alpha = rng.uniform(0.01, 0.6, layer.get_weights()[0].shape)
+            alpha.flat[0] = 1.3 if layer.name.startswith("stage3") else alpha.flat[0]
+            layer.set_weights([alpha.astype("float32")])
+    clone, summary = ex.rewrite_prelu(model)
+    assert len(summary["general"]) == 14 and len(summary["fold"]) == 17 and not summary["fast"]
+    x = rng.uniform(0, 255, (2, 112, 112, 3)).astype("float32")
+    want, got = np.asarray(model(x)), np.asarray(clone(x))
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+@pytest.fixture(scope="module")
+def gdc():
+    keras.utils.set_random_seed(0)
+    return build_config("mobiface_gdc")
+
+
+@pytest.fixture(scope="module")
+def faces(lfw_dir):
+    return ex.load_faces(lfw_dir, 24, seed=3)
+
+
+@pytest.mark.slow
+def test_int8_prelu_rewrite_gives_one_partition(gdc, faces):
+    stock = ex.delegation(ex.make_interpreter(ex.to_tflite(gdc, "int8", faces[:8])))
+    assert stock["partitions"] > 1 and stock["undelegated_ops"] == {"PRELU": 31}
+    clone, _ = ex.rewrite_prelu(gdc)
+    content = ex.to_tflite(clone, "int8", faces[:8])
+    assert "PRELU" not in ex.op_counts(content)
+    assert ex.delegation(ex.make_interpreter(content)) == {"partitions": 1, "undelegated_ops": {}, "num_undelegated": 0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["none", "float16", "dynamic", "int8"])
+def test_parity_on_lfw_faces(gdc, faces, mode, tmp_path):
+    out = tmp_path / f"gdc_{mode}.tflite"
+    report = ex.export(gdc, out, mode, faces[:16], faces[16:])  # raises ParityError under the fp32/fp16 bars
+    saved = json.loads(Path(str(out) + ".parity.json").read_text())
+    assert saved["parity"] == report["parity"] and saved["size_bytes"] == out.stat().st_size
+    p = report["parity"]
+    assert p["num_images"] == 8 and p["cosine_min"] <= p["cosine_mean"]
+    if mode in ex.PARITY_MIN:
+        assert p["cosine_min"] >= ex.PARITY_MIN[mode]
+    else:  # reported only; a floor far below the 0.98 aim still catches a broken conversion
+        assert p["cosine_mean"] >= 0.9
+    if mode == "int8":
+        assert report["prelu_rewrite"]["enabled"] and report["partitions"] == 1
+
+
+@pytest.mark.slow
+def test_int8_io_model_is_scored_by_the_embedder(gdc, faces, tmp_path):
+    from mobiface_tf.embedder import load_embedder
+
+    out = tmp_path / "gdc_int8_io.tflite"
+    ex.export(gdc, out, "int8", faces[:16], faces[16:], int8_io="int8")
+    emb = load_embedder(out).embed(faces[16:])
+    ref = np.asarray(gdc(faces[16:].astype("float32")))
+    assert ex.cosine(emb, ref).mean() >= 0.9
+
+
+def test_parity_enforced(gdc, tmp_path, monkeypatch):
+    monkeypatch.setitem(ex.PARITY_MIN, "none", 1.5)  # unreachable: the export must fail loudly
+    x = np.random.default_rng(0).uniform(0, 255, (2, 112, 112, 3)).astype("uint8")
+    with pytest.raises(ex.ParityError, match="min cosine"):
+        ex.export(gdc, tmp_path / "m.tflite", "none", parity_images=x)
+    assert (tmp_path / "m.tflite.parity.json").exists()
+
+
+def test_load_faces_image_dir_and_tfrecords(tmp_path):
+    import cv2
+    from mobiface_tf.data.synthetic import write_synthetic_tfrecords
+
+    write_synthetic_tfrecords(tmp_path / "tfr", num_identities=2, images_per_identity=3, seed=0, shards=1)
+    from_tfr = ex.load_faces(str(tmp_path / "tfr" / "*.tfrecord"), 4)
+    assert from_tfr.shape == (4, 112, 112, 3) and from_tfr.dtype == np.uint8
+    assert ex.load_faces(tmp_path / "tfr", 100).shape[0] == 6  # a shard directory works too
+    (tmp_path / "img" / "a").mkdir(parents=True)
+    rgb = np.zeros((112, 112, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    cv2.imwrite(str(tmp_path / "img" / "a" / "x.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    got = ex.load_faces(tmp_path / "img", 5)
+    assert got.shape == (1, 112, 112, 3) and got[0, 0, 0].tolist() == [200, 0, 0]  # RGB, not BGR
+
+
+def _tool(*args):
+    return subprocess.run([sys.executable, str(REPO / "tools" / "to_tflite.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=REPO, env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model=/nonexistent/m.keras"], "--model='/nonexistent/m.keras' does not exist"),
+    (["--backbone=resnet50"], "unknown --backbone='resnet50'"),
+    (["--backbone=mobiface_gdc", "--quantize=int8", "--calibration={empty}"], "no images"),
+])
+def test_cli_bad_inputs_one_line_error(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(empty=tmp_path / "empty") for a in args]
+    proc = _tool(*args, f"--output={tmp_path / 'o.tflite'}", f"--parity_images={tmp_path / 'empty'}")
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last, proc.stderr[-500:]
+    assert not (tmp_path / "o.tflite").exists()
+
+
+@pytest.mark.slow
+def test_cli_export_fp32_with_parity_report(tmp_path, lfw_dir):
+    out = tmp_path / "m.tflite"
+    proc = _tool("--backbone=mobiface", "--head=gap", "--embedding_dim=128", f"--output={out}",
+                 f"--parity_images={lfw_dir}", "--num_parity=4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(Path(str(out) + ".parity.json").read_text())
+    assert report["quantize"] == "none" and report["partitions"] == 1
+    assert report["parity"]["cosine_min"] >= 0.9999
