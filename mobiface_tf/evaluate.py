@@ -173,28 +173,22 @@ def cosine_scores(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- images -> embeddings
 
-def embed_paths(embedder, paths, flip: bool, aligner=None, batch_size: int = 256, progress: bool = True):
-    """Embed image files in order; returns (embeddings [N, D], num_realign_failures).
-
-    With `aligner` (a mobiface_tf.align.FaceAligner), each image is re-aligned by MTCNN first; when no
-    face is found the original crop is kept and counted, so the report says how many were not re-aligned.
-    """
+def _embed_loaded(embedder, items, load, flip, aligner, batch_size, progress):
+    """Embed len(items) images, load(item, i) -> uint8 RGB; returns (embeddings [N, D], realign failures)."""
     from tqdm import tqdm
 
-    from mobiface_tf.data.verification import read_image_rgb
-
-    paths = list(paths)
-    out = np.empty((len(paths), embedder.embedding_dim), np.float32)
+    out = np.empty((len(items), embedder.embedding_dim), np.float32)
     failures = 0
-    bar = tqdm(total=len(paths), desc="embedding", unit="img", disable=not progress)
-    for start in range(0, len(paths), batch_size):
+    bar = tqdm(total=len(items), desc="embedding", unit="img", disable=not progress)
+    for start in range(0, len(items), batch_size):
         images = []
-        for p in paths[start:start + batch_size]:
-            image = read_image_rgb(p)
+        for i in range(start, min(start + batch_size, len(items))):
+            image = load(items[i], i)
             if aligner is not None:
                 crop = aligner.align(image).crop
                 if crop is None:
                     failures += 1
+                    image = _fit(image, embedder.input_hwc)
                 else:
                     image = crop
             images.append(image)
@@ -204,28 +198,33 @@ def embed_paths(embedder, paths, flip: bool, aligner=None, batch_size: int = 256
     return out, failures
 
 
+def _fit(image, input_hwc):
+    """A crop MTCNN could not re-align is kept; it is only resized if the model needs another size."""
+    import cv2
+
+    h, w = input_hwc[:2]
+    if h is None or w is None or image.shape[:2] == (h, w):
+        return image
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def embed_paths(embedder, paths, flip: bool, aligner=None, batch_size: int = 256, progress: bool = True):
+    """Embed image files in order; returns (embeddings [N, D], num_realign_failures).
+
+    With `aligner` (a mobiface_tf.align.FaceAligner), each image is re-aligned by MTCNN first; when no
+    face is found the original crop is kept and counted, so the report says how many were not re-aligned.
+    """
+    from mobiface_tf.data.verification import read_image_rgb
+
+    return _embed_loaded(embedder, list(paths), lambda p, i: read_image_rgb(p), flip, aligner, batch_size, progress)
+
+
 def embed_encoded(embedder, encoded, flip: bool, aligner=None, batch_size: int = 256, progress: bool = True):
     """Like embed_paths, for encoded images held in memory (a .bin)."""
-    from tqdm import tqdm
-
     from mobiface_tf.data.verification import decode_jpeg_rgb
 
-    out = np.empty((len(encoded), embedder.embedding_dim), np.float32)
-    failures = 0
-    bar = tqdm(total=len(encoded), desc="embedding", unit="img", disable=not progress)
-    for start in range(0, len(encoded), batch_size):
-        images = []
-        for i, data in enumerate(encoded[start:start + batch_size], start):
-            image = decode_jpeg_rgb(data, what=f"image {i}")
-            if aligner is not None:
-                crop = aligner.align(image).crop
-                failures += crop is None
-                image = image if crop is None else crop
-            images.append(image)
-        out[start:start + len(images)] = embedder.embed(np.stack(images), flip=flip)
-        bar.update(len(images))
-    bar.close()
-    return out, failures
+    return _embed_loaded(embedder, encoded, lambda data, i: decode_jpeg_rgb(data, what=f"image {i}"),
+                         flip, aligner, batch_size, progress)
 
 
 def evaluate_lfw(embedder, pairs_file, lfw_dir, flip=False, aligner=None, progress=True, **meta):

@@ -250,3 +250,20 @@ def test_cli_realign_with_mtcnn(tmp_path, reference_tflite, lfw_dir, lfw_pairs):
     assert 0 <= report["realign_failed"] <= 2
     assert report["accuracy"] >= 0.8
     assert "sidecar" not in report
+
+
+@pytest.mark.slow
+def test_realign_falls_back_and_counts(tmp_path, reference_tflite, lfw_dir):
+    """A faceless image keeps its own (resized) crop and is counted; a real face is re-aligned by MTCNN."""
+    align = pytest.importorskip("mobiface_tf.align", reason="mobiface_tf.align (FaceAligner) not in this checkout yet")
+    import cv2
+
+    from mobiface_tf.embedder import load_embedder
+
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((100, 90, 3), 128, np.uint8))
+    face = lfw_dir / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
+    emb, failures = ev.embed_paths(load_embedder(reference_tflite), [blank, face], flip=False,
+                                   aligner=align.FaceAligner(), progress=False)
+    assert failures == 1 and emb.shape == (2, 128)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
