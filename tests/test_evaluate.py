@@ -267,3 +267,14 @@ def test_realign_falls_back_and_counts(tmp_path, reference_tflite, lfw_dir):
                                    aligner=align.FaceAligner(), progress=False)
     assert failures == 1 and emb.shape == (2, 128)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path):
+    (tmp_path / "pairs.txt").write_text("10\t300\n")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "evaluate.py"), f"--model={tmp_path / 'missing.tflite'}",
+         f"--lfw_dir={tmp_path}", f"--pairs={tmp_path / 'pairs.txt'}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: model not found:")
+    assert "Traceback" not in proc.stderr

@@ -117,6 +117,12 @@ def test_bin_refuses_object_arrays_and_bad_layout(tmp_path):
     path.write_bytes(pickle.dumps(([b"a", b"b", b"c"], [True])))
     with pytest.raises(ValueError, match="3 images for 1 pairs"):
         read_bin(path)
+    path.write_bytes(b"10\t300\nnot a pickle\n")
+    with pytest.raises(ValueError, match="is not a readable .bin pickle"):
+        read_bin(path)
+    path.write_bytes(pickle.dumps(([b"a", b"b"], [True]))[:-5])  # truncated
+    with pytest.raises(ValueError, match="is not a readable .bin pickle"):
+        read_bin(path)
     path.write_bytes(pickle.dumps({"images": []}))
     with pytest.raises(ValueError, match="expected a \\(images, issame\\) pair"):
         read_bin(path)

@@ -13,7 +13,9 @@ same thread count, and the process's peak RSS (resource.getrusage).
 """
 import json
 import os
+import pickle
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -67,8 +69,7 @@ def _synthetic_probes(dim, max_probes, per_identity, seed):
     return emb, labels, f"synthetic ({num_ids} identities x {per_identity}, dim {dim})"
 
 
-def main(argv):
-    del argv
+def _bench():
     t0 = time.perf_counter()
     from mobiface_tf.embedder import load_embedder
 
@@ -113,6 +114,15 @@ def main(argv):
           f"after generating them: {rss_generated:.0f} MB)")
     if FLAGS.output:
         Path(FLAGS.output).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def main(argv):
+    del argv
+    try:
+        return _bench()
+    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:  # bad input: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

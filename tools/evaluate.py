@@ -9,6 +9,8 @@ sidecar (<model>.eval.json) that the verify/identify CLIs read.
 import json
 import logging
 import os
+import pickle
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,8 +42,7 @@ def _summary(name, report):
             f"(10-fold), threshold {report['threshold']:.4f}; TAR@{tars}")
 
 
-def main(argv):
-    del argv
+def _evaluate():
     if not FLAGS.bin and not (FLAGS.lfw_dir and FLAGS.pairs):
         raise app.UsageError("give --lfw_dir and --pairs (LFW View 2), and/or --bin=FILE")
     if bool(FLAGS.lfw_dir) != bool(FLAGS.pairs):
@@ -90,6 +91,15 @@ def main(argv):
     output.write_text(json.dumps(final, indent=2) + "\n")
     print(f"report: {output}  roc: {final['roc_png']}")
     return 0
+
+
+def main(argv):
+    del argv
+    try:
+        return _evaluate()
+    except (FileNotFoundError, ValueError, pickle.UnpicklingError) as e:  # bad input: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

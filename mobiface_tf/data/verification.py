@@ -135,18 +135,22 @@ def decode_jpeg_rgb(data: bytes, what: str = "image") -> np.ndarray:
 
 # ---------------------------------------------------------------- restricted .bin unpickling
 
+class BinRefused(pickle.UnpicklingError):
+    """The .bin asked for something a verification set never holds; nothing from it was executed."""
+
+
 def _safe_dtype(spec, *args):
     """numpy.dtype, but never an object dtype: object arrays would unpickle arbitrary Python objects."""
     dtype = np.dtype(spec, *args)
     if dtype.hasobject:
-        raise pickle.UnpicklingError(f"refusing numpy object dtype {spec!r} in a .bin (only plain numeric arrays are allowed)")
+        raise BinRefused(f"refusing numpy object dtype {spec!r} in a .bin (only plain numeric arrays are allowed)")
     return dtype
 
 
 def _latin1_encode(text, encoding="latin1"):
     """_codecs.encode as protocol-2 pickles use it to rebuild bytes; only the latin-1 round trip is allowed."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r} in a .bin")
+        raise BinRefused(f"refusing _codecs.encode with encoding {encoding!r} in a .bin")
     return text.encode("latin1")
 
 
@@ -178,7 +182,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         factory = _ALLOWED.get((module, name))
         if factory is None:
-            raise pickle.UnpicklingError(
+            raise BinRefused(
                 f"refusing to load global {module}.{name} from {self._source!r}: a verification .bin may only hold "
                 "bytes, bools, ints and numeric numpy arrays. The file is not a plain InsightFace .bin; do not trust it")
         return factory()
@@ -193,7 +197,13 @@ def read_bin(path) -> tuple[list[bytes], np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f".bin file not found: {str(path)!r}. Pass --bin=path/to/lfw.bin")
     with path.open("rb") as f:
-        obj = _RestrictedUnpickler(io.BufferedReader(f), str(path)).load()
+        try:
+            obj = _RestrictedUnpickler(io.BufferedReader(f), str(path)).load()
+        except BinRefused:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as e:
+            raise ValueError(f"{str(path)!r} is not a readable .bin pickle ({type(e).__name__}: {e}); "
+                             "expected InsightFace's (list of JPEG bytes, list of issame bools)") from e
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise ValueError(f"{str(path)!r} holds a {type(obj).__name__}, expected a (images, issame) pair")
     images, issame = obj
