@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags
 
 from mobiface_tf.align import IMAGE_EXTENSIONS
-from mobiface_tf.faces import (FaceError, face_from_image, file_sha256, load_face, load_model, model_fingerprint,
+from mobiface_tf.faces import (FaceError, check_model_path, file_sha256, load_face, load_model, model_fingerprint,
                                read_photo, resolve_threshold)
 
 INDEX_NAME = ".mobiface_index.npz"
@@ -269,8 +269,7 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
         as_json=False, out=sys.stdout, err=sys.stderr) -> int:
     """The CLI without flag parsing; returns the exit status (1 if anything, or any query, failed)."""
     try:
-        if not model_path:
-            raise FaceError("--model is required: a .keras file, a SavedModel dir or a .tflite file")
+        check_model_path(model_path)
         if not queries:
             raise FaceError("no --query=IMG given; pass one or more --query flags")
         if top < 1:

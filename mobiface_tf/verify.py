@@ -19,7 +19,8 @@ import sys
 
 from absl import app, flags
 
-from mobiface_tf.faces import FaceError, face_from_image, load_model, read_photo, resolve_threshold
+from mobiface_tf.faces import (FaceError, check_model_path, face_from_image, load_model, read_photo,
+                               resolve_threshold)
 
 
 @dataclasses.dataclass
@@ -40,7 +41,9 @@ class Verdict:
         return d
 
     def to_text(self) -> str:
-        return (f"similarity {self.similarity:.4f}  threshold {self.threshold:.4f} ({self.threshold_source})\n"
+        notes = "".join(f"note: {n} faces in {img}; compared the largest, most central one\n"
+                        for n, img in zip(self.faces_found, (self.image_a, self.image_b)) if n > 1)
+        return (f"{notes}similarity {self.similarity:.4f}  threshold {self.threshold:.4f} ({self.threshold_source})\n"
                 f"verdict: {'same' if self.same else 'different'} person\n")
 
 
@@ -56,6 +59,7 @@ def verify(model_path, image_a, image_b, threshold: float | None = None, aligned
            embedder=None, aligner=None) -> Verdict:
     """Library entry: FaceError on any bad input. Pass `embedder` / `aligner` to reuse them across calls."""
     # Cheap checks first, so a typo in a path fails before TF and MTCNN load.
+    check_model_path(model_path)
     t, source = resolve_threshold(model_path, threshold)
     photos = [read_photo(image_a), read_photo(image_b)]
     if embedder is None:
@@ -75,8 +79,6 @@ def run(model_path, images, threshold=None, aligned=False, as_json=False, out=sy
     try:
         if len(images) != 2:
             raise FaceError(f"expected two images IMG_A IMG_B, got {len(images)}: {list(images)}")
-        if not model_path:
-            raise FaceError("--model is required: a .keras file, a SavedModel dir or a .tflite file")
         v = verify(model_path, images[0], images[1], threshold, aligned)
     except FaceError as e:
         print(f"error: {e}", file=err)
