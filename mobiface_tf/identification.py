@@ -137,7 +137,8 @@ def megaface_identification(embeddings, labels, distractors, far: float = 1e-6, 
                 # Only rows whose maximum beats the current k-th best can contribute; usually none do.
                 floor_ = top.min()
                 rows = row_max > floor_
-                cand = scores[rows][scores[rows] > floor_] if rows.any() else np.empty(0, np.float32)
+                sub = scores[rows]
+                cand = sub[sub > floor_]
             if cand.size:
                 top = np.concatenate([top, cand])
                 if len(top) > keep:
