@@ -59,7 +59,8 @@ def _evaluate():
 
         aligner = FaceAligner()
     meta = dict(model=str(model_path), preprocess=FLAGS.preprocess,
-                protocol="LFW View 2 10-fold: threshold fit on 9 folds, accuracy on the held-out fold")
+                protocol="10-fold: threshold fit on 9 folds, accuracy on the held-out fold (pairs.txt: the LFW "
+                         "View 2 folds; .bin: 10 contiguous folds, as InsightFace splits them)")
 
     reports = {}
     if FLAGS.pairs:
