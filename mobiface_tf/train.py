@@ -456,6 +456,8 @@ def main(argv):
     except ValueError:
         sys.exit(f"error: --lr_boundaries must be integers, got {fl.lr_boundaries}")
     try:
+        # MultiWorkerMirroredStrategy must exist before TF runs any op, so it is made first.
+        strategy = make_strategy(fl.strategy)
         summary = train(
             fl.data, fl.model_dir, backbone=fl.backbone, head=fl.head, embedding_dim=fl.embedding_dim,
             margin=fl.margin, margin_s=fl.margin_s, margin_m1=fl.margin_m1, margin_m2=fl.margin_m2,
@@ -465,7 +467,7 @@ def main(argv):
             sync_bn=fl.sync_bn, log_every=fl.log_every, ckpt_every=fl.ckpt_every, max_to_keep=fl.max_to_keep,
             seed=fl.seed, deterministic=fl.deterministic, val_lfw_dir=fl.val_lfw_dir, val_pairs=fl.val_pairs,
             val_bin=fl.val_bin, val_every=fl.val_every, shuffle_buffer=fl.shuffle_buffer,
-            flags_text=fl.flags_into_string())
+            flags_text=fl.flags_into_string(), strategy_obj=strategy)
     except (ValueError, TrainingDiverged) as e:  # bad flags / data, or divergence: one line, no traceback
         sys.exit(f"error: {e}")
     log.info("done at step %d; embedding model: %s", summary["final_step"], summary["embedding_model"])
