@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mobiface_tf.data.pipeline import (decode_eval, decode_train, make_dataset, match_files, random_flip,
-                                       read_manifest, to_float)
+from mobiface_tf.data.pipeline import (batch_to_float, decode_eval, decode_train, make_dataset, match_files,
+                                       random_flip, read_manifest, to_float)
 from mobiface_tf.data.synthetic import render_identity, write_synthetic_tfrecords
 from mobiface_tf.data.tfrecord import encode_jpeg, make_example, parse_example
 
@@ -39,8 +39,13 @@ def test_ops_eager_and_in_tf_data():
     x, y = eager[0]
     assert x.dtype == tf.uint8 and x.shape == (112, 112, 3) and y.dtype == tf.int64
     assert np.abs(x.numpy().astype(int) - img).mean() < 8  # JPEG q95 round trip
-    assert eager[1][0].dtype == tf.float32 and eager[1][1].dtype == tf.int32
+    assert eager[1][0].dtype == tf.uint8 and eager[1][1].dtype == tf.int32
     np.testing.assert_array_equal(to_float(x).numpy(), x.numpy().astype(np.float32))
+    batch = tf.stack([x, x])
+    eager_b = batch_to_float(batch, tf.constant([3, 3]))[0]
+    in_ds_b = next(iter(tf.data.Dataset.from_tensors((batch, tf.constant([3, 3]))).map(batch_to_float)))[0]
+    assert eager_b.dtype == in_ds_b.dtype == tf.float32
+    np.testing.assert_array_equal(eager_b.numpy(), in_ds_b.numpy())
 
 
 def test_random_flip_flips_half_eager_and_in_tf_data():

@@ -1,7 +1,7 @@
 """The tf.data input pipeline over aligned-face TFRecord shards.
 
 files --(shard by file per input pipeline)--> shuffle files --> interleave records --> shuffle --> repeat
-      --> parse + decode JPEG + random horizontal flip (training) + float32 0..255 --> batch --> prefetch
+      --> parse + decode JPEG + random horizontal flip (training) --> batch (uint8) --> float32 0..255 --> prefetch
 
 The model normalises inside (its first layer computes (x - 127.5) / 128), so the dataset yields raw 0..255
 floats. Everything is a tf.data op (no py_function), so the iterator can be saved with
@@ -25,6 +25,7 @@ from mobiface_tf.data.tfrecord import MANIFEST, parse_example
 
 AUTOTUNE = tf.data.AUTOTUNE
 log = logging.getLogger(__name__)
+_COUNT_CHUNK = 256  # records per step of the per-shard record-count check
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -88,11 +89,12 @@ def _records(path, expected, skip_corrupt: bool, counts_known: bool):
         # No manifest entry: TF's own DataLossError, which names the offset but not the file.
         return ds.ignore_errors(log_warning=True) if skip_corrupt else ds
     # A reader stops at the first truncated or corrupt record; count what it yielded and compare at the end.
-    ds = ds.ignore_errors().map(lambda r: (r, False))
-    ds = ds.concatenate(tf.data.Dataset.from_tensors((tf.constant(b""), True)))
+    # Records are counted in chunks (a scan step per record cost ~30% of the pipeline's throughput).
+    ds = ds.ignore_errors().batch(_COUNT_CHUNK).map(lambda r: (r, False))
+    ds = ds.concatenate(tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True)))
 
     def check(count, elem):
-        rec, last = elem
+        recs, last = elem
         bad = tf.logical_and(last, tf.not_equal(count, expected))
         if skip_corrupt:
             def warn():
@@ -106,15 +108,16 @@ def _records(path, expected, skip_corrupt: bool, counts_known: bool):
                 "corrupt or truncated TFRecord shard", path, "read", count, "records, manifest says", expected,
                 "- re-run tools/prepare_data.py or pass skip_corrupt=True"])
         with tf.control_dependencies([op]):
-            return count + 1, (tf.identity(rec), last)
+            return count + tf.size(recs, out_type=tf.int64), (tf.identity(recs), last)
 
     ds = ds.scan(tf.constant(0, tf.int64), check)
-    return ds.filter(lambda rec, last: tf.logical_not(last)).map(lambda rec, last: rec)
+    return ds.filter(lambda recs, last: tf.logical_not(last)).map(lambda recs, last: recs).unbatch()
 
 
 # ----------------------------------------------------------------------------------------------- ops
 def to_float(images):
-    """uint8 -> float32 in 0..255 (the model normalises)."""
+    """uint8 -> float32 in 0..255 (the model normalises). Applied once per batch: casting each image and
+    batching float32 moves 4x the bytes and measured ~1.6x slower than batching uint8 and casting once."""
     return tf.cast(images, tf.float32)
 
 
@@ -127,15 +130,20 @@ def random_flip(image, seed):
 
 
 def decode_train(serialized, seed):
-    """Record -> (float32 image, int32 label) with a random flip: the per-element training op."""
+    """Record -> (uint8 image, int32 label) with a random flip: the per-element training op."""
     image, label = parse_example(serialized)
-    return to_float(random_flip(image, seed)), tf.cast(label, tf.int32)
+    return random_flip(image, seed), tf.cast(label, tf.int32)
 
 
 def decode_eval(serialized):
-    """Record -> (float32 image, int32 label), no augmentation."""
+    """Record -> (uint8 image, int32 label), no augmentation."""
     image, label = parse_example(serialized)
-    return to_float(image), tf.cast(label, tf.int32)
+    return image, tf.cast(label, tf.int32)
+
+
+def batch_to_float(images, labels):
+    """The per-batch op: uint8 [B,H,W,C] -> float32 0..255."""
+    return to_float(images), labels
 
 
 # ----------------------------------------------------------------------------------------------- dataset
@@ -188,6 +196,7 @@ def make_dataset(file_pattern, batch_size: int, training: bool, seed: int | None
     if skip_corrupt:
         ds = ds.ignore_errors(log_warning=True)  # a record whose JPEG does not decode
     ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.map(batch_to_float, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.prefetch(AUTOTUNE)
     opts = tf.data.Options()
     opts.deterministic = deterministic
