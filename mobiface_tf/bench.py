@@ -1,13 +1,18 @@
 """Latency, MACs, size, delegation and memory of TFLite face-embedding networks.
 
 Every figure that is compared is measured in the same run: the latencies of all models and the
-machine's sgemm peak (mobiface_tf.peak). Each model is timed in a fresh subprocess so that its peak
-RSS (resource.getrusage ru_maxrss of that child: Python + LiteRT + the model) is its own.
+machine's sgemm peak (mobiface_tf.peak).
 
-Timing: batch 1, LiteRT Interpreter with its default XNNPACK delegate at `threads` threads, a few
-warm-up invokes, then >= 50 timed invokes; p50 and p90 of the per-invoke wall time.
-Achieved GFLOP/s = 2 * MACs / p50. `fraction_of_peak` divides it by the sgemm GFLOP/s at the same
-thread count (numpy BLAS); `peak_gflops` is the single-thread figure.
+Timing (`time_interleaved`): batch 1, LiteRT Interpreter with its default XNNPACK delegate at
+`threads` threads. For one model and thread count, the .tflite files of all quantize modes are
+loaded in one fresh child process and invoked round-robin, one invoke per mode per round in a newly
+shuffled order, a few warm-up rounds then >= 50 timed rounds; p50 and p90 per mode. On a shared,
+noisy machine timing modes one after another made the int8/fp32 ratio swing from 0.39 to 1.09
+between runs; interleaving gives every mode the same conditions, so the ratio (`int8_vs_fp32`) is fair.
+Memory: each (model, mode, threads) is loaded alone in its own fresh child, whose VmHWM is its peak RSS.
+Achieved GFLOP/s = 2 * MACs / p50; `fraction_of_peak` divides it by the float32 sgemm GFLOP/s at the
+same thread count, for float32-compute rows only (see FLOAT_COMPUTE_MODES); `peak_gflops` is the
+single-thread figure.
 """
 from __future__ import annotations
 
@@ -89,7 +94,7 @@ def op_counts(model_content: bytes) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Timing one .tflite (runs inside a fresh child process)
+# Timing and memory (each runs inside a fresh child process)
 # ---------------------------------------------------------------------------------------------
 def peak_rss_kb() -> int:
     """This process's peak resident set size in kB.
@@ -109,10 +114,8 @@ def peak_rss_kb() -> int:
     return rss // 1024 if sys.platform == "darwin" else rss  # macOS reports bytes, Linux kB
 
 
-def measure(path, threads: int = 1, warmup: int = 5, runs: int = MIN_RUNS) -> dict:
-    """Time one .tflite in this process: p50/p90 latency, delegation, peak RSS so far."""
-    import time
-
+def _ready_interpreter(path, threads: int):
+    """Interpreter for `path` with a fixed random input set (raw RGB 0-255, or the int8 input range)."""
     interp = make_interpreter(model_path=path, num_threads=threads)
     inp = interp.get_input_details()[0]
     rng = np.random.default_rng(0)
@@ -120,33 +123,71 @@ def measure(path, threads: int = 1, warmup: int = 5, runs: int = MIN_RUNS) -> di
         info = np.iinfo(inp["dtype"])
         x = rng.integers(info.min, info.max, inp["shape"], endpoint=True).astype(inp["dtype"])
     else:
-        x = rng.uniform(0, 255, inp["shape"]).astype(inp["dtype"])  # raw RGB 0-255
+        x = rng.uniform(0, 255, inp["shape"]).astype(inp["dtype"])
     interp.set_tensor(inp["index"], x)
+    return interp
+
+
+def time_interleaved(paths, threads: int = 1, warmup: int = 5, rounds: int = MIN_RUNS, seed: int = 0) -> list:
+    """Per-invoke wall times (ms) of several .tflite files timed round-robin in this process.
+
+    All interpreters are loaded first. Each round invokes every model once, in a freshly shuffled
+    order, so every model sees the same machine conditions (load from other jobs, CPU frequency,
+    cache state) and the ratios between them are fair even when absolute times drift. `warmup`
+    untimed rounds come first. Returns one list of `rounds` times per path, in the order of `paths`:
+    times[j][k] is model j in round k, so per-round (paired) ratios can be taken.
+    """
+    import time
+
+    interps = [_ready_interpreter(p, threads) for p in paths]
+    rng = np.random.default_rng(seed)
     for _ in range(warmup):
-        interp.invoke()
-    times = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        interp.invoke()
-        times[i] = time.perf_counter() - t0
-    rss_kb = peak_rss_kb()
-    return {
-        "latency_ms_p50": float(np.percentile(times, 50) * 1e3),
-        "latency_ms_p90": float(np.percentile(times, 90) * 1e3),
-        "runs": runs,
-        "peak_rss_mb": round(rss_kb / 1024, 1),
-        **delegation(interp),
-    }
+        for interp in interps:
+            interp.invoke()
+    times = np.empty((len(paths), rounds))
+    for k in range(rounds):
+        for j in rng.permutation(len(paths)):
+            t0 = time.perf_counter()
+            interps[j].invoke()
+            times[j, k] = (time.perf_counter() - t0) * 1e3
+    return times.tolist()
 
 
-def measure_in_subprocess(path, threads: int, warmup: int, runs: int, timeout: float = 600) -> dict:
-    """`measure` in a fresh Python process (own peak RSS, no interference from models timed before)."""
-    cmd = [sys.executable, "-m", "mobiface_tf.bench", str(path), str(threads), str(warmup), str(runs)]
+def memory_and_delegation(path, threads: int = 1, warmup: int = 5) -> dict:
+    """Peak RSS (kB -> MB) of this process after loading `path` and `max(warmup, 1)` invokes, plus its delegation.
+
+    Meant for a fresh process holding nothing else, so the figure is Python + LiteRT + this model only.
+    """
+    interp = _ready_interpreter(path, threads)
+    for _ in range(max(warmup, 1)):  # the first invoke allocates XNNPACK's workspace
+        interp.invoke()
+    return {"peak_rss_mb": round(peak_rss_kb() / 1024, 1), **delegation(interp)}
+
+
+def _child(args, timeout: float = 900):
+    """Run `python -m mobiface_tf.bench ARGS...` (a fresh process without TensorFlow) and parse its JSON."""
+    cmd = [sys.executable, "-m", "mobiface_tf.bench", *map(str, args)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"timing {str(path)!r} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def time_interleaved_in_subprocess(paths, threads: int, warmup: int, rounds: int) -> list:
+    """`time_interleaved` in one fresh child process (no TensorFlow threads or memory around)."""
+    return _child(["time", threads, warmup, rounds, *paths])
+
+
+def memory_in_subprocess(path, threads: int, warmup: int) -> dict:
+    """`memory_and_delegation` in its own fresh child, so no other interpreter pollutes the RSS."""
+    return _child(["memory", threads, warmup, path])
+
+
+def latency_stats(times_ms) -> dict:
+    t = np.asarray(times_ms)
+    return {"latency_ms_p50": float(np.percentile(t, 50)), "latency_ms_p90": float(np.percentile(t, 90)),
+            "runs": int(t.size)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,26 +270,63 @@ def run_benchmark_model(binary, tflite, threads: int, runs: int = MIN_RUNS, prof
 # ---------------------------------------------------------------------------------------------
 # Rows and tables
 # ---------------------------------------------------------------------------------------------
+# The sgemm peak is a float32 figure, so only rows that compute in float32 are compared with it.
+# float16 counts as float32: on x86 LiteRT's XNNPACK delegate expands the fp16 weights to fp32 when
+# it takes over their DEQUANTIZE nodes and computes in fp32 (fp16 arithmetic needs ARM FP16 or
+# AVX512-FP16 and an explicit delegate flag). int8 and dynamic-range rows use integer dot products
+# that do several times more operations per instruction, so "fraction of an fp32 peak" means nothing
+# for them: their fraction_of_peak is None.
+FLOAT_COMPUTE_MODES = ("none", "float16")
+PEAK_NOTE = ("fraction_of_peak = achieved GFLOP/s (2 x MACs / p50) / numpy float32 sgemm GFLOP/s at the same "
+             "thread count, given only for float32 compute (none, float16: LiteRT's XNNPACK on x86 expands fp16 "
+             "weights to fp32 and computes in fp32). int8/dynamic rows use integer dot products, so a fraction "
+             "of a float32 peak is meaningless there and is left empty.")
+
+
 def finish_row(row: dict, peaks: dict) -> dict:
-    """Add achieved GFLOP/s (2 x MACs / p50) and the fractions of the sgemm peak."""
+    """Add achieved GFLOP/s (2 x MACs / p50) and, for float32-compute rows, the fraction of the sgemm peak."""
     macs, p50 = row.get("macs"), row.get("latency_ms_p50")
     row["peak_gflops"] = peaks[1]
-    if macs and p50:
-        row["gflops_per_s"] = round(2 * macs / (p50 * 1e-3) / 1e9, 2)
-        row["fraction_of_peak"] = round(row["gflops_per_s"] / peaks[row["threads"]], 3)
-    else:
-        row["gflops_per_s"] = row["fraction_of_peak"] = None
+    row["gflops_per_s"] = round(2 * macs / (p50 * 1e-3) / 1e9, 2) if macs and p50 else None
+    float_compute = row.get("quantize") in FLOAT_COMPUTE_MODES
+    row["fraction_of_peak"] = (round(row["gflops_per_s"] / peaks[row["threads"]], 3)
+                               if float_compute and row["gflops_per_s"] else None)
     return row
+
+
+def add_ratios(group: list, times: list) -> dict | None:
+    """Ratios of every mode to fp32 within one interleaved run (one model, one thread count).
+
+    Sets row["p50_vs_fp32"] = p50(mode) / p50(fp32) on each row of `group` and returns the summary
+    {model, threads, int8_vs_fp32, ...}, where X_vs_fp32 is the p50 ratio and X_vs_fp32_paired the
+    median of the per-round ratios (both models timed in the same round). None without an fp32 row.
+    """
+    modes = [r["quantize"] for r in group]
+    if "none" not in modes:
+        return None
+    ref = modes.index("none")
+    summary = {"model": group[0]["model"], "threads": group[0]["threads"]}
+    for j, row in enumerate(group):
+        row["p50_vs_fp32"] = round(row["latency_ms_p50"] / group[ref]["latency_ms_p50"], 3)
+        if j != ref:
+            summary[f"{modes[j]}_vs_fp32"] = row["p50_vs_fp32"]
+            paired = np.median(np.asarray(times[j]) / np.asarray(times[ref]))
+            summary[f"{modes[j]}_vs_fp32_paired"] = round(float(paired), 3)
+    return summary
 
 
 COLUMNS = [  # (header, key, format)
     ("model", "model", "{}"), ("quantize", "quantize", "{}"), ("threads", "threads", "{}"),
     ("params", "params", "{:,}"), ("MMACs", "macs", "{:.0f}"), ("size MB", "size_bytes", "{:.2f}"),
     ("p50 ms", "latency_ms_p50", "{:.2f}"), ("p90 ms", "latency_ms_p90", "{:.2f}"),
+    ("p50 / fp32", "p50_vs_fp32", "{:.2f}"),
     ("partitions", "partitions", "{}"), ("undelegated", "undelegated_ops", "{}"),
-    ("GFLOP/s", "gflops_per_s", "{:.1f}"), ("of peak", "fraction_of_peak", "{:.1%}"),
+    ("GFLOP/s", "gflops_per_s", "{:.1f}"), ("of fp32 peak", "fraction_of_peak", "{:.1%}"),
     ("RSS MB", "peak_rss_mb", "{:.0f}"), ("cos min/mean", "parity", "{}"),
 ]
+RATIO_COLUMNS = [("model", "model", "{}"), ("threads", "threads", "{}"), ("int8 / fp32 (p50)", "int8_vs_fp32", "{:.2f}"),
+                 ("int8 / fp32 (median per round)", "int8_vs_fp32_paired", "{:.2f}"),
+                 ("fp16 / fp32", "float16_vs_fp32", "{:.2f}"), ("dynamic / fp32", "dynamic_vs_fp32", "{:.2f}")]
 
 
 def _cell(row, key, fmt):
@@ -306,19 +384,21 @@ def latency_chart(rows, path) -> None:
         ax.set_xticks(np.arange(len(models)) + width * (len(modes) - 1) / 2)
         ax.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("p50 latency (ms), batch 1")
-        ax.set_title(f"{t} thread{'s' if t > 1 else ''}")
+        ax.set_title(f"{t} thread{'s' if t > 1 else ''} (modes interleaved per model)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def write_outputs(rows, output_dir, meta: dict) -> str:
-    """DIR/results.json, DIR/results.md, DIR/latency.png; returns the Markdown table."""
+def write_outputs(rows, output_dir, meta: dict, ratios=()) -> str:
+    """DIR/results.json, DIR/results.md, DIR/latency.png; returns the Markdown table (and the ratio table)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
-    (output_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    if ratios:
+        table += "\n\nRatios to fp32 within the same interleaved run:\n\n" + markdown_table(list(ratios), RATIO_COLUMNS)
+    (output_dir / "results.json").write_text(json.dumps({"meta": meta, "ratios": list(ratios), "rows": rows}, indent=2))
     notes = "\n".join(f"- {k}: {v}" for k, v in meta.items())
     (output_dir / "results.md").write_text(table + "\n\n" + notes + "\n")
     latency_chart(rows, output_dir / "latency.png")
@@ -328,18 +408,33 @@ def write_outputs(rows, output_dir, meta: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 # The whole bench
 # ---------------------------------------------------------------------------------------------
+def _timed_group(rows, paths, threads, warmup, runs):
+    """Time `paths` interleaved (one child), their memory one child each, fill `rows`; return the times."""
+    times = time_interleaved_in_subprocess(paths, threads, warmup, runs)
+    for row, path, t in zip(rows, paths, times):
+        row.update(latency_stats(t))
+        row.update(memory_in_subprocess(path, threads, warmup))
+    return times
+
+
 def bench(models, quantize_modes, threads, output_dir, calibration=None, num_calibration=100,
           parity_images=None, num_parity=16, runs=MIN_RUNS, warmup=5, extra_tflite=(),
-          benchmark_model=None, profile=False, log=print) -> dict:
+          benchmark_model=None, profile=False, bn_calibration_steps=4, log=print) -> dict:
     """Export every model in every mode, time them at every thread count, write the three outputs.
 
-    calibration: image dir or TFRecord glob of real aligned faces for int8; None -> synthetic noise
-      images (the rows say so: calibration "synthetic").
+    For each (model, threads) all quantize modes are timed interleaved in one child process
+    (`time_interleaved`), so their ratios come from the same machine conditions; the peak RSS of each
+    (model, mode, threads) comes from its own fresh child (`memory_and_delegation`).
+    calibration: image dir or TFRecord glob of real aligned faces for int8 and for re-estimating the
+      BN statistics of the random-init networks; None -> synthetic noise images (the rows say so).
     parity_images: source of real faces for the Keras-vs-TFLite cosine column (None -> no column).
+    bn_calibration_steps: forward passes of export.calibrate_batchnorm on the calibration images
+      before export (0 = keep the init statistics, whose activations vanish: see export.py).
     """
     # Check the arguments before the slow imports and conversions.
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    if runs < 1 or warmup < 0 or bn_calibration_steps < 0:
+        raise ValueError(f"runs must be >= 1, warmup >= 0 and bn_calibration_steps >= 0, got runs={runs}, "
+                         f"warmup={warmup}, bn_calibration_steps={bn_calibration_steps}")
     bad = [q for q in quantize_modes if q not in QUANTIZE_MODES]
     if bad:
         raise ValueError(f"unknown quantize mode(s) {bad}; expected some of {QUANTIZE_MODES}")
@@ -363,7 +458,7 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
     peaks = {t: round(sgemm_gflops(threads=t), 2) for t in sorted({1, *threads})}
     log(f"sgemm peak GFLOP/s: {peaks}")
 
-    if "int8" in quantize_modes:
+    if models and ("int8" in quantize_modes or bn_calibration_steps):
         if calibration:
             calib, calib_label = ex.load_faces(calibration, num_calibration), f"real faces: {calibration}"
         else:
@@ -373,42 +468,60 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
         calib, calib_label = None, None
     faces = ex.load_faces(parity_images, num_parity, seed=1) if parity_images else None
 
-    rows = []
+    rows, ratios = [], []
     for name in models:
         keras.utils.set_random_seed(0)
-        model = build_config(name)  # random init: latency does not depend on the weights' values
+        model = build_config(name)  # random init: latency does not depend on the weights' values...
+        if bn_calibration_steps:  # ...but int8 needs non-vanishing activations (export.calibrate_batchnorm)
+            ex.calibrate_batchnorm(model, calib, steps=bn_calibration_steps)
         params, macs = model.count_params(), count_macs(model)
+        paths, reports = [], []
         for mode in quantize_modes:
-            path = model_dir / f"{name}_{mode}.tflite"
-            report = ex.export(model, path, mode, calib, faces, enforce=False)
-            for t in threads:
+            paths.append(model_dir / f"{name}_{mode}.tflite")
+            reports.append(ex.export(model, paths[-1], mode, calib, faces, enforce=False))
+        for t in threads:
+            group = []
+            for mode, path, report in zip(quantize_modes, paths, reports):
                 row = {"model": name, "quantize": mode, "threads": t, "params": params, "macs": macs,
                        "size_bytes": report["size_bytes"], "tflite": str(path),
-                       "prelu_rewrite": report["prelu_rewrite"]["enabled"],
-                       **measure_in_subprocess(path, t, warmup, runs), "parity": report["parity"]}
+                       "prelu_rewrite": report["prelu_rewrite"]["enabled"], "parity": report["parity"],
+                       "bn_calibration_steps": bn_calibration_steps}
                 if mode == "int8":
                     row["calibration"] = calib_label
+                group.append(row)
+            times = _timed_group(group, paths, t, warmup, runs)
+            summary = add_ratios(group, times)
+            if summary:
+                ratios.append(summary)
+            for row, path in zip(group, paths):
                 if benchmark_model:
                     row["benchmark_model"] = run_benchmark_model(benchmark_model, path, t, runs, profile)
                 rows.append(finish_row(row, peaks))
-                log(f"{name} {mode} x{t}: p50 {row['latency_ms_p50']:.2f} ms, partitions {row['partitions']}")
-    for extra in extra_tflite:
-        extra = Path(extra)
-        for t in threads:
-            row = {"model": extra.stem, "quantize": "as given", "threads": t, "params": None, "macs": None,
-                   "size_bytes": extra.stat().st_size, "tflite": str(extra),
-                   **measure_in_subprocess(extra, t, warmup, runs)}
+                log(f"{name} {row['quantize']} x{t}: p50 {row['latency_ms_p50']:.2f} ms, "
+                    f"partitions {row['partitions']}")
+            if summary and "int8_vs_fp32" in summary:
+                log(f"{name} x{t}: int8 / fp32 p50 = {summary['int8_vs_fp32']:.2f} (interleaved)")
+    extras = [Path(e) for e in extra_tflite]
+    for t in threads if extras else ():
+        group = [{"model": e.stem, "quantize": "as given", "threads": t, "params": None, "macs": None,
+                  "size_bytes": e.stat().st_size, "tflite": str(e)} for e in extras]
+        _timed_group(group, extras, t, warmup, runs)
+        for row, e in zip(group, extras):
             if benchmark_model:
-                row["benchmark_model"] = run_benchmark_model(benchmark_model, extra, t, runs, profile)
+                row["benchmark_model"] = run_benchmark_model(benchmark_model, e, t, runs, profile)
             rows.append(finish_row(row, peaks))
     if profile:
         for row in rows:
             row["ops"] = ex.op_counts(Path(row["tflite"]).read_bytes())
     meta = {"peak_gflops_by_threads": peaks, "runs": runs, "warmup": warmup, "batch": 1,
-            "calibration": calib_label, "cpu_count": os.cpu_count(),
-            "timing": "LiteRT Interpreter + default XNNPACK delegate, fresh subprocess per row"}
-    table = write_outputs(rows, output_dir, meta)
-    return {"rows": rows, "meta": meta, "table": table}
+            "calibration": calib_label, "bn_calibration_steps": bn_calibration_steps, "cpu_count": os.cpu_count(),
+            "timing": ("LiteRT Interpreter + default XNNPACK delegate; per (model, threads) all quantize modes "
+                       "loaded in one child process and invoked round-robin, shuffled order each round, "
+                       f"{warmup} warm-up + {runs} timed rounds; p50/p90 per mode; ratios from the same run"),
+            "memory": "peak RSS (VmHWM) of a fresh child per (model, mode, threads): Python + LiteRT + that model",
+            "fraction_of_peak": PEAK_NOTE}
+    table = write_outputs(rows, output_dir, meta, ratios)
+    return {"rows": rows, "ratios": ratios, "meta": meta, "table": table}
 
 
 def ratio(rows, model, numerator="int8", denominator="none", threads=1) -> float | None:
@@ -420,6 +533,17 @@ def ratio(rows, model, numerator="int8", denominator="none", threads=1) -> float
     return None if a is None or b is None else a / b
 
 
-if __name__ == "__main__":  # internal: python -m mobiface_tf.bench PATH THREADS WARMUP RUNS (one timing child)
-    _path, _threads, _warmup, _runs = sys.argv[1:5]
-    print(json.dumps(measure(_path, int(_threads), int(_warmup), int(_runs))))
+def _main(argv):
+    """Internal child entry points (no TensorFlow import):
+    python -m mobiface_tf.bench time THREADS WARMUP ROUNDS PATH...   -> JSON list of per-model times (ms)
+    python -m mobiface_tf.bench memory THREADS WARMUP PATH           -> JSON peak RSS + delegation
+    """
+    if len(argv) >= 5 and argv[0] == "time":
+        return time_interleaved(argv[4:], int(argv[1]), int(argv[2]), int(argv[3]))
+    if len(argv) == 4 and argv[0] == "memory":
+        return memory_and_delegation(argv[3], int(argv[1]), int(argv[2]))
+    raise SystemExit(f"usage: {_main.__doc__}")
+
+
+if __name__ == "__main__":
+    print(json.dumps(_main(sys.argv[1:])))

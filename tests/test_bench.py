@@ -1,4 +1,5 @@
-"""tools/bench.py and mobiface_tf.bench: row fields, outputs, the benchmark_model parser, --static, bad inputs.
+"""tools/bench.py and mobiface_tf.bench: row fields, interleaved timing, ratios, outputs, the benchmark_model
+parser, --static, bad inputs. No test asserts a speed: ratios are reported by the bench, not tested.
 
 The benchmark_model sample (tests/data/benchmark_model_sample.txt) follows the output format of TFLite's
 benchmark tool (tensorflow/lite/tools/benchmark, documented in its README: the "count=... avg=..." lines,
@@ -52,22 +53,46 @@ def test_benchmark_model_binary_must_exist(tmp_path):
         bench.run_benchmark_model(tmp_path / "nope", tmp_path / "m.tflite", 1)
 
 
-def test_markdown_and_ratio():
+def test_markdown_ratio_and_peak_fraction_only_for_float_compute():
     rows = [{"model": "m", "quantize": q, "threads": 1, "latency_ms_p50": p, "macs": 2e8, "undelegated_ops": {}}
-            for q, p in (("none", 10.0), ("int8", 4.0))]
+            for q, p in (("none", 10.0), ("float16", 10.0), ("int8", 4.0), ("dynamic", 5.0))]
     rows = [bench.finish_row(r, {1: 40.0}) for r in rows]
     assert rows[0]["gflops_per_s"] == pytest.approx(40.0) and rows[0]["fraction_of_peak"] == pytest.approx(1.0)
+    assert rows[1]["fraction_of_peak"] == pytest.approx(1.0)  # fp16 computes in fp32 on x86 XNNPACK
+    assert rows[2]["gflops_per_s"] == pytest.approx(100.0)  # still reported...
+    assert rows[2]["fraction_of_peak"] is None and rows[3]["fraction_of_peak"] is None  # ...but not vs an fp32 peak
     assert bench.ratio(rows, "m") == pytest.approx(0.4)
     table = bench.markdown_table(rows)
     assert table.splitlines()[0].startswith("| model | quantize | threads")
-    assert len(table.splitlines()) == 4
+    assert len(table.splitlines()) == 6
+    assert table.splitlines()[4].split("|")[-2].strip() == "-"  # int8 "of fp32 peak" cell is empty
+
+
+def test_add_ratios_p50_and_paired():
+    group = [{"model": "m", "threads": 2, "quantize": q} for q in ("int8", "none")]
+    times = [[1.0, 2.0, 9.0], [4.0, 4.0, 10.0]]  # int8 first: the fp32 reference need not be first
+    for row, t in zip(group, times):
+        row.update(bench.latency_stats(t))
+    summary = bench.add_ratios(group, times)
+    assert summary == {"model": "m", "threads": 2, "int8_vs_fp32": 0.5, "int8_vs_fp32_paired": 0.5}
+    assert group[0]["p50_vs_fp32"] == 0.5 and group[1]["p50_vs_fp32"] == 1.0
+    assert bench.add_ratios(group[:1], times[:1]) is None  # no fp32 row, no ratio
+
+
+def test_interleaved_timing_and_separate_memory(reference_tflite, reference_tflite_uint8):
+    """The real child processes: interleaved times for two models, RSS of one model alone."""
+    times = bench.time_interleaved_in_subprocess([reference_tflite, reference_tflite_uint8], 1, 1, 4)
+    assert len(times) == 2 and all(len(t) == 4 and min(t) > 0 for t in times)
+    mem = bench.memory_in_subprocess(reference_tflite, 1, 1)
+    assert 10 < mem["peak_rss_mb"] < 2000 and mem["partitions"] >= 1
 
 
 @pytest.mark.slow
 def test_bench_end_to_end_small(tmp_path, lfw_dir):
-    """One real export + timing per mode (few runs): every JSON row has the contracted fields."""
+    """One real export per mode, timed interleaved (few rounds): every JSON row has the contracted fields."""
     result = bench.bench(["mobilefacenet"], ["none", "int8"], [1], tmp_path, calibration=lfw_dir,
-                         num_calibration=8, parity_images=lfw_dir, num_parity=4, runs=3, warmup=1, log=lambda s: None)
+                         num_calibration=8, parity_images=lfw_dir, num_parity=4, runs=3, warmup=1,
+                         bn_calibration_steps=1, log=lambda s: None)
     data = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "results.md").read_text().startswith("| model |")
     assert (tmp_path / "latency.png").stat().st_size > 1000
@@ -75,11 +100,17 @@ def test_bench_end_to_end_small(tmp_path, lfw_dir):
     for row in data["rows"]:
         assert ROW_FIELDS <= set(row), ROW_FIELDS - set(row)
         assert row["partitions"] == 1 and row["undelegated_ops"] == {}
-        assert row["latency_ms_p90"] >= row["latency_ms_p50"] > 0
+        assert row["latency_ms_p90"] >= row["latency_ms_p50"] > 0 and row["runs"] == 3
         assert 10 < row["peak_rss_mb"] < 2000
-    assert data["meta"]["peak_gflops_by_threads"]["1"] == data["rows"][0]["peak_gflops"] > 0
-    assert "real faces" in data["rows"][1]["calibration"]
-    assert result["table"] == (tmp_path / "results.md").read_text().split("\n\n")[0]
+    fp32, int8 = data["rows"]
+    assert data["meta"]["peak_gflops_by_threads"]["1"] == fp32["peak_gflops"] > 0
+    assert fp32["fraction_of_peak"] > 0 and int8["fraction_of_peak"] is None
+    assert "real faces" in int8["calibration"]
+    assert data["ratios"] == [{"model": "mobilefacenet", "threads": 1, "int8_vs_fp32": int8["p50_vs_fp32"],
+                               "int8_vs_fp32_paired": data["ratios"][0]["int8_vs_fp32_paired"]}]
+    assert int8["p50_vs_fp32"] == pytest.approx(int8["latency_ms_p50"] / fp32["latency_ms_p50"], abs=1e-3)
+    assert result["table"].startswith((tmp_path / "results.md").read_text().split("\n\n")[0])
+    assert "int8 / fp32" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.slow

@@ -5,6 +5,9 @@
     python tools/bench.py --models=mobiface_gdc --quantize=none,int8 --threads=1 \
         --extra_tflite=../shared/data/models/mobilefacenet_insightface_fp32.tflite
 
+For each network and thread count the quantize modes are timed interleaved (round-robin in one
+process), so the int8/fp32 ratio is measured under the same machine conditions. Random-init networks
+get their BN statistics re-estimated on the calibration faces first (--bn_calibration_steps).
 Prints a Markdown table and writes DIR/results.json, DIR/results.md and DIR/latency.png; the
 .tflite files go to DIR/models/ (each scorable by tools/evaluate.py). Int8 is calibrated on real
 aligned faces from --calibration (default: the LFW crops in ../shared/data when present), otherwise
@@ -31,8 +34,11 @@ flags.DEFINE_string("calibration", None, "int8 calibration faces: image dir or T
 flags.DEFINE_integer("num_calibration", 100, "int8 calibration images", lower_bound=1)
 flags.DEFINE_string("parity_images", None, "real faces for the Keras-vs-TFLite cosine column (default: as calibration)")
 flags.DEFINE_integer("num_parity", 16, "faces for the cosine column", lower_bound=1)
-flags.DEFINE_integer("runs", 50, "timed runs per row", lower_bound=1)
-flags.DEFINE_integer("warmup", 5, "warm-up runs per row", lower_bound=0)
+flags.DEFINE_integer("runs", 50, "timed rounds (one invoke per quantize mode per round, interleaved)", lower_bound=1)
+flags.DEFINE_integer("warmup", 5, "untimed warm-up rounds", lower_bound=0)
+flags.DEFINE_integer("bn_calibration_steps", 4, "re-estimate the random-init networks' BN statistics on the "
+                     "calibration faces with this many forward passes before export (0: off; see README)",
+                     lower_bound=0)
 flags.DEFINE_list("extra_tflite", [], "extra .tflite files timed as additional rows")
 flags.DEFINE_string("benchmark_model", None, "path to TFLite's benchmark_model binary: also run it and parse it")
 flags.DEFINE_bool("profile", False, "per-op profile: op counts per model, and benchmark_model's op profiling")
@@ -54,14 +60,15 @@ def main(argv):
         calibration = FLAGS.calibration or (str(DEFAULT_LFW) if DEFAULT_LFW.is_dir() else None)
         result = bench_lib.bench(FLAGS.models, FLAGS.quantize, threads, FLAGS.output_dir, calibration,
                                  FLAGS.num_calibration, FLAGS.parity_images or calibration, FLAGS.num_parity,
-                                 FLAGS.runs, FLAGS.warmup, FLAGS.extra_tflite, FLAGS.benchmark_model, FLAGS.profile)
+                                 FLAGS.runs, FLAGS.warmup, FLAGS.extra_tflite, FLAGS.benchmark_model, FLAGS.profile,
+                                 FLAGS.bn_calibration_steps)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     print(result["table"])
-    for name in FLAGS.models:
-        r = bench_lib.ratio(result["rows"], name)
-        if r is not None:
-            print(f"{name}: int8 p50 / fp32 p50 at 1 thread = {r:.2f}")
+    for r in result["ratios"]:
+        if "int8_vs_fp32" in r:
+            print(f"{r['model']} x{r['threads']}: int8 p50 / fp32 p50 = {r['int8_vs_fp32']:.2f} "
+                  f"(median per-round ratio {r['int8_vs_fp32_paired']:.2f}, same interleaved run)")
     print(f"peak sgemm GFLOP/s by threads: {result['meta']['peak_gflops_by_threads']}; "
           f"outputs in {FLAGS.output_dir}/ (results.json, results.md, latency.png)")
 

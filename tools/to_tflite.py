@@ -7,7 +7,8 @@
 
 Writes OUTPUT and OUTPUT.parity.json (cosine Keras vs TFLite on real faces: min and mean, plus the
 mode, size, ops and XNNPACK partitions). fp32 must reach min cosine >= 0.9999 and fp16 >= 0.999, or
-the command fails; int8 is reported (aim: mean >= 0.98).
+the command fails; int8 is reported (aim: mean >= 0.98). A --backbone (random init) first gets
+its BatchNorm statistics re-estimated on the faces (export.calibrate_batchnorm); a --model does not.
 """
 import json
 import os
@@ -35,6 +36,9 @@ flags.DEFINE_integer("num_parity", 50, "faces used for the parity report", lower
 flags.DEFINE_enum("prelu_rewrite", "auto", ["auto", "on", "off"],
                   "rewrite PReLU into XNNPACK-delegated ops (auto: int8 only)")
 flags.DEFINE_integer("seed", 0, "random init seed for --backbone")
+flags.DEFINE_integer("bn_calibration_steps", 4, "--backbone only: re-estimate the random-init BN statistics on "
+                     "the calibration (else parity) faces with this many forward passes, so activations are "
+                     "O(1) as in a trained network (0: off). Never applied to --model", lower_bound=0)
 
 
 def _build_model():
@@ -78,6 +82,11 @@ def main(argv):
             raise ValueError("the parity report needs real faces: pass --parity_images=DIR (e.g. "
                              "../shared/data/lfw/lfw-112x112) or --calibration")
         faces = ex.load_faces(source, FLAGS.num_parity, seed=1)
+        if FLAGS.backbone and FLAGS.bn_calibration_steps:
+            # A random-init network's activations vanish through its layers and int8 rounds them to zero;
+            # a trained one's BN layers normalise them. A --model is trained: its statistics stay as saved.
+            bn_faces = calib if calib is not None else ex.load_faces(source, FLAGS.num_calibration)
+            ex.calibrate_batchnorm(model, bn_faces, steps=FLAGS.bn_calibration_steps)
         rewrite = {"auto": None, "on": True, "off": False}[FLAGS.prelu_rewrite]
         report = ex.export(model, FLAGS.output, FLAGS.quantize, calib, faces, FLAGS.int8_io, rewrite=rewrite)
     except (ValueError, FileNotFoundError, ex.ParityError) as e:
