@@ -437,8 +437,7 @@ def _define_flags():
     f.DEFINE_bool("deterministic", False, "op determinism + deterministic tf.data (slower; for exact resume)")
     f.DEFINE_integer("shuffle_buffer", 10000, "tf.data shuffle buffer (examples)", lower_bound=1)
     f.DEFINE_integer("threads", 0, "TF intra-op threads (0: TF's default)", lower_bound=0)
-    f.DEFINE_integer("inter_op_threads", 0, "TF inter-op threads (0: TF's default; 1 was fastest on a 2-core CPU, "
-                     "where parallel ops only compete for the same cores)", lower_bound=0)
+    f.DEFINE_integer("inter_op_threads", 0, "TF inter-op threads (0: TF's default)", lower_bound=0)
     f.register_validator("lr", lambda v: v > 0, message="--lr must be > 0 (the paper uses 0.1 at batch 1024)")
     f.mark_flags_as_required(["data", "model_dir"])
 
