@@ -22,6 +22,24 @@ def synth(tmp_path_factory):
     return d
 
 
+def lfw_style_heldout(root: Path) -> Path:
+    """4 held-out synthetic identities as <Name>/<Name>_NNNN.jpg + an LFW-format pairs.txt (2 folds x 3 + 3)."""
+    from mobiface_tf.data.synthetic import render_identity
+    from mobiface_tf.data.tfrecord import encode_jpeg
+
+    names = [f"held{i}" for i in range(4)]
+    for i, n in enumerate(names):
+        (root / n).mkdir(parents=True)
+        for k, img in enumerate(render_identity(seed=9, identity=i, num_images=3), start=1):
+            (root / n / f"{n}_{k:04d}.jpg").write_bytes(encode_jpeg(img))
+    lines = ["2\t3"]
+    for f in range(2):
+        lines += [f"{names[(f + j) % 4]}\t1\t{2 + j % 2}" for j in range(3)]
+        lines += [f"{names[j]}\t1\t{names[(j + 1 + f) % 4]}\t2" for j in range(3)]
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
 def run_cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "mobiface_tf.train", *args], capture_output=True, text=True,
                           env=ENV, cwd=REPO, timeout=timeout)
@@ -54,10 +72,13 @@ def test_weight_decay_only_on_kernels_and_centres():
 def test_cli_smoke(synth, tmp_path):
     """A real 4-step run: log line with img/s, flags.txt, events, checkpoints, and a usable embedding.keras."""
     out = tmp_path / "run"
+    held = lfw_style_heldout(tmp_path / "held")
     r = run_cli(f"--data={synth}/*.tfrecord", f"--model_dir={out}", "--batch_size=8", "--steps=4", "--log_every=2",
-                "--ckpt_every=2", "--lr=0.01", "--embedding_dim=128")
+                "--ckpt_every=2", "--lr=0.01", "--embedding_dim=128", f"--val_lfw_dir={held}",
+                f"--val_pairs={held / 'pairs.txt'}", "--val_every=4")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "img/s" in r.stdout + r.stderr
+    assert "step 4  lfw verification accuracy" in r.stdout + r.stderr
     assert "--batch_size=8" in (out / "flags.txt").read_text()
     assert list((out / "train").glob("events.out.tfevents.*"))
     assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-4")
