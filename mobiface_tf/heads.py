@@ -106,9 +106,15 @@ class MarginHead(keras.layers.Layer):
 
     def build(self, input_shape):
         dim = int(input_shape[-1])
-        # InsightFace initialises the centres N(0, 0.01); the scale is irrelevant after normalisation.
+        # Centres start at unit expected norm, N(0, 1/dim). Their scale does not change the logits (they are
+        # normalised) but it does change SGD: the gradient on a direction scales as 1/|w|, so with InsightFace's
+        # N(0, 0.01) the first steps jump by ~100x the lr. Measured on toy problems (fixed embeddings, SGD 0.1,
+        # momentum 0.9, 10 seeds): 16-d / 10 classes, 100 steps: N(0, 0.01) reached 0.97-1.0, unit norm 1.0 on
+        # every seed; 2-d / 3 classes, 200 steps: 3 of 10 seeds stayed below 0.9 with N(0, 0.01), none with
+        # unit norm for the same draws.
         self.centres = self.add_weight(name="centres", shape=(self.num_classes, dim),
-                                       initializer=keras.initializers.RandomNormal(stddev=0.01), trainable=True)
+                                       initializer=keras.initializers.RandomNormal(stddev=dim ** -0.5),
+                                       trainable=True)
         if self.params["kind"] == "softmax":
             self.bias = self.add_weight(name="bias", shape=(self.num_classes,), initializer="zeros")
 

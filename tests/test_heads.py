@@ -28,6 +28,7 @@ def np_logits(x, w, labels, s, m1, m2, m3):
 
 @pytest.mark.parametrize("margin", ["arcface", "cosface", "sphereface", "combined"])
 def test_matches_numpy_reference(margin):
+    keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 16)).astype(np.float32)
     labels = rng.integers(0, 10, 64)
@@ -40,7 +41,10 @@ def test_matches_numpy_reference(margin):
     got = head(x, labels).numpy()
     p = margin_params(margin)
     want = np_logits(x.astype(np.float64), w.astype(np.float64), labels, p["s"], p["m1"], p["m2"], p["m3"])
-    np.testing.assert_allclose(got, want, atol=2e-3 * p["s"] / 64 + 1e-4, rtol=1e-4)
+    # Rows 0-15 sit at cos(theta) ~ 1 - 1e-8, where float32 resolves sin(theta) = sqrt(1 - cos^2) only to
+    # ~sqrt(float32 eps) ~ 3e-4 (and cos is clipped at 1 - 1e-7), so they get that absolute tolerance.
+    np.testing.assert_allclose(got[:16], want[:16], atol=4e-4 * p["s"], rtol=1e-4)
+    np.testing.assert_allclose(got[16:], want[16:], atol=2e-3 * p["s"] / 64 + 1e-4, rtol=1e-4)
     # Without labels: plain s*cos.
     np.testing.assert_allclose(head(x).numpy(), np_logits(x, w, [], p["s"], 1, 0, 0), atol=1e-4)
     if p["m2"] > 0 or p["m1"] > 1:  # the rows opposite their centre did exercise the fallback branch
@@ -103,17 +107,23 @@ def test_softmax_is_plain_linear():
 
 
 def test_learns_a_separable_toy_problem():
-    """A few hundred SGD steps on 2-D points in 3 clusters: ArcFace logits must classify them."""
+    """100 SGD steps on fixed 16-d embeddings in 10 clusters: the ArcFace centres must classify them.
+
+    16-d, not 2-d: on a circle a centre cannot get past another class's direction, and 2-d toys have
+    wrong-permutation local minima that say nothing about the head.
+    """
+    keras.utils.set_random_seed(0)  # the centres' init must not depend on what ran before
     rng = np.random.default_rng(3)
-    centres = np.array([[1, 0], [-0.5, 0.87], [-0.5, -0.87]], np.float32)
-    y = rng.integers(0, 3, 300)
-    x = tf.constant(centres[y] + 0.2 * rng.normal(size=(300, 2)).astype(np.float32))
-    head = MarginHead(3, "arcface", s=16, m2=0.2)
-    head.build((None, 2))
+    centres = rng.normal(size=(10, 16)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    y = rng.integers(0, 10, 500)
+    x = tf.constant(centres[y] + 0.1 * rng.normal(size=(500, 16)).astype(np.float32))
+    head = MarginHead(10, "arcface", s=16, m2=0.2)
+    head.build((None, 16))
     opt = keras.optimizers.SGD(0.1, momentum=0.9)
     for _ in range(100):
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, head(x, y)))
         opt.apply(tape.gradient(loss, head.trainable_variables), head.trainable_variables)
     acc = np.mean(np.argmax(head(x).numpy(), 1) == y)
-    assert acc > 0.95, acc
+    assert acc > 0.98, acc
