@@ -79,3 +79,16 @@ def test_att_closed_set_identification(att_dir, tmp_path):
     print(f"AT&T closed-set identification: {acc:.3f} on {len(qy)} held-out images of 39 people "
           f"(chance 0.026); training {train_s:.0f} s")
     assert acc > 0.8, f"identification accuracy {acc:.3f}: expected > 0.8 (chance 0.026; measured 0.974 when written)"
+
+    # Full-integer int8 of the *trained* network (random-init nets amplify noise, so their parity means
+    # little): calibrated on the training faces, scored on the held-out faces. One XNNPACK partition.
+    import keras
+    from mobiface_tf.export import export
+
+    report = export(keras.models.load_model(tmp_path / "model" / "embedding.keras"), tmp_path / "att_int8.tflite",
+                    "int8", calibration_images=gx, parity_images=qx)
+    print(f"AT&T-trained MobiFace int8 parity on {len(qx)} held-out faces: cosine min "
+          f"{report['parity']['cosine_min']:.4f} mean {report['parity']['cosine_mean']:.4f}; "
+          f"{report['partitions']} XNNPACK partition(s)")
+    assert report["partitions"] == 1 and not report["undelegated_ops"], report
+    assert report["parity"]["cosine_mean"] >= 0.98, report["parity"]
