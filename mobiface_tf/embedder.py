@@ -51,6 +51,7 @@ class Embedder:
         self.batch_size = batch_size
         self.input_hwc = tuple(input_hwc)  # None entries mean "any size"
         self.embedding_dim = int(embedding_dim)
+        self.flip = False  # default of embed(flip=None): the CLIs set it from the threshold's sidecar
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:  # float32 [n, H, W, 3] -> [n, D]
         raise NotImplementedError
@@ -77,11 +78,11 @@ class Embedder:
             out[start:start + len(batch)] = self._forward(np.ascontiguousarray(batch, dtype=np.float32))
         return out
 
-    def embed(self, images, flip: bool = False) -> np.ndarray:
-        """L2-normalised embeddings [N, D]; with flip, normalise(f(x) + f(mirror(x)))."""
+    def embed(self, images, flip: bool | None = None) -> np.ndarray:
+        """L2-normalised embeddings [N, D]; with flip, normalise(f(x) + f(mirror(x))). flip=None: self.flip."""
         images = self._check(images)
         emb = self.embed_raw(images)
-        if flip:
+        if self.flip if flip is None else flip:
             emb = emb + self.embed_raw(images[:, :, ::-1])
         return l2_normalize(emb)
 

@@ -302,6 +302,16 @@ def write_sidecar(model_path, report: dict, fallback_dir=None) -> Path | None:
     return None
 
 
+def read_sidecar_settings(model_path) -> dict:
+    """How the sidecar's threshold was measured: {"preprocess": str, "flip": bool} (raw / no flip without one).
+
+    A threshold only fits scores computed the same way, so the verify/identify CLIs embed with these.
+    """
+    path = sidecar_path(model_path)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return {"preprocess": str(data.get("preprocess") or "raw"), "flip": bool(data.get("flip", False))}
+
+
 def read_threshold(model_path) -> float | None:
     """The threshold stored next to the model by tools/evaluate.py, or None when there is no sidecar."""
     path = sidecar_path(model_path)

@@ -57,13 +57,25 @@ def check_model_path(path) -> Path:
     return path
 
 
-def load_model(path, preprocess: str = "raw", num_threads: int | None = None):
-    """load_embedder with its failures turned into one-line FaceErrors."""
+def load_model(path, preprocess: str | None = None, num_threads: int | None = None, flip: bool | None = None):
+    """load_embedder with its failures turned into one-line FaceErrors.
+
+    preprocess / flip default to how the model's eval sidecar measured its threshold (raw, no flip without
+    a sidecar), so the CLI's scores are comparable with that threshold.
+    """
     from mobiface_tf.embedder import load_embedder
+    from mobiface_tf.evaluate import read_sidecar_settings
 
     path = check_model_path(path)
     try:
-        return load_embedder(path, preprocess=preprocess, num_threads=num_threads)
+        settings = read_sidecar_settings(path)
+    except ValueError as e:
+        raise FaceError(f"bad threshold sidecar next to {str(path)!r} ({str(e).splitlines()[0]}); fix or delete "
+                        "it") from None
+    try:
+        embedder = load_embedder(path, preprocess=preprocess or settings["preprocess"], num_threads=num_threads)
+        embedder.flip = settings["flip"] if flip is None else bool(flip)
+        return embedder
     except (ValueError, OSError, RuntimeError, TypeError) as e:
         # Keras, TF and LiteRT raise these on a file that is not a model; their text can span many lines.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -68,7 +68,8 @@ class Gallery:
 def model_key(model_path, embedder, aligned: bool) -> dict:
     """What the cached embeddings depend on, besides each photo's bytes."""
     return {"path": str(Path(model_path).resolve()), "sha256": model_fingerprint(model_path),
-            "embedding_dim": int(embedder.embedding_dim), "preprocess": embedder.preprocess, "aligned": bool(aligned)}
+            "embedding_dim": int(embedder.embedding_dim), "preprocess": embedder.preprocess,
+            "flip": bool(embedder.flip), "aligned": bool(aligned)}
 
 
 def read_index(path: Path) -> tuple[dict, np.ndarray] | None:
@@ -119,7 +120,7 @@ def check_compatible(meta: dict, key: dict, index_path: Path) -> None:
     if old.get("embedding_dim") != key["embedding_dim"]:
         raise FaceError(f"index {str(index_path)!r} holds {old.get('embedding_dim')}-d embeddings but model "
                         f"{key['path']!r} gives {key['embedding_dim']}-d; {hint}")
-    for field in ("sha256", "preprocess", "aligned"):
+    for field in ("sha256", "preprocess", "flip", "aligned"):
         if old.get(field) != key[field]:
             raise FaceError(f"index {str(index_path)!r} was built with another {field} "
                             f"({old.get('path')!r}, {field}={old.get(field)!r}; now {key['path']!r}, "

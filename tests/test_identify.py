@@ -52,9 +52,9 @@ class CountingEmbedder:
 
     def __init__(self, inner):
         self.inner, self.count = inner, 0
-        self.embedding_dim, self.preprocess = inner.embedding_dim, inner.preprocess
+        self.embedding_dim, self.preprocess, self.flip = inner.embedding_dim, inner.preprocess, inner.flip
 
-    def embed(self, images, flip=False):
+    def embed(self, images, flip=None):
         self.count += len(images)
         return self.inner.embed(images, flip)
 

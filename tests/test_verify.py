@@ -204,3 +204,18 @@ def test_lfw_fold1_accuracy_at_default_threshold(real, lfw_dir, lfw_pairs):
     print(f"\nLFW fold 1: {correct}/{len(pairs)} = {accuracy:.4f} correct at threshold {DEFAULT_THRESHOLD} "
           f"({len(crops)} photos, {len(no_face)} without a face found: {no_face})")
     assert accuracy >= 0.95
+
+
+def test_cli_embeds_the_way_the_sidecar_threshold_was_measured(tiny, tmp_path):
+    """A threshold fitted with --flip / --preprocess=bgr only fits scores computed the same way."""
+    import shutil
+
+    model = tmp_path / "tiny.keras"
+    shutil.copy(tiny, model)
+    plain = load_model(model)
+    assert (plain.preprocess, plain.flip) == ("raw", False)
+    (tmp_path / "tiny.keras.eval.json").write_text(json.dumps({"threshold": 0.3, "flip": True, "preprocess": "bgr"}))
+    tuned = load_model(model)
+    assert (tuned.preprocess, tuned.flip) == ("bgr", True)
+    x = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3)).astype(np.uint8)
+    np.testing.assert_allclose(tuned.embed(x), plain.embed(x[..., ::-1], flip=True), atol=1e-5)
