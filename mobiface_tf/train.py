@@ -107,12 +107,20 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
 
 
-def is_chief(strategy) -> bool:
-    """Worker 0 (or the only process) writes checkpoints, summaries and the final model."""
-    resolver = getattr(strategy, "cluster_resolver", None)
+def _id_in_cluster(resolver) -> int:
+    """0 for the chief (or worker 0 when the cluster has no "chief" job), then the workers in order."""
+    jobs = resolver.cluster_spec().as_dict() if resolver is not None else {}
     if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+        return 0
+    if resolver.task_type == "chief":
+        return 0
+    return int(resolver.task_id) + (1 if "chief" in jobs else 0)
+
+
+def is_chief(strategy) -> bool:
+    """The chief (or worker 0 when there is no chief job; or the only process) writes checkpoints, summaries
+    and the final model. With a "chief" job in TF_CONFIG, worker 0 is an ordinary worker."""
+    return _id_in_cluster(getattr(strategy, "cluster_resolver", None)) == 0
 
 
 # ============================================================================ model
@@ -152,6 +160,19 @@ def current_lr(optimizer) -> float:
 
 
 # ============================================================================ one step
+def _skip_together(grads):
+    """fp16 loss scaling: if any replica's gradients overflowed, make every replica's gradients NaN.
+
+    Keras' LossScaleOptimizer decides "finite or skip" from gradients it assumes were already all-reduced,
+    but Keras 3 all-reduces later, inside the inner optimizer. Without this, an overflow on replica 1 alone
+    would be applied (and summed into NaN weights), and workers could take different branches and hang.
+    """
+    bad = tf.add_n([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32)) for g in grads])
+    bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, bad)
+    poison = tf.where(bad > 0, float("nan"), 0.0)
+    return [g + tf.cast(poison, g.dtype) for g in grads]
+
+
 def make_train_step(strategy, backbone, head, optimizer, weight_decay: float, global_batch: int):
     """A tf.function(iterator) -> (mean CE loss, L2 term, correct count) summed over replicas, one SGD step.
 
@@ -182,6 +203,8 @@ def make_train_step(strategy, backbone, head, optimizer, weight_decay: float, gl
         pred = tf.argmax(head(tf.stop_gradient(emb)), axis=1, output_type=tf.int32)
         correct = tf.reduce_sum(tf.cast(tf.equal(pred, labels), tf.float32))
         grads = tape.gradient(scaled, variables)
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            grads = _skip_together(grads)
         optimizer.apply(grads, variables)
         return loss, l2 / replicas, correct
 
@@ -205,8 +228,7 @@ def worker_input_context(strategy) -> tf.distribute.InputContext:
     """Which input pipeline this worker is: workers read disjoint shards (make_dataset shards by file)."""
     local = len(strategy.extended.worker_devices)
     workers = strategy.num_replicas_in_sync // local
-    resolver = getattr(strategy, "cluster_resolver", None)
-    worker_id = resolver.task_id if workers > 1 and resolver is not None and resolver.task_id is not None else 0
+    worker_id = _id_in_cluster(getattr(strategy, "cluster_resolver", None)) if workers > 1 else 0
     return tf.distribute.InputContext(num_input_pipelines=workers, input_pipeline_id=worker_id,
                                       num_replicas_in_sync=strategy.num_replicas_in_sync)
 
@@ -377,6 +399,13 @@ def _train(data, model_dir, *, backbone, head, embedding_dim, margin, margin_s, 
                 scalar_summary("images_per_s", ips, s)
             window_t, window_steps, window_loss, window_correct = time.perf_counter(), 0, 0.0, 0.0
         if s % ckpt_every == 0 or s == steps:
+            # The loss above was computed before this step's update: check the weights themselves too, so
+            # a checkpoint never holds a diverged model.
+            if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in net.trainable_variables +
+                       margin_head.trainable_variables):
+                raise TrainingDiverged(
+                    f"weights became NaN/Inf at step {s}; stopped without saving. The last good checkpoint is "
+                    f"{manager.latest_checkpoint}. Lower --lr (now {lr}), add --warmup_steps, or check the data")
             manager.save(checkpoint_number=s)
         if val_every and (s % val_every == 0 or s == steps) and (val_bin or val_lfw_dir):
             reports = evaluate_verification(net, val_lfw_dir, val_pairs, val_bin)

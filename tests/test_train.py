@@ -150,3 +150,32 @@ def test_mixed_precision_steps(synth, tmp_path, precision):
     assert keras.mixed_precision.dtype_policy().name == "float32"  # restored for the caller
     reloaded = keras.models.load_model(summary["embedding_model"])
     assert reloaded.dtype_policy.name == "float32"
+
+
+def test_chief_and_input_pipeline_ids_with_and_without_a_chief_job():
+    from tensorflow.python.training.server_lib import ClusterSpec
+
+    from mobiface_tf.train import _id_in_cluster
+
+    def resolver(jobs, task_type, task_id):
+        return tf.distribute.cluster_resolver.SimpleClusterResolver(ClusterSpec(jobs), task_type=task_type,
+                                                                    task_id=task_id)
+
+    workers_only = {"worker": ["a:1", "b:1"]}
+    assert [_id_in_cluster(resolver(workers_only, "worker", i)) for i in (0, 1)] == [0, 1]
+    with_chief = {"chief": ["c:1"], "worker": ["a:1", "b:1"]}
+    assert _id_in_cluster(resolver(with_chief, "chief", 0)) == 0
+    assert [_id_in_cluster(resolver(with_chief, "worker", i)) for i in (0, 1)] == [1, 2]  # worker 0 is not chief
+    assert _id_in_cluster(None) == 0
+
+
+def test_fp16_overflow_on_one_replica_poisons_every_replica():
+    from mobiface_tf.train import _skip_together
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    ok = [tf.constant([1.0, 2.0]), tf.constant([[3.0]])]
+    bad = [tf.constant([1.0, float("inf")]), tf.constant([[3.0]])]
+    out_ok = strategy.run(tf.function(lambda: _skip_together(ok)))
+    out_bad = strategy.run(tf.function(lambda: _skip_together(bad)))
+    np.testing.assert_array_equal(out_ok[0].numpy(), [1.0, 2.0])
+    assert all(np.all(np.isnan(g.numpy())) for g in out_bad)
