@@ -165,6 +165,11 @@ def activation_stds(model: keras.Model, images, kind=keras.layers.BatchNormaliza
 # stock PRELU, nor max(x, a*x) (exact only for 0 <= a <= 1), nor relu(x) - a*relu(-x) (which the
 # converter fuses back into PRELU) keep one partition; int8 MUL (with a fused RELU) and ADD are delegated.
 FOLD_MIN_SLOPE = 1e-3  # below this c = (1-a)/a explodes and ruins the int8 range of relu(c*u)
+# Folding scales channel k of the (per-tensor quantised) activation by a_k, and the int8 MUL constant
+# c_k = (1-a_k)/a_k is quantised per tensor too: with slopes {0.01, 0.9}, c = {99, 0.11} and 0.11 rounds to
+# 0 or one step of ~0.39. So fold only when the slopes of a layer are within this ratio of each other;
+# otherwise the "fast" form, whose constants stay in [0, 1], is used.
+FOLD_MAX_SLOPE_RATIO = 4.0
 PRELU_FORMS = ("fold", "fast", "general")
 
 
@@ -213,7 +218,8 @@ def prelu_form(model, layer) -> str:
     if np.any(alpha > 1.0):
         return "general"
     bn = _producer(layer.input)
-    if (np.all(alpha >= FOLD_MIN_SLOPE) and isinstance(bn, keras.layers.BatchNormalization) and bn.scale
+    if (np.all(alpha >= FOLD_MIN_SLOPE) and alpha.max() <= FOLD_MAX_SLOPE_RATIO * alpha.min()
+            and isinstance(bn, keras.layers.BatchNormalization) and bn.scale
             and bn.center and bn.axis in (-1, [-1], len(layer.input.shape) - 1, [len(layer.input.shape) - 1])
             and _num_consumers(model, bn) == 1):
         return "fold"

@@ -39,12 +39,13 @@ def _toy(alphas):
 
 def test_rewrite_is_exact_in_every_form():
     rng = np.random.default_rng(1)
-    in_range = rng.uniform(0.05, 1.0, 8)
+    in_range = rng.uniform(0.3, 1.0, 8)                          # within FOLD_MAX_SLOPE_RATIO -> "fold"
     above_one = np.r_[rng.uniform(0.1, 0.9, 6), 1.7, 3.0]       # a > 1: max(x, a*x) would be wrong -> "general"
     negative = np.r_[rng.uniform(0.1, 0.9, 6), -0.4, 0.0]       # a <= 0: cannot fold (c = (1-a)/a) -> "fast"
-    model = _toy([in_range, above_one, negative])
+    spread = np.r_[rng.uniform(0.2, 0.9, 6), 0.01, 0.02]        # 0 < a <= 1 but a 90x spread -> "fast" (int8 range)
+    model = _toy([in_range, above_one, negative, spread])
     clone, summary = ex.rewrite_prelu(model)
-    assert summary == {"fold": ["p0"], "fast": ["p2", "p_nobn"], "general": ["p1"]}
+    assert summary == {"fold": ["p0"], "fast": ["p2", "p3", "p_nobn"], "general": ["p1"]}
     assert not any(isinstance(l, keras.layers.PReLU) for l in clone.layers)
     x = rng.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
     want, got = np.asarray(model(x)), np.asarray(clone(x))
@@ -59,7 +60,7 @@ def test_rewrite_mobiface_equal_within_1e5():
     rng = np.random.default_rng(0)
     for layer in model.layers:  # trained-like slopes, some > 1 (general form), instead of the 0.25 init
         if isinstance(layer, keras.layers.PReLU):
-            alpha = rng.uniform(0.01, 0.6, layer.get_weights()[0].shape)
+            alpha = rng.uniform(0.2, 0.6, layer.get_weights()[0].shape)
             alpha.flat[0] = 1.3 if layer.name.startswith("stage3") else alpha.flat[0]
             layer.set_weights([alpha.astype("float32")])
     clone, summary = ex.rewrite_prelu(model)
