@@ -282,7 +282,7 @@ def train(data: str, model_dir: str, *, backbone="mobiface", head="gdc", embeddi
           lr_boundaries=(40000, 60000, 80000), lr_decay=0.1, warmup_steps=0, steps=100000, momentum=0.9,
           weight_decay=5e-4, mixed_precision="none", strategy="auto", sync_bn=False, log_every=20,
           ckpt_every=1000, max_to_keep=3, seed=0, deterministic=False, val_lfw_dir=None, val_pairs=None,
-          val_bin=None, val_every=0, shuffle_buffer=10000, flags_text: str | None = None,
+          val_bin=None, val_every=0, shuffle_buffer=10000, skip_corrupt=False, flags_text: str | None = None,
           strategy_obj=None) -> dict:
     """Train (or resume from the latest checkpoint in model_dir) to `steps`; returns a summary dict.
 
@@ -325,7 +325,8 @@ def train(data: str, model_dir: str, *, backbone="mobiface", head="gdc", embeddi
 def _train(data, model_dir, *, backbone, head, embedding_dim, margin, margin_s, margin_m1, margin_m2, margin_m3,
            batch_size, lr, lr_boundaries, lr_decay, warmup_steps, steps, momentum, weight_decay, mixed_precision,
            strategy, sync_bn, log_every, ckpt_every, max_to_keep, seed, deterministic, val_lfw_dir, val_pairs,
-           val_bin, val_every, shuffle_buffer, flags_text, strategy_obj, schedule, files, num_classes) -> dict:
+           val_bin, val_every, shuffle_buffer, skip_corrupt, flags_text, strategy_obj, schedule, files,
+           num_classes) -> dict:
     from mobiface_tf.data.pipeline import make_dataset
 
     strat = strategy_obj or make_strategy(strategy)
@@ -343,7 +344,7 @@ def _train(data, model_dir, *, backbone, head, embedding_dim, margin, margin_s, 
     ctx = worker_input_context(strat)
     worker_batch = batch_size // ctx.num_input_pipelines
     dataset = make_dataset(files, worker_batch, training=True, seed=seed, deterministic=deterministic,
-                           shuffle_buffer=shuffle_buffer, input_context=ctx)
+                           shuffle_buffer=shuffle_buffer, input_context=ctx, skip_corrupt=skip_corrupt)
 
     # ---------------------------------------------------------------- model, optimizer, checkpoint
     with strat.scope():
@@ -465,6 +466,8 @@ def _define_flags():
     f.DEFINE_integer("seed", 0, "random seed (model init, shuffling, flips)")
     f.DEFINE_bool("deterministic", False, "op determinism + deterministic tf.data (slower; for exact resume)")
     f.DEFINE_integer("shuffle_buffer", 10000, "tf.data shuffle buffer (examples)", lower_bound=1)
+    f.DEFINE_bool("skip_corrupt", False, "keep the readable records of a truncated/corrupt TFRecord shard (with a "
+                  "warning naming it) instead of stopping with an error that names it")
     f.DEFINE_integer("threads", 0, "TF intra-op threads (0: TF's default)", lower_bound=0)
     f.DEFINE_integer("inter_op_threads", 0, "TF inter-op threads (0: TF's default)", lower_bound=0)
     f.register_validator("lr", lambda v: v > 0, message="--lr must be > 0 (the paper uses 0.1 at batch 1024)")
@@ -498,10 +501,13 @@ def main(argv):
             weight_decay=fl.weight_decay, mixed_precision=fl.mixed_precision, strategy=fl.strategy,
             sync_bn=fl.sync_bn, log_every=fl.log_every, ckpt_every=fl.ckpt_every, max_to_keep=fl.max_to_keep,
             seed=fl.seed, deterministic=fl.deterministic, val_lfw_dir=fl.val_lfw_dir, val_pairs=fl.val_pairs,
-            val_bin=fl.val_bin, val_every=fl.val_every, shuffle_buffer=fl.shuffle_buffer,
+            val_bin=fl.val_bin, val_every=fl.val_every, shuffle_buffer=fl.shuffle_buffer, skip_corrupt=fl.skip_corrupt,
             flags_text=fl.flags_into_string(), strategy_obj=strategy)
     except (ValueError, TrainingDiverged) as e:  # bad flags / data, or divergence: one line, no traceback
         sys.exit(f"error: {e}")
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:  # a shard found corrupt mid-run
+        detail = " ".join(str(e.message).split())[:600]
+        sys.exit(f"error: bad training data: {detail}. Re-run tools/prepare_data.py, or pass --skip_corrupt")
     log.info("done at step %d; embedding model: %s", summary["final_step"], summary["embedding_model"])
 
 

@@ -179,3 +179,25 @@ def test_fp16_overflow_on_one_replica_poisons_every_replica():
     out_bad = strategy.run(tf.function(lambda: _skip_together(bad)))
     np.testing.assert_array_equal(out_ok[0].numpy(), [1.0, 2.0])
     assert all(np.all(np.isnan(g.numpy())) for g in out_bad)
+
+
+@pytest.mark.slow
+def test_corrupt_shard_names_it_or_is_skipped(synth, tmp_path):
+    """A shard corrupted in place (same size, so only reading finds it): one-line error naming the shard;
+    with --skip_corrupt the run goes on with the readable records."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    shard = sorted(data.glob("*.tfrecord"))[1]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)  # zero 64 bytes mid-file: a record's CRC fails
+    shard.write_bytes(bytes(raw))
+    common = [f"--data={data}", "--batch_size=8", "--steps=2", "--log_every=1", "--embedding_dim=64"]
+    r = run_cli(*common, f"--model_dir={tmp_path / 'a'}")
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and shard.name in last and "Traceback" not in r.stderr, r.stderr[-2000:]
+    r = run_cli(*common, f"--model_dir={tmp_path / 'b'}", "--skip_corrupt")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert shard.name in r.stderr  # the warning names it
