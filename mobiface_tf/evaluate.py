@@ -214,16 +214,16 @@ def embed_paths(embedder, paths, flip: bool, aligner=None, batch_size: int = 256
     With `aligner` (a mobiface_tf.align.FaceAligner), each image is re-aligned by MTCNN first; when no
     face is found the original crop is kept and counted, so the report says how many were not re-aligned.
     """
-    from mobiface_tf.data.verification import read_image_rgb
+    from mobiface_tf.align import load_image_rgb
 
-    return _embed_loaded(embedder, list(paths), lambda p, i: read_image_rgb(p), flip, aligner, batch_size, progress)
+    return _embed_loaded(embedder, list(paths), lambda p, i: load_image_rgb(p), flip, aligner, batch_size, progress)
 
 
 def embed_encoded(embedder, encoded, flip: bool, aligner=None, batch_size: int = 256, progress: bool = True):
     """Like embed_paths, for encoded images held in memory (a .bin)."""
-    from mobiface_tf.data.verification import decode_jpeg_rgb
+    from mobiface_tf.align import decode_image_rgb
 
-    return _embed_loaded(embedder, encoded, lambda data, i: decode_jpeg_rgb(data, what=f"image {i}"),
+    return _embed_loaded(embedder, encoded, lambda data, i: decode_image_rgb(data, f"image {i}"),
                          flip, aligner, batch_size, progress)
 
 

@@ -72,10 +72,9 @@ def load_faces(source, limit: int, seed: int = 0, size: int = 112) -> np.ndarray
 def _read_image(path, size):
     import cv2
 
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot decode image {str(path)!r}; remove it or pass another --calibration/--parity_images")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes BGR; our models take RGB
+    from mobiface_tf.align import load_image_rgb  # the project's one decoder: RGB, grey/alpha/16-bit handled
+
+    rgb = load_image_rgb(path)
     if rgb.shape[:2] != (size, size):
         rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
     return rgb

@@ -78,7 +78,7 @@ def test_reference_models_fp32_and_uint8(reference_tflite, reference_tflite_uint
     Its quantisation is lossy: cosine(fp32, uint8) is ~0.86 per image (and the zero point 122 the model
     declares is the one that maximises it), far above the ~0 of unrelated vectors.
     """
-    from mobiface_tf.data.verification import read_image_rgb
+    from mobiface_tf.align import load_image_rgb as read_image_rgb
 
     person = lfw_dir / "Aaron_Peirsol"
     images = np.stack([read_image_rgb(p) for p in sorted(person.glob("*.jpg"))[:3]] +

@@ -192,7 +192,8 @@ def test_cli_on_bin_built_from_real_faces(tmp_path, reference_tflite, lfw_dir, l
 def lfw_embeddings(reference_tflite, reference_tflite_uint8, lfw_dir, lfw_pairs):
     """Embed each of the ~7.7k images referenced by pairs.txt once per model (no flip: it would double the
     time; the flip figure comes from the tools/evaluate.py run quoted in the README)."""
-    from mobiface_tf.data.verification import read_image_rgb, read_lfw_pairs
+    from mobiface_tf.align import load_image_rgb as read_image_rgb
+    from mobiface_tf.data.verification import read_lfw_pairs
     from mobiface_tf.embedder import load_embedder
 
     pairs = read_lfw_pairs(lfw_pairs, lfw_dir)

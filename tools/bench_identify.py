@@ -49,12 +49,13 @@ def _peak_rss_mb() -> float:
 
 
 def _lfw_probes(embedder, lfw_dir, max_probes, max_per_identity):
-    from mobiface_tf.data.verification import list_identities, read_image_rgb
+    from mobiface_tf.align import load_image_rgb
+    from mobiface_tf.data.verification import list_identities
 
     people = list_identities(lfw_dir, min_images=2, max_per_identity=max_per_identity, max_images=max_probes)
     paths = [p for _, files in people for p in files]
     labels = np.array([i for i, (_, files) in enumerate(people) for _ in files])
-    emb = embedder.embed(np.stack([read_image_rgb(p) for p in paths]))
+    emb = embedder.embed(np.stack([load_image_rgb(p) for p in paths]))
     return emb, labels, f"LFW ({len(people)} identities with >= 2 images) embedded by {embedder.path.name}"
 
 

@@ -112,27 +112,6 @@ def list_identities(image_dir, min_images: int = 2, max_per_identity: int | None
     return out
 
 
-def read_image_rgb(path) -> np.ndarray:
-    """Decode an image file to uint8 RGB HxWx3 (grey images are replicated to 3 channels)."""
-    import cv2  # imported here: the .bin / pairs parsers do not need OpenCV
-
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ValueError(f"cannot decode image {str(path)!r} (empty, truncated or not an image); replace or remove it")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def decode_jpeg_rgb(data: bytes, what: str = "image") -> np.ndarray:
-    """Decode encoded image bytes (as stored in a .bin) to uint8 RGB HxWx3."""
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if len(data) else None
-    if image is None:
-        raise ValueError(f"cannot decode {what} ({len(data)} bytes): not a valid JPEG/PNG")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 # ---------------------------------------------------------------- restricted .bin unpickling
 
 class BinRefused(pickle.UnpicklingError):
