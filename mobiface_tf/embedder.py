@@ -133,6 +133,25 @@ class _SavedModelEmbedder(Embedder):
         return result[self._output_name].numpy().astype(np.float32)
 
 
+def quantize_input(x, detail: dict) -> np.ndarray:
+    """Float input -> the tensor's dtype; for int8/uint8 inputs q = round(x / scale) + zero_point (TFLite's
+    affine quantisation, `detail` from get_input_details())."""
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.integer):
+        scale, zero = detail["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+    return np.asarray(x).astype(dtype)
+
+
+def dequantize_output(q, detail: dict) -> np.ndarray:
+    """Output tensor -> float32; for int8/uint8 outputs (q - zero_point) * scale."""
+    if np.issubdtype(detail["dtype"], np.integer):
+        scale, zero = detail["quantization"]
+        return (q.astype(np.float32) - zero) * scale
+    return q.astype(np.float32)
+
+
 class _TFLiteEmbedder(Embedder):
     def __init__(self, path, preprocess, batch_size, num_threads):
         from ai_edge_litert.interpreter import Interpreter
@@ -154,30 +173,15 @@ class _TFLiteEmbedder(Embedder):
         self._batch = batch
         super().__init__(path, preprocess, batch_size, tuple(int(s) for s in shape[1:]), int(self._out["shape"][-1]))
 
-    def _quantize(self, x):
-        scale, zero = self._in["quantization"]
-        dtype = self._in["dtype"]
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            # Quantised input: q = round(x / scale) + zero_point (TFLite's affine quantisation).
-            return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
-        return x.astype(dtype)
-
-    def _dequantize(self, q):
-        scale, zero = self._out["quantization"]
-        if np.issubdtype(self._out["dtype"], np.integer):
-            return (q.astype(np.float32) - zero) * scale
-        return q.astype(np.float32)
-
     def _run(self, chunk):
         n = len(chunk)
         if n != self._batch:  # last, partial batch of a dynamic-batch model
             self._interp.resize_tensor_input(self._in["index"], [n, *self.input_hwc])
             self._interp.allocate_tensors()
             self._batch = n
-        self._interp.set_tensor(self._in["index"], self._quantize(chunk))
+        self._interp.set_tensor(self._in["index"], quantize_input(chunk, self._in))
         self._interp.invoke()
-        return self._dequantize(self._interp.get_tensor(self._out["index"]))
+        return dequantize_output(self._interp.get_tensor(self._out["index"]), self._out)
 
     def _forward(self, batch):
         step = len(batch) if self._dynamic_batch else 1

@@ -307,21 +307,14 @@ def to_tflite(model, quantize: str = "none", representative_images=None, int8_io
 # ---------------------------------------------------------------------------------------------
 def run_tflite(interp, images) -> np.ndarray:
     """Float embeddings [N, D] for raw RGB 0-255 images, one at a time (batch 1), (de)quantising int8 I/O."""
+    from mobiface_tf.embedder import dequantize_output, quantize_input
+
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     results = []
     for image in np.asarray(images, np.float32):
-        x = image[None]
-        if np.issubdtype(inp["dtype"], np.integer):
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
-        interp.set_tensor(inp["index"], x)
+        interp.set_tensor(inp["index"], quantize_input(image[None], inp))
         interp.invoke()
-        y = interp.get_tensor(out["index"]).astype(np.float32)
-        if np.issubdtype(out["dtype"], np.integer):
-            scale, zero = out["quantization"]
-            y = (y - zero) * scale
-        results.append(y[0])
+        results.append(dequantize_output(interp.get_tensor(out["index"]), out)[0])
     return np.stack(results)
 
 

@@ -1,7 +1,6 @@
 """The three networks: shapes, pinned parameter counts, layer names, MACs, save/load and TFLite parity."""
 import numpy as np
 import pytest
-import tensorflow as tf
 import keras
 from tensorflow.python.framework import ops as tf_ops
 

@@ -118,7 +118,7 @@ def test_corrupt_recordio_fails_with_file_and_offset(tmp_path):
     (tmp_path / "c.rec").write_bytes(bytes(data))
     proc = run_tool(f"--input={tmp_path / 'c.rec'}", f"--output={tmp_path / 'out'}", "--workers=1", check=False)
     assert proc.returncode != 0
-    assert f"c.rec: bad magic" in proc.stderr and f"at offset {off}" in proc.stderr
+    assert "c.rec: bad magic" in proc.stderr and f"at offset {off}" in proc.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert not list((tmp_path / "out").glob("*.tmp-*"))
 

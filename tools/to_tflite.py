@@ -10,7 +10,6 @@ mode, size, ops and XNNPACK partitions). fp32 must reach min cosine >= 0.9999 an
 the command fails; int8 is reported (aim: mean >= 0.98). A --backbone (random init) first gets
 its BatchNorm statistics re-estimated on the faces (export.calibrate_batchnorm); a --model does not.
 """
-import json
 import os
 import sys
 from pathlib import Path

@@ -9,7 +9,6 @@ The parts sit near the ArcFace template, so the images look like aligned 112x112
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2

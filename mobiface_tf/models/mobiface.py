@@ -11,7 +11,6 @@ alone is about 2.3 M parameters (~9.2 MB), which suggests the 9.3 MB figure igno
 uses a much smaller head. `head="gdc"` (MobileFaceNet's global depthwise conv) gives ~2.6 M.
 """
 import keras
-from keras import layers
 
 from mobiface_tf.models.layers import bottleneck, conv_bn, embedding_head, normalize
 
