@@ -25,7 +25,7 @@ quickstart: $(STAMP)
 	bash tools/quickstart.sh
 
 bench: $(STAMP)
-	$(PY) tools/bench.py --output_dir=bench_out
+	$(PY) tools/bench.py --reference --output_dir=bench_out
 
 clean:
 	rm -rf $(VENV) quickstart_out bench_out

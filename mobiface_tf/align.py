@@ -1,103 +1,19 @@
 """Face alignment as in MobiFace (Duong et al., 2018, Sec. IV-A): MTCNN five landmarks, then a similarity
-transform onto the 112x112 ArcFace template. Also the one image loader every tool uses.
+transform onto the 112x112 ArcFace template.
 
-The loader refuses bad files with an `ImageError` whose message is one line saying what is wrong, so that
-tools/prepare_data.py can skip the file and record the reason in manifest.json.
+Image files are listed and decoded by mobiface_tf.images (EXIF orientation, modes, bad-file policy); the names
+below are re-exported from there so older imports keep working.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
-import os
 import threading
-import warnings
 
 import cv2
 import numpy as np
 
-# The ArcFace / InsightFace 112x112 template, (x, y) for: left eye, right eye, nose tip, left and right mouth
-# corner, where "left" means the image's left (smaller x). One source of truth for the whole project.
-ARCFACE_TEMPLATE = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float32)
-CROP_SIZE = 112
-
-# 40 Mpx is above any consumer photo (a 7000x5000 camera image is 35 Mpx) but stops decompression bombs early.
-DEFAULT_MAX_PIXELS = 40_000_000
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp")
-
-
-class ImageError(ValueError):
-    """A file that cannot be used as a face photo; str(err) is the one-line reason."""
-
-
-# ----------------------------------------------------------------------------------------------- loading
-def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int, str, str]:
-    """(width, height, format, mode) from the header only: nothing is decoded yet."""
-    from PIL import Image, UnidentifiedImageError  # pillow: header parsing without decoding pixels
-    if not data:
-        raise ImageError(f"zero-byte file: {name}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own max_pixels check follows
-            with Image.open(io.BytesIO(data)) as im:
-                return im.size[0], im.size[1], im.format or "", im.mode
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"too large ({e}): {name}") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"not an image (unknown format): {name}") from None
-    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these on broken headers
-        raise ImageError(f"unreadable image header ({e}): {name}") from None
-
-
-def _jpeg_is_complete(data: bytes) -> bool:
-    # A JPEG ends with the EOI marker FFD9; some writers pad after it, so look at the tail only.
-    return b"\xff\xd9" in data.rstrip(b"\x00\r\n ")[-32:]
-
-
-def decode_image_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decodes encoded image bytes to uint8 RGB [H, W, 3].
-
-    Handles grayscale (PGM), 16-bit, alpha (composited over black, as the crops' border), CMYK JPEG.
-    Raises ImageError on zero-byte, truncated, non-image or too-large (w*h > max_pixels, checked before
-    decoding) input.
-    """
-    width, height, fmt, mode = image_size(data, name)
-    if width * height > max_pixels:
-        raise ImageError(f"too large: {width}x{height} = {width * height} pixels > max_pixels={max_pixels} "
-                         f"(raise --max_pixels if this is a real photo): {name}")
-    if fmt == "JPEG" and not _jpeg_is_complete(data):
-        raise ImageError(f"truncated JPEG (no end-of-image marker): {name}")
-    buf = np.frombuffer(data, np.uint8)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and fmt == "PNG")
-    # IMREAD_COLOR gives 8-bit BGR for gray, 16-bit and CMYK input; UNCHANGED keeps alpha when there is one.
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED if has_alpha else cv2.IMREAD_COLOR)
-    if img is None:
-        raise ImageError(f"cannot decode {fmt or 'image'} data (corrupt or truncated): {name}")
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ImageError(f"unsupported pixel type {img.dtype}: {name}")
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    if img.shape[2] == 4:
-        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
-        img = (img[:, :, :3].astype(np.float32) * alpha + 0.5).astype(np.uint8)
-    if img.shape[:2] != (height, width):
-        raise ImageError(f"decoded size {img.shape[1]}x{img.shape[0]} differs from header {width}x{height} "
-                         f"(corrupt file): {name}")
-    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-
-
-def load_image_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Reads an image file as uint8 RGB [H, W, 3]; raises ImageError with the reason on a bad file."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ImageError(f"cannot read file ({e.strerror}): {path}") from None
-    return decode_image_rgb(data, path, max_pixels)
+from mobiface_tf.images import (ARCFACE_TEMPLATE, CROP_SIZE, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS,  # noqa: F401
+                                ImageError, decode_image_rgb, image_size, load_image_rgb)
 
 
 # ----------------------------------------------------------------------------------------------- geometry

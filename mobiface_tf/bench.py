@@ -1,18 +1,24 @@
 """Latency, MACs, size, delegation and memory of TFLite face-embedding networks.
 
-Every figure that is compared is measured in the same run: the latencies of all models and the
-machine's sgemm peak (mobiface_tf.peak).
+Every figure that is compared is measured in the same run, on the CPU recorded with it (`cpu` in
+results.json: model name and the ISA features XNNPACK dispatches on; int8 vs fp32 depends on them,
+e.g. VNNI): the latencies of all models, the machine's sgemm peak (mobiface_tf.peak) and, per row,
+LiteRT's own benchmark tool as a cross-check.
 
-Timing (`time_interleaved`): batch 1, LiteRT Interpreter with its default XNNPACK delegate at
+Timing (`litert.time_interleaved`): batch 1, LiteRT Interpreter with its default XNNPACK delegate at
 `threads` threads. For one model and thread count, the .tflite files of all quantize modes are
 loaded in one fresh child process and invoked round-robin, one invoke per mode per round in a newly
 shuffled order, a few warm-up rounds then >= 50 timed rounds; p50 and p90 per mode. On a shared,
 noisy machine timing modes one after another made the int8/fp32 ratio swing from 0.39 to 1.09
 between runs; interleaving gives every mode the same conditions, so the ratio (`int8_vs_fp32`) is fair.
+Cross-check: `litert-benchmark` (the ai-edge-litert wheel's tool, CompiledModel API) times each file
+alone; its median is `latency_ms_p50_litert` and its verdict `fully_accelerated`.
 Memory: each (model, mode, threads) is loaded alone in its own fresh child, whose VmHWM is its peak RSS.
 Achieved GFLOP/s = 2 * MACs / p50; `fraction_of_peak` divides it by the float32 sgemm GFLOP/s at the
 same thread count, for float32-compute rows only (see FLOAT_COMPUTE_MODES); `peak_gflops` is the
 single-thread figure.
+
+This module imports TensorFlow only inside `bench()` (for the export); the runtime side is mobiface_tf.litert.
 """
 from __future__ import annotations
 
@@ -20,171 +26,26 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
-QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")  # the TFLite modes export.to_tflite implements
+from mobiface_tf.litert import (MIN_RUNS, cpu_info, cpu_label, delegation, make_interpreter,  # noqa: F401
+                                 memory_and_delegation, memory_in_subprocess, op_counts, peak_rss_kb,
+                                 run_litert_benchmark, time_interleaved, time_interleaved_in_subprocess)
+
 DEFAULT_MODELS = ("mobiface_fc", "mobiface_gdc", "mobilefacenet", "mobilenet_v1_gdc")
 DEFAULT_THREADS = (1, 2)
-MIN_RUNS = 50
-
-
-# ---------------------------------------------------------------------------------------------
-# Interpreter, delegation
-# ---------------------------------------------------------------------------------------------
-def make_interpreter(model_content: bytes | None = None, model_path=None, num_threads: int = 1):
-    """LiteRT interpreter (XNNPACK is applied by default on CPU), tensors allocated."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_content=model_content, model_path=None if model_path is None else str(model_path),
-                         num_threads=num_threads)
-    interp.allocate_tensors()
-    return interp
-
-
-def delegation(interp) -> dict:
-    """XNNPACK partitions and undelegated ops of an allocated interpreter.
-
-    LiteRT's Python API has no partition counter. After allocation, `_get_ops_details()` lists the
-    graph's original nodes followed by one "DELEGATE" node per delegate partition; the original
-    nodes a partition took over stay listed but are no longer executed. We rebuild the execution
-    plan: walk back from the graph outputs, where a tensor is produced by a DELEGATE node if one
-    outputs it, else by its original op, which is then an undelegated op run by the builtin kernels.
-    """
-    ops = interp._get_ops_details()
-    delegate_out, op_out = {}, {}
-    for op in ops:
-        target = delegate_out if op["op_name"] == "DELEGATE" else op_out
-        for t in op["outputs"]:
-            target[int(t)] = op
-    wanted = [int(d["index"]) for d in interp.get_output_details()]
-    seen, executed = set(), {}
-    while wanted:
-        t = wanted.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        producer = delegate_out.get(t) or op_out.get(t)
-        if producer is None:  # graph input or constant
-            continue
-        executed[producer["index"]] = producer
-        wanted.extend(int(i) for i in producer["inputs"] if i >= 0)
-    names = [op["op_name"] for op in executed.values()]
-    undelegated = {}
-    for n in names:
-        if n != "DELEGATE":
-            undelegated[n] = undelegated.get(n, 0) + 1
-    return {"partitions": names.count("DELEGATE"), "undelegated_ops": dict(sorted(undelegated.items())),
-            "num_undelegated": sum(undelegated.values())}
-
-
-def op_counts(model_content: bytes) -> dict:
-    """Op types and counts of the flatbuffer graph itself (before delegation)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interp = Interpreter(model_content=model_content,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interp.allocate_tensors()
-    counts = {}
-    for op in interp._get_ops_details():
-        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
-    return dict(sorted(counts.items()))
-
-
-# ---------------------------------------------------------------------------------------------
-# Timing and memory (each runs inside a fresh child process)
-# ---------------------------------------------------------------------------------------------
-def peak_rss_kb() -> int:
-    """This process's peak resident set size in kB.
-
-    VmHWM from /proc/self/status where it exists: getrusage's ru_maxrss is not usable in a child
-    started from a big parent, because Linux carries the parent's high-water mark across fork+exec
-    (we measured ~1 GB for a 60 MB child of the TF-loaded bench). Elsewhere, ru_maxrss.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        m = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.M)
-        if m:
-            return int(m[1])
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss // 1024 if sys.platform == "darwin" else rss  # macOS reports bytes, Linux kB
-
-
-def _ready_interpreter(path, threads: int):
-    """Interpreter for `path` with a fixed random input set (raw RGB 0-255, or the int8 input range)."""
-    interp = make_interpreter(model_path=path, num_threads=threads)
-    inp = interp.get_input_details()[0]
-    rng = np.random.default_rng(0)
-    if np.issubdtype(inp["dtype"], np.integer):
-        info = np.iinfo(inp["dtype"])
-        x = rng.integers(info.min, info.max, inp["shape"], endpoint=True).astype(inp["dtype"])
-    else:
-        x = rng.uniform(0, 255, inp["shape"]).astype(inp["dtype"])
-    interp.set_tensor(inp["index"], x)
-    return interp
-
-
-def time_interleaved(paths, threads: int = 1, warmup: int = 5, rounds: int = MIN_RUNS, seed: int = 0) -> list:
-    """Per-invoke wall times (ms) of several .tflite files timed round-robin in this process.
-
-    All interpreters are loaded first. Each round invokes every model once, in a freshly shuffled
-    order, so every model sees the same machine conditions (load from other jobs, CPU frequency,
-    cache state) and the ratios between them are fair even when absolute times drift. `warmup`
-    untimed rounds come first. Returns one list of `rounds` times per path, in the order of `paths`:
-    times[j][k] is model j in round k, so per-round (paired) ratios can be taken.
-    """
-    import time
-
-    interps = [_ready_interpreter(p, threads) for p in paths]
-    rng = np.random.default_rng(seed)
-    for _ in range(warmup):
-        for interp in interps:
-            interp.invoke()
-    times = np.empty((len(paths), rounds))
-    for k in range(rounds):
-        for j in rng.permutation(len(paths)):
-            t0 = time.perf_counter()
-            interps[j].invoke()
-            times[j, k] = (time.perf_counter() - t0) * 1e3
-    return times.tolist()
-
-
-def memory_and_delegation(path, threads: int = 1, warmup: int = 5) -> dict:
-    """Peak RSS (kB -> MB) of this process after loading `path` and `max(warmup, 1)` invokes, plus its delegation.
-
-    Meant for a fresh process holding nothing else, so the figure is Python + LiteRT + this model only.
-    """
-    interp = _ready_interpreter(path, threads)
-    for _ in range(max(warmup, 1)):  # the first invoke allocates XNNPACK's workspace
-        interp.invoke()
-    return {"peak_rss_mb": round(peak_rss_kb() / 1024, 1), **delegation(interp)}
-
-
-def _child(args, timeout: float = 900):
-    """Run `python -m mobiface_tf.bench ARGS...` (a fresh process without TensorFlow) and parse its JSON."""
-    cmd = [sys.executable, "-m", "mobiface_tf.bench", *map(str, args)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def time_interleaved_in_subprocess(paths, threads: int, warmup: int, rounds: int) -> list:
-    """`time_interleaved` in one fresh child process (no TensorFlow threads or memory around)."""
-    return _child(["time", threads, warmup, rounds, *paths])
-
-
-def memory_in_subprocess(path, threads: int, warmup: int) -> dict:
-    """`memory_and_delegation` in its own fresh child, so no other interpreter pollutes the RSS."""
-    return _child(["memory", threads, warmup, path])
+# The publisher's MobileFaceNet TFLite files, benchmarked as reference rows by `--reference` (model name =
+# file stem). They are research material in ../shared/data/models, never copied into the repo.
+REFERENCE_MODELS = ("mobilefacenet_insightface_fp32", "mobilefacenet_insightface_uint8")
+REFERENCE_QUANTIZE = {"mobilefacenet_insightface_fp32": "none", "mobilefacenet_insightface_uint8": "uint8"}
+# litert-benchmark and our interleaved p50 should agree within this on an idle machine (issue 13).
+LITERT_AGREEMENT = 0.15
 
 
 def latency_stats(times_ms) -> dict:
+    """{"latency_ms_p50", "latency_ms_p90", "runs"} of per-invoke times in ms."""
     t = np.asarray(times_ms)
     return {"latency_ms_p50": float(np.percentile(t, 50)), "latency_ms_p90": float(np.percentile(t, 90)),
             "runs": int(t.size)}
@@ -319,14 +180,15 @@ COLUMNS = [  # (header, key, format)
     ("model", "model", "{}"), ("quantize", "quantize", "{}"), ("threads", "threads", "{}"),
     ("params", "params", "{:,}"), ("MMACs", "macs", "{:.0f}"), ("size MB", "size_bytes", "{:.2f}"),
     ("p50 ms", "latency_ms_p50", "{:.2f}"), ("p90 ms", "latency_ms_p90", "{:.2f}"),
-    ("p50 / fp32", "p50_vs_fp32", "{:.2f}"),
-    ("partitions", "partitions", "{}"), ("undelegated", "undelegated_ops", "{}"),
+    ("p50 / fp32", "p50_vs_fp32", "{:.2f}"), ("litert-benchmark ms", "latency_ms_p50_litert", "{:.2f}"),
+    ("ops", "num_ops", "{}"), ("partitions", "partitions", "{}"), ("fully accel.", "fully_accelerated", "{}"), ("undelegated", "undelegated_ops", "{}"),
     ("GFLOP/s", "gflops_per_s", "{:.1f}"), ("of fp32 peak", "fraction_of_peak", "{:.1%}"),
     ("RSS MB", "peak_rss_mb", "{:.0f}"), ("cos min/mean", "parity", "{}"),
 ]
 RATIO_COLUMNS = [("model", "model", "{}"), ("threads", "threads", "{}"), ("int8 / fp32 (p50)", "int8_vs_fp32", "{:.2f}"),
                  ("int8 / fp32 (median per round)", "int8_vs_fp32_paired", "{:.2f}"),
-                 ("fp16 / fp32", "float16_vs_fp32", "{:.2f}"), ("dynamic / fp32", "dynamic_vs_fp32", "{:.2f}")]
+                 ("fp16 / fp32", "float16_vs_fp32", "{:.2f}"), ("dynamic / fp32", "dynamic_vs_fp32", "{:.2f}"),
+                 ("uint8 / fp32 (published)", "uint8_vs_fp32", "{:.2f}")]
 
 
 def _cell(row, key, fmt):
@@ -339,12 +201,15 @@ def _cell(row, key, fmt):
         return fmt.format(value / 1e6)
     if key == "undelegated_ops":
         return ", ".join(f"{k} x{v}" for k, v in value.items()) or "none"
+    if key == "fully_accelerated":
+        return "yes" if value else "no"
     if key == "parity":
         return f"{value['cosine_min']:.4f} / {value['cosine_mean']:.4f}"
     return fmt.format(value)
 
 
 def markdown_table(rows, columns=COLUMNS) -> str:
+    """Markdown table of `rows` (dicts) with the (header, key, format) `columns` that some row has a value for."""
     columns = [c for c in columns if any(r.get(c[1]) is not None for r in rows)]
     lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(r, k, f) for _, k, f in columns) + " |" for r in rows]
@@ -373,9 +238,9 @@ def latency_chart(rows, path) -> None:
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     modes = list(dict.fromkeys(r["quantize"] for r in rows))
-    threads = sorted({r["threads"] for r in rows})
+    threads = sorted({r["threads"] for r in rows}) or [1]  # no rows: one empty panel
     fig, axes = plt.subplots(1, len(threads), figsize=(6 * len(threads), 4), squeeze=False)
-    width = 0.8 / len(modes)
+    width = 0.8 / max(len(modes), 1)
     for ax, t in zip(axes[0], threads):
         for j, mode in enumerate(modes):
             values = [next((r["latency_ms_p50"] for r in rows if r["model"] == m and r["quantize"] == mode
@@ -385,20 +250,27 @@ def latency_chart(rows, path) -> None:
         ax.set_xticklabels(models, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("p50 latency (ms), batch 1")
         ax.set_title(f"{t} thread{'s' if t > 1 else ''} (modes interleaved per model)")
-        ax.legend(fontsize=8)
+        if modes:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def write_outputs(rows, output_dir, meta: dict, ratios=()) -> str:
-    """DIR/results.json, DIR/results.md, DIR/latency.png; returns the Markdown table (and the ratio table)."""
+def write_outputs(rows, output_dir, meta: dict, ratios=(), cpu: dict | None = None) -> str:
+    """DIR/results.json, DIR/results.md, DIR/latency.png; returns the Markdown text (CPU line, tables).
+
+    cpu: litert.cpu_info() of the machine that measured the rows (None: this machine's). results.json
+    gets it as the top-level "cpu" {model, isa, ...}; results.md and the returned text start with it.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(rows)
+    cpu = cpu_info() if cpu is None else cpu
+    table = f"CPU: {cpu_label(cpu)}\n\n" + markdown_table(rows)
     if ratios:
         table += "\n\nRatios to fp32 within the same interleaved run:\n\n" + markdown_table(list(ratios), RATIO_COLUMNS)
-    (output_dir / "results.json").write_text(json.dumps({"meta": meta, "ratios": list(ratios), "rows": rows}, indent=2))
+    (output_dir / "results.json").write_text(json.dumps({"cpu": cpu, "meta": meta, "ratios": list(ratios), "rows": rows},
+                                                        indent=2))
     notes = "\n".join(f"- {k}: {v}" for k, v in meta.items())
     (output_dir / "results.md").write_text(table + "\n\n" + notes + "\n")
     latency_chart(rows, output_dir / "latency.png")
@@ -408,30 +280,59 @@ def write_outputs(rows, output_dir, meta: dict, ratios=()) -> str:
 # ---------------------------------------------------------------------------------------------
 # The whole bench
 # ---------------------------------------------------------------------------------------------
-def _timed_group(rows, paths, threads, warmup, runs):
-    """Time `paths` interleaved (one child), their memory one child each, fill `rows`; return the times."""
+def _timed_group(rows, paths, threads, warmup, runs, litert_benchmark=True, log=print):
+    """Time `paths` interleaved (one child), their memory one child each, fill `rows`; return the times.
+
+    With litert_benchmark, each file is also timed alone by `litert-benchmark` (its own fresh process):
+    row["latency_ms_p50_litert"] (its median, ms), row["fully_accelerated"], row["litert_vs_p50"]
+    (its median / our p50) and the whole parsed output in row["litert_benchmark"].
+    """
     times = time_interleaved_in_subprocess(paths, threads, warmup, runs)
     for row, path, t in zip(rows, paths, times):
         row.update(latency_stats(t))
         row.update(memory_in_subprocess(path, threads, warmup))
+        row["num_ops"] = sum(op_counts(Path(path).read_bytes()).values())
+        if litert_benchmark:
+            lb = run_litert_benchmark(path, threads, max(runs, 2), warmup)
+            row.update(latency_ms_p50_litert=lb["median_ms"], fully_accelerated=lb["fully_accelerated"],
+                       litert_vs_p50=round(lb["median_ms"] / row["latency_ms_p50"], 3), litert_benchmark=lb)
+            if abs(row["litert_vs_p50"] - 1) > LITERT_AGREEMENT:
+                log(f"warning: {row['model']} {row['quantize']} x{threads}: litert-benchmark median "
+                    f"{lb['median_ms']:.2f} ms vs our p50 {row['latency_ms_p50']:.2f} ms (ratio "
+                    f"{row['litert_vs_p50']:.2f}, outside 1 +- {LITERT_AGREEMENT}); is the machine idle?")
     return times
+
+
+def reference_files(reference_dir) -> list:
+    """The REFERENCE_MODELS .tflite files present in `reference_dir` (e.g. ../shared/data/models), as Paths."""
+    folder = Path(reference_dir)
+    return [folder / f"{name}.tflite" for name in REFERENCE_MODELS if (folder / f"{name}.tflite").is_file()]
 
 
 def bench(models, quantize_modes, threads, output_dir, calibration=None, num_calibration=100,
           parity_images=None, num_parity=16, runs=MIN_RUNS, warmup=5, extra_tflite=(),
-          benchmark_model=None, profile=False, bn_calibration_steps=4, log=print) -> dict:
+          benchmark_model=None, profile=False, bn_calibration_steps=4, log=print, reference_dir=None,
+          litert_benchmark=True) -> dict:
     """Export every model in every mode, time them at every thread count, write the three outputs.
 
     For each (model, threads) all quantize modes are timed interleaved in one child process
-    (`time_interleaved`), so their ratios come from the same machine conditions; the peak RSS of each
-    (model, mode, threads) comes from its own fresh child (`memory_and_delegation`).
+    (`litert.time_interleaved`), so their ratios come from the same machine conditions; the peak RSS of
+    each (model, mode, threads) comes from its own fresh child (`litert.memory_and_delegation`).
     calibration: image dir or TFRecord glob of real aligned faces for int8 and for re-estimating the
       BN statistics of the random-init networks; None -> synthetic noise images (the rows say so).
     parity_images: source of real faces for the Keras-vs-TFLite cosine column (None -> no column).
     bn_calibration_steps: forward passes of export.calibrate_batchnorm on the calibration images
       before export (0 = keep the init statistics, whose activations vanish: see export.py).
+    extra_tflite: more .tflite files, timed together as rows named by their file stem.
+    reference_dir: folder holding the publisher's REFERENCE_MODELS (../shared/data/models); the ones
+      present become rows (model = file stem, quantize "none" / "uint8", reference = True), timed
+      interleaved with each other. A folder without them adds nothing (logged).
+    litert_benchmark: also run `litert-benchmark` on every file at every thread count (see _timed_group).
+    Returns {"rows", "ratios", "meta", "cpu", "table"}; results.json holds meta, cpu, ratios and rows.
+    Raises ValueError for unknown models / modes or bad counts, FileNotFoundError for missing extra files.
     """
-    # Check the arguments before the slow imports and conversions.
+    from mobiface_tf.export import QUANTIZE_MODES  # TensorFlow is needed from here on anyway
+
     if runs < 1 or warmup < 0 or bn_calibration_steps < 0:
         raise ValueError(f"runs must be >= 1, warmup >= 0 and bn_calibration_steps >= 0, got runs={runs}, "
                          f"warmup={warmup}, bn_calibration_steps={bn_calibration_steps}")
@@ -455,6 +356,8 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
     output_dir = Path(output_dir)
     model_dir = output_dir / "models"
     model_dir.mkdir(parents=True, exist_ok=True)
+    cpu = cpu_info()
+    log(f"CPU: {cpu_label(cpu)}")
     peaks = {t: round(sgemm_gflops(threads=t), 2) for t in sorted({1, *threads})}
     log(f"sgemm peak GFLOP/s: {peaks}")
 
@@ -467,6 +370,9 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
     else:
         calib, calib_label = None, None
     faces = ex.load_faces(parity_images, num_parity, seed=1) if parity_images else None
+
+    def timed(group, paths, t):
+        return _timed_group(group, paths, t, warmup, runs, litert_benchmark, log)
 
     rows, ratios = [], []
     for name in models:
@@ -489,7 +395,7 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
                 if mode == "int8":
                     row["calibration"] = calib_label
                 group.append(row)
-            times = _timed_group(group, paths, t, warmup, runs)
+            times = timed(group, paths, t)
             summary = add_ratios(group, times)
             if summary:
                 ratios.append(summary)
@@ -497,31 +403,51 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
                 if benchmark_model:
                     row["benchmark_model"] = run_benchmark_model(benchmark_model, path, t, runs, profile)
                 rows.append(finish_row(row, peaks))
-                log(f"{name} {row['quantize']} x{t}: p50 {row['latency_ms_p50']:.2f} ms, "
-                    f"partitions {row['partitions']}")
+                log(f"{name} {row['quantize']} x{t}: p50 {row['latency_ms_p50']:.2f} ms"
+                    + (f" (litert-benchmark {row['latency_ms_p50_litert']:.2f})" if litert_benchmark else "")
+                    + f", partitions {row['partitions']}")
             if summary and "int8_vs_fp32" in summary:
                 log(f"{name} x{t}: int8 / fp32 p50 = {summary['int8_vs_fp32']:.2f} (interleaved)")
+
+    groups = []  # (files, row template per file, whether to report ratios to the fp32 file)
+    if reference_dir is not None:
+        refs = reference_files(reference_dir)
+        if not refs:
+            log(f"--reference: none of {[f'{n}.tflite' for n in REFERENCE_MODELS]} in {str(reference_dir)!r}; "
+                "no reference rows")
+        groups.append((refs, [{"model": r.stem, "quantize": REFERENCE_QUANTIZE[r.stem], "reference": True}
+                              for r in refs], True))
     extras = [Path(e) for e in extra_tflite]
-    for t in threads if extras else ():
-        group = [{"model": e.stem, "quantize": "as given", "threads": t, "params": None, "macs": None,
-                  "size_bytes": e.stat().st_size, "tflite": str(e)} for e in extras]
-        _timed_group(group, extras, t, warmup, runs)
-        for row, e in zip(group, extras):
-            if benchmark_model:
-                row["benchmark_model"] = run_benchmark_model(benchmark_model, e, t, runs, profile)
-            rows.append(finish_row(row, peaks))
+    groups.append((extras, [{"model": e.stem, "quantize": "as given"} for e in extras], False))
+    for files, templates, with_ratios in groups:
+        for t in threads if files else ():
+            group = [{**tpl, "threads": t, "params": None, "macs": None, "size_bytes": f.stat().st_size,
+                      "tflite": str(f)} for tpl, f in zip(templates, files)]
+            times = timed(group, files, t)
+            summary = add_ratios(group, times) if with_ratios else None
+            if summary:
+                ratios.append(summary)
+            for row, f in zip(group, files):
+                if benchmark_model:
+                    row["benchmark_model"] = run_benchmark_model(benchmark_model, f, t, runs, profile)
+                rows.append(finish_row(row, peaks))
+                log(f"{row['model']} x{t}: p50 {row['latency_ms_p50']:.2f} ms, partitions {row['partitions']}")
     if profile:
         for row in rows:
-            row["ops"] = ex.op_counts(Path(row["tflite"]).read_bytes())
-    meta = {"peak_gflops_by_threads": peaks, "runs": runs, "warmup": warmup, "batch": 1,
+            row["ops"] = op_counts(Path(row["tflite"]).read_bytes())
+    meta = {"cpu": cpu_label(cpu), "peak_gflops_by_threads": peaks, "runs": runs, "warmup": warmup, "batch": 1,
             "calibration": calib_label, "bn_calibration_steps": bn_calibration_steps, "cpu_count": os.cpu_count(),
             "timing": ("LiteRT Interpreter + default XNNPACK delegate; per (model, threads) all quantize modes "
                        "loaded in one child process and invoked round-robin, shuffled order each round, "
                        f"{warmup} warm-up + {runs} timed rounds; p50/p90 per mode; ratios from the same run"),
             "memory": "peak RSS (VmHWM) of a fresh child per (model, mode, threads): Python + LiteRT + that model",
             "fraction_of_peak": PEAK_NOTE}
-    table = write_outputs(rows, output_dir, meta, ratios)
-    return {"rows": rows, "ratios": ratios, "meta": meta, "table": table}
+    if litert_benchmark:
+        meta["litert_benchmark"] = (f"`litert-benchmark --model=F --num_threads=T --num_runs={max(runs, 2)} "
+                                    f"--warmup_runs={warmup}` per file, alone in a fresh process (CompiledModel API, "
+                                    "XNNPACK); latency_ms_p50_litert = its median, fully_accelerated = its verdict")
+    table = write_outputs(rows, output_dir, meta, ratios, cpu)
+    return {"rows": rows, "ratios": ratios, "meta": meta, "cpu": cpu, "table": table}
 
 
 def ratio(rows, model, numerator="int8", denominator="none", threads=1) -> float | None:
@@ -531,19 +457,3 @@ def ratio(rows, model, numerator="int8", denominator="none", threads=1) -> float
                      and r["threads"] == threads), None)
     a, b = p50(numerator), p50(denominator)
     return None if a is None or b is None else a / b
-
-
-def _main(argv):
-    """Internal child entry points (no TensorFlow import):
-    python -m mobiface_tf.bench time THREADS WARMUP ROUNDS PATH...   -> JSON list of per-model times (ms)
-    python -m mobiface_tf.bench memory THREADS WARMUP PATH           -> JSON peak RSS + delegation
-    """
-    if len(argv) >= 5 and argv[0] == "time":
-        return time_interleaved(argv[4:], int(argv[1]), int(argv[2]), int(argv[3]))
-    if len(argv) == 4 and argv[0] == "memory":
-        return memory_and_delegation(argv[3], int(argv[1]), int(argv[2]))
-    raise SystemExit(f"usage: {_main.__doc__}")
-
-
-if __name__ == "__main__":
-    print(json.dumps(_main(sys.argv[1:])))

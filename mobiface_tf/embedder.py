@@ -133,68 +133,134 @@ class _SavedModelEmbedder(Embedder):
         return result[self._output_name].numpy().astype(np.float32)
 
 
-def quantize_input(x, detail: dict) -> np.ndarray:
-    """Float input -> the tensor's dtype; for int8/uint8 inputs q = round(x / scale) + zero_point (TFLite's
-    affine quantisation, `detail` from get_input_details())."""
-    dtype = detail["dtype"]
-    if np.issubdtype(dtype, np.integer):
-        scale, zero = detail["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
-    return np.asarray(x).astype(dtype)
-
-
-def dequantize_output(q, detail: dict) -> np.ndarray:
-    """Output tensor -> float32; for int8/uint8 outputs (q - zero_point) * scale."""
-    if np.issubdtype(detail["dtype"], np.integer):
-        scale, zero = detail["quantization"]
-        return (q.astype(np.float32) - zero) * scale
-    return q.astype(np.float32)
+# TFLite (de)quantisation lives in mobiface_tf.litert; re-exported here for existing importers.
+from mobiface_tf.litert import dequantize_output, quantize_input  # noqa: E402,F401
 
 
 class _TFLiteEmbedder(Embedder):
     def __init__(self, path, preprocess, batch_size, num_threads):
-        from ai_edge_litert.interpreter import Interpreter
+        from mobiface_tf import litert
 
-        self._interp = Interpreter(model_path=str(path), num_threads=num_threads)
-        inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError(f"{str(path)!r} has {len(inputs)} inputs / {len(outputs)} outputs; expected one of each")
-        self._in, self._out = inputs[0], outputs[0]
-        shape = self._in["shape"]
-        if len(shape) != 4:
-            raise ValueError(f"{str(path)!r} input shape {list(shape)} is not [N, H, W, 3]")
-        # A model whose signature fixes batch 1 is looped image by image; a dynamic batch is resized.
-        self._dynamic_batch = int(self._in["shape_signature"][0]) == -1
-        batch = batch_size if self._dynamic_batch else 1
-        if batch != int(shape[0]):
-            self._interp.resize_tensor_input(self._in["index"], [batch, *shape[1:]])
-        self._interp.allocate_tensors()
-        self._batch = batch
-        super().__init__(path, preprocess, batch_size, tuple(int(s) for s in shape[1:]), int(self._out["shape"][-1]))
-
-    def _run(self, chunk):
-        n = len(chunk)
-        if n != self._batch:  # last, partial batch of a dynamic-batch model
-            self._interp.resize_tensor_input(self._in["index"], [n, *self.input_hwc])
-            self._interp.allocate_tensors()
-            self._batch = n
-        self._interp.set_tensor(self._in["index"], quantize_input(chunk, self._in))
-        self._interp.invoke()
-        return dequantize_output(self._interp.get_tensor(self._out["index"]), self._out)
+        self._litert = litert
+        self._interp = litert.make_interpreter(model_path=path, num_threads=num_threads)
+        inp, out = litert.io_details(self._interp, repr(str(path)))
+        super().__init__(path, preprocess, batch_size, tuple(int(s) for s in inp["shape"][1:]), int(out["shape"][-1]))
 
     def _forward(self, batch):
-        step = len(batch) if self._dynamic_batch else 1
+        # Fixed-batch models (ours: 1) are run chunk by chunk, dynamic-batch ones resized (litert.run_batched).
+        return self._litert.run_batched(self._interp, batch, self.batch_size)
+
+
+ONNX_PREPROCESS_KEY = "preprocess"  # metadata_props key a model may use to state its pixel convention
+
+
+def _onnx_dims(shape) -> list:
+    """ONNX input shape -> ints, with None for symbolic / unknown dims."""
+    return [d if isinstance(d, int) and d > 0 else None for d in shape]
+
+
+class _OnnxEmbedder(Embedder):
+    """An ONNX face model through onnxruntime (CPU). NCHW or NHWC is read from the input shape: a 4-D input
+    whose axis 1 is 3 is NCHW (InsightFace's buffalo recognition models), one whose last axis is 3 is NHWC."""
+
+    def __init__(self, path, preprocess, batch_size, num_threads):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if num_threads:
+            opts.intra_op_num_threads = int(num_threads)
+            opts.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / InvalidProtobuf classes
+            raise ValueError(f"{str(path)!r} is not a readable ONNX model ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]})") from None
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f"{str(path)!r} has {len(inputs)} inputs / {len(outputs)} outputs; expected one image "
+                             "input and one embedding output")
+        self._in, self._out = inputs[0], outputs[0]
+        dims = _onnx_dims(self._in.shape)
+        if len(dims) != 4 or 3 not in (dims[1], dims[3]):
+            raise ValueError(f"{str(path)!r} input {self._in.name!r} has shape {self._in.shape}; expected a face "
+                             "image batch [N, 3, 112, 112] (NCHW) or [N, 112, 112, 3] (NHWC)")
+        self._nchw = dims[1] == 3 and dims[3] != 3
+        hw = (dims[2], dims[3]) if self._nchw else (dims[1], dims[2])
+        if any(d is not None and d != 112 for d in hw):
+            raise ValueError(f"{str(path)!r} takes {hw[0]}x{hw[1]} images (input shape {self._in.shape}); "
+                             "mobiface_tf embeds 112x112 aligned faces")
+        self._dtype = np.float16 if self._in.type == "tensor(float16)" else np.float32
+        if self._in.type not in ("tensor(float)", "tensor(float16)"):
+            raise ValueError(f"{str(path)!r} input is {self._in.type}; expected float pixels")
+        self._fixed_batch = dims[0]
+        out_dims = _onnx_dims(self._out.shape)
+        if not out_dims or out_dims[-1] is None:
+            # A symbolic embedding size: run once on a blank face to learn it.
+            probe = np.zeros((self._fixed_batch or 1, 3, 112, 112) if self._nchw else
+                             (self._fixed_batch or 1, 112, 112, 3), self._dtype)
+            dim = int(self._session.run([self._out.name], {self._in.name: probe})[0].shape[-1])
+        else:
+            dim = out_dims[-1]
+        super().__init__(path, preprocess, batch_size, (112, 112, 3), dim)
+
+    def _run(self, chunk):
+        x = np.transpose(chunk, (0, 3, 1, 2)) if self._nchw else chunk
+        out = self._session.run([self._out.name], {self._in.name: np.ascontiguousarray(x, self._dtype)})[0]
+        return np.asarray(out, np.float32).reshape(len(chunk), -1)
+
+    def _forward(self, batch):
+        step = self._fixed_batch or len(batch)
+        if self._fixed_batch and self._fixed_batch != 1 and len(batch) % self._fixed_batch:
+            pad = self._fixed_batch - len(batch) % self._fixed_batch  # a fixed batch > 1: pad the last chunk
+            batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
+            return np.concatenate([self._run(batch[i:i + step]) for i in range(0, len(batch), step)])[:-pad]
         return np.concatenate([self._run(batch[i:i + step]) for i in range(0, len(batch), step)])
 
 
-def load_embedder(path, preprocess: str = "raw", batch_size: int = 64, num_threads: int | None = None) -> Embedder:
-    """Load a .keras file, a SavedModel directory or a .tflite file behind one `embed` API."""
+def stated_preprocess(path) -> str | None:
+    """The pixel convention a model states, or None when it states none (then --preprocess decides).
+
+    - Our .keras / SavedModel / .tflite models normalise inside and take raw RGB 0..255: "raw" is not
+      stated by the file, so None (the CLIs' default is raw).
+    - ONNX: metadata_props["preprocess"] when it names one of PREPROCESS. Otherwise InsightFace's own rule
+      for its recognition models (insightface/model_zoo/arcface_onnx.py): a graph that starts with Sub and
+      Mul nodes normalises inside ("raw"); one that does not expects RGB (x - 127.5) / 127.5 ("minus1to1").
+    """
     path = Path(path)
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return None
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get(ONNX_PREPROCESS_KEY) in PREPROCESS:
+        return meta[ONNX_PREPROCESS_KEY]
+    first = [n.op_type for n in model.graph.node[:8]]
+    if not first:
+        return None
+    return "raw" if ("Sub" in first and "Mul" in first) else "minus1to1"
+
+
+def load_embedder(path, preprocess: str | None = None, batch_size: int = 64, num_threads: int | None = None) -> Embedder:
+    """Load a .keras file, a SavedModel directory, a .tflite or an .onnx file behind one `embed` API.
+
+    preprocess: one of PREPROCESS; None means what the model states (stated_preprocess), else "raw".
+    num_threads: LiteRT / onnxruntime threads (None: the runtime's choice).
+    Raises FileNotFoundError for a missing path and ValueError for an unknown format or a model that is not
+    one image input -> one embedding output.
+    """
+    path = Path(path)
+    if preprocess is None:
+        preprocess = stated_preprocess(path) or "raw"
     if preprocess not in PREPROCESS:
         raise ValueError(f"unknown preprocess {preprocess!r}; choose one of {sorted(PREPROCESS)}")
     if not path.exists():
-        raise FileNotFoundError(f"model not found: {str(path)!r}. Pass --model=PATH (.keras, SavedModel dir or .tflite)")
+        raise FileNotFoundError(f"model not found: {str(path)!r}. Pass --model=PATH (.keras, SavedModel dir, .tflite "
+                                "or .onnx)")
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise ValueError(f"{str(path)!r} is a directory without saved_model.pb; expected a SavedModel (model.export(path))")
@@ -204,4 +270,7 @@ def load_embedder(path, preprocess: str = "raw", batch_size: int = 64, num_threa
         return _KerasEmbedder(path, preprocess, batch_size)
     if suffix == ".tflite":
         return _TFLiteEmbedder(path, preprocess, batch_size, num_threads)
-    raise ValueError(f"unknown model format {str(path)!r}: expected a .keras file, a SavedModel directory or a .tflite file")
+    if suffix == ".onnx":
+        return _OnnxEmbedder(path, preprocess, batch_size, num_threads)
+    raise ValueError(f"unknown model format {str(path)!r}: expected a .keras file, a SavedModel directory, a .tflite "
+                     "or an .onnx file")

@@ -214,24 +214,46 @@ def embed_paths(embedder, paths, flip: bool, aligner=None, batch_size: int = 256
     With `aligner` (a mobiface_tf.align.FaceAligner), each image is re-aligned by MTCNN first; when no
     face is found the original crop is kept and counted, so the report says how many were not re-aligned.
     """
-    from mobiface_tf.align import load_image_rgb
+    from mobiface_tf.images import load_image_rgb
 
     return _embed_loaded(embedder, list(paths), lambda p, i: load_image_rgb(p), flip, aligner, batch_size, progress)
 
 
 def embed_encoded(embedder, encoded, flip: bool, aligner=None, batch_size: int = 256, progress: bool = True):
     """Like embed_paths, for encoded images held in memory (a .bin)."""
-    from mobiface_tf.align import decode_image_rgb
+    from mobiface_tf.images import decode_image_rgb
 
     return _embed_loaded(embedder, encoded, lambda data, i: decode_image_rgb(data, f"image {i}"),
                          flip, aligner, batch_size, progress)
 
 
-def evaluate_lfw(embedder, pairs_file, lfw_dir, flip=False, aligner=None, progress=True, **meta):
-    """(report, scores, issame) on LFW View 2; each distinct image referenced by pairs.txt is embedded once."""
+def select_folds(pairs, folds):
+    """The pairs of the given 1-based folds (the held-out LFW protocol); ValueError for unknown folds or
+    fewer than 2 (cross-validation needs a fold to fit the threshold on)."""
+    have = sorted({p.fold + 1 for p in pairs})
+    wanted = sorted({int(f) for f in folds})
+    bad = [f for f in wanted if f not in have]
+    if bad:
+        raise ValueError(f"--folds {bad} not in the pairs file, which has folds {have[0]}..{have[-1]}")
+    if len(wanted) < 2:
+        raise ValueError(f"--folds needs at least 2 folds (the threshold is fit on the others), got {wanted}")
+    return [p for p in pairs if p.fold + 1 in wanted]
+
+
+def evaluate_lfw(embedder, pairs_file, lfw_dir, flip=False, aligner=None, progress=True, folds=None, **meta):
+    """(report, scores, issame) on LFW View 2; each distinct image referenced by pairs.txt is embedded once.
+
+    folds: 1-based fold numbers to score alone (e.g. [1, 2, 3]): cross-validation restricted to them, the
+    threshold for each fit on the other listed folds. With a model trained without the people of those folds
+    (tools/prepare_data.py --exclude_pairs/--exclude_folds) this scores it only on people it has never seen.
+    The report's "folds" lists them (all folds when None).
+    """
     from mobiface_tf.data.verification import read_lfw_pairs
 
     pairs = read_lfw_pairs(pairs_file, lfw_dir)
+    if folds:
+        pairs = select_folds(pairs, folds)
+    used = sorted({p.fold + 1 for p in pairs})
     unique = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
     index = {p: i for i, p in enumerate(unique)}
     emb, failures = embed_paths(embedder, unique, flip, aligner, progress=progress)
@@ -241,6 +263,8 @@ def evaluate_lfw(embedder, pairs_file, lfw_dir, flip=False, aligner=None, progre
     report = verification_report(scores, issame, [p.fold for p in pairs],
                                  dataset=f"lfw:{pairs_file}", num_images=len(unique),
                                  flip=flip, realign=aligner is not None, **meta)
+    report["folds"] = used
+    report["num_folds"] = len(used)
     report["realign_failed"] = failures
     return report, scores, issame
 

@@ -1,5 +1,6 @@
 """Keras -> TFLite conversion (fp32, fp16, dynamic-range, full int8), the PReLU rewrite that lets
-XNNPACK run int8 PReLU networks, delegation counting and the Keras-vs-TFLite parity report.
+XNNPACK run int8 PReLU networks, and the Keras-vs-TFLite parity report. Running the .tflite, delegation
+counting and op counts are mobiface_tf.litert's (TensorFlow-free); QUANTIZE_MODES lives here, with the converter.
 
 Freezing. The graph is frozen (variables -> constants) before conversion. Converting the live
 concrete function with its variables makes the converter keep large weights (the 12.8 M-weight
@@ -26,10 +27,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-# The interpreter helpers live in bench.py, which must stay importable without TensorFlow (its timing
-# children would otherwise pay TF's import time and memory); re-exported here for callers of export.
-from mobiface_tf.bench import QUANTIZE_MODES, delegation, make_interpreter, op_counts  # noqa: F401
+# The LiteRT side (interpreter, (de)quantisation, delegation, op counts) lives in the TensorFlow-free
+# mobiface_tf.litert; re-exported here for callers of export.
+from mobiface_tf.litert import delegation, make_interpreter, op_counts, run_batched  # noqa: F401
 
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")  # the TFLite modes to_tflite implements
 INT8_IO = ("float", "int8")
 # Parity on real faces (cosine similarity Keras vs TFLite embeddings): enforced minimum per mode.
 # int8 is only reported (the issue's aim is a mean >= 0.98).
@@ -45,22 +47,22 @@ class ParityError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # Real faces for calibration and parity
 # ---------------------------------------------------------------------------------------------
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp")
-
-
 def load_faces(source, limit: int, seed: int = 0, size: int = 112) -> np.ndarray:
     """Up to `limit` aligned faces as uint8 RGB [N, size, size, 3] from an image dir or TFRecords.
 
     `source` is a directory of images (walked recursively, e.g. ../shared/data/lfw/lfw-112x112), a
     directory of *.tfrecord shards, or a TFRecord glob (the tools/prepare_data.py format). From an
     image dir we take a seeded random sample of the sorted file list, so the set spans many
-    identities and is the same on every run.
+    identities and is the same on every run. Images are listed and decoded by mobiface_tf.images (hidden
+    files skipped, EXIF orientation applied). Raises ValueError when nothing usable is found.
     """
+    from mobiface_tf.images import IMAGE_EXTENSIONS, list_images
+
     if limit < 1:
         raise ValueError(f"number of faces must be >= 1, got {limit}")
     path = Path(str(source))
     if path.is_dir() and not any(path.glob("*.tfrecord")):
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files, _ = list_images(path)
         if not files:
             raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {str(source)!r}; "
                              "pass a directory of aligned 112x112 face crops or a TFRecord glob")
@@ -72,7 +74,7 @@ def load_faces(source, limit: int, seed: int = 0, size: int = 112) -> np.ndarray
 def _read_image(path, size):
     import cv2
 
-    from mobiface_tf.align import load_image_rgb  # the project's one decoder: RGB, grey/alpha/16-bit handled
+    from mobiface_tf.images import load_image_rgb  # the one decoder: EXIF orientation, grey/alpha/16-bit/CMYK
 
     rgb = load_image_rgb(path)
     if rgb.shape[:2] != (size, size):
@@ -303,21 +305,8 @@ def to_tflite(model, quantize: str = "none", representative_images=None, int8_io
 
 
 # ---------------------------------------------------------------------------------------------
-# Inspection: delegation and running
+# Parity
 # ---------------------------------------------------------------------------------------------
-def run_tflite(interp, images) -> np.ndarray:
-    """Float embeddings [N, D] for raw RGB 0-255 images, one at a time (batch 1), (de)quantising int8 I/O."""
-    from mobiface_tf.embedder import dequantize_output, quantize_input
-
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    results = []
-    for image in np.asarray(images, np.float32):
-        interp.set_tensor(inp["index"], quantize_input(image[None], inp))
-        interp.invoke()
-        results.append(dequantize_output(interp.get_tensor(out["index"]), out)[0])
-    return np.stack(results)
-
-
 def cosine(a, b) -> np.ndarray:
     """Row-wise cosine similarity, in float64: random-init embeddings can be ~1e-7 in norm."""
     a = np.asarray(a, np.float64)
@@ -330,7 +319,7 @@ def cosine(a, b) -> np.ndarray:
 def parity(model, model_content: bytes, images) -> dict:
     """Cosine similarity between Keras and TFLite embeddings of the same real faces: min and mean."""
     keras_emb = np.asarray(model.predict(np.asarray(images, np.float32), batch_size=32, verbose=0))
-    tfl_emb = run_tflite(make_interpreter(model_content), images)
+    tfl_emb = run_batched(make_interpreter(model_content), np.asarray(images, np.float32))
     cos = cosine(keras_emb, tfl_emb)
     return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "num_images": int(len(cos))}
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mobiface_tf.align import CROP_SIZE, DEFAULT_MAX_PIXELS, FaceAligner, ImageError, load_image_rgb
+from mobiface_tf.align import FaceAligner
+from mobiface_tf.images import CROP_SIZE, DEFAULT_MAX_PIXELS, ImageError, load_image_rgb
 
 # Cosine-similarity threshold used when the model has no evaluation sidecar (model + ".eval.json", written by
 # tools/evaluate.py). Two faces are "the same person" when cosine(emb_a, emb_b) > threshold.

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
-from mobiface_tf.align import IMAGE_EXTENSIONS
 from mobiface_tf.faces import (FaceError, check_model_path, file_sha256, load_face, load_model, model_fingerprint,
                                read_photo, resolve_threshold)
+from mobiface_tf.images import IMAGE_EXTENSIONS, list_identity_tree
 
 INDEX_NAME = ".mobiface_index.npz"
 INDEX_VERSION = 1
@@ -129,19 +129,19 @@ def check_compatible(meta: dict, key: dict, index_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------- enrolment
 def scan_gallery(gallery_dir) -> list[tuple[str, str, Path]]:
-    """[(identity, path relative to the gallery, path)] for image files in DIR/<identity>/, sorted."""
+    """[(identity, path relative to the gallery, path)] for photos in DIR/<identity>/ and its sub-folders, sorted.
+
+    Listed by mobiface_tf.images.list_identity_tree: hidden entries (.ipynb_checkpoints, ._x.jpg, __MACOSX) are
+    never identities or photos. Raises FaceError when DIR is missing or not a directory.
+    """
     if not gallery_dir:
         raise FaceError("--gallery is required: a folder laid out as DIR/<identity>/<photo>")
     root = Path(gallery_dir)
     if not root.is_dir():
         raise FaceError(f"gallery not found or not a directory: {str(root)!r}; pass --gallery=DIR laid out as "
                         "DIR/<identity>/<photo>")
-    out = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(folder.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."):
-                out.append((folder.name, f.relative_to(root).as_posix(), f))
-    return out
+    identities, _ = list_identity_tree(root)
+    return [(name, f.relative_to(root).as_posix(), f) for name, files in identities for f in files]
 
 
 def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebuild: bool = False,

@@ -14,13 +14,25 @@ the paper's 5e-4) use. Decoupled decay (AdamW-style w -= wd * w) would be a diff
 momentum the two differ by the 1 / (lr * (1 - momentum)) factor, so 5e-4 only means the paper's setting when
 coupled. It applies to conv / dense kernels and the class centres, not to BN or PReLU parameters.
 
-Layout: library functions first (schedule, strategy, model, step, loop) taking plain arguments, so tests
-call them without flags; absl flags and `main` at the bottom.
+Knowledge distillation (Hinton et al., 2015, applied to embeddings as in EdgeFace / Keras_insightface):
+with --distill_weight=lambda > 0 the loss gains lambda * (1 - cos(student, teacher)) (--distill_loss=cosine) or
+lambda * |normalise(student) - teacher|^2 averaged over dimensions (mse). The teacher's embeddings of each crop
+and of its mirror are stored in the shards (tools/prepare_data.py --teacher), so the teacher never runs during
+training. When the student's and the teacher's embedding sizes differ, a trained linear projection (not part
+of the exported model) maps the student's embedding to the teacher's size. --margin=none trains on
+distillation alone, so unlabelled faces work.
+
+Settings: every training setting is a field of `TrainConfig` (one definition: the absl flags are generated
+from its fields and validated once in `TrainConfig.validate`). Layout: library functions first (schedule,
+strategy, model, step, loop) taking plain arguments, so tests call them without flags; flags and `main` at
+the bottom.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -38,7 +50,12 @@ from mobiface_tf.heads import MARGINS, MarginHead, margin_params
 log = logging.getLogger("mobiface_tf.train")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
+SCHEDULES = ("piecewise", "cosine")
+DISTILL_LOSSES = ("cosine", "mse")
+NO_MARGIN = "none"
 EMBEDDING_FILE = "embedding.keras"
+CONFIG_FILE = "config.json"  # the settings the checkpoints were made with (compared on resume)
+VAL_HISTORY = "val_history.jsonl"  # one line per held-out evaluation: step, seconds, accuracy (learning curve)
 
 
 def scalar_summary(tag: str, value: float, step: int):
@@ -81,6 +98,27 @@ class PiecewiseWithWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return dict(lr=self.lr, boundaries=self.boundaries, decay=self.decay, warmup_steps=self.warmup_steps)
+
+
+class CosineWithWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """lr * 0.5 * (1 + cos(pi * step / total_steps)) after an optional linear warmup (SGDR without restarts,
+    Loshchilov & Hutter, 2017); reaches 0 at total_steps."""
+
+    def __init__(self, lr: float, total_steps: int, warmup_steps: int = 0):
+        if lr <= 0:
+            raise ValueError(f"--lr must be > 0, got {lr}")
+        self.lr, self.total_steps, self.warmup_steps = float(lr), int(total_steps), int(warmup_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        frac = tf.minimum(step / float(max(self.total_steps, 1)), 1.0)
+        lr = self.lr * 0.5 * (1.0 + tf.cos(math.pi * frac))
+        if self.warmup_steps > 0:
+            lr = lr * tf.minimum(1.0, (step + 1.0) / self.warmup_steps)
+        return lr
+
+    def get_config(self):
+        return dict(lr=self.lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps)
 
 
 # ============================================================================ strategy
@@ -146,9 +184,9 @@ def decayed_variables(variables) -> list:
     return [v for v in variables if v.path.split("/")[-1] in ("kernel", "depthwise_kernel", "centres")]
 
 
-def make_optimizer(lr_schedule, momentum: float, mixed_precision: str = "none"):
+def make_optimizer(lr_schedule, momentum: float, mixed_precision: str = "none", nesterov: bool = False):
     """SGD with momentum; fp16 wraps it in dynamic loss scaling (bf16 has fp32's range and needs none)."""
-    opt = keras.optimizers.SGD(learning_rate=lr_schedule, momentum=momentum)
+    opt = keras.optimizers.SGD(learning_rate=lr_schedule, momentum=momentum, nesterov=nesterov)
     if mixed_precision == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
@@ -173,8 +211,32 @@ def _skip_together(grads):
     return [g + tf.cast(poison, g.dtype) for g in grads]
 
 
-def make_train_step(strategy, backbone, head, optimizer, weight_decay: float, global_batch: int):
-    """A tf.function(iterator) -> (mean CE loss, L2 term, correct count) summed over replicas, one SGD step.
+def distillation_loss(student, teacher, kind: str = "cosine", projection=None):
+    """Per-example distillation loss [B] between student embeddings [B, Ds] and unit teacher embeddings [B, Dt].
+
+    cosine: 1 - cos(student, teacher); mse: mean over dimensions of (normalise(student) - teacher)^2.
+    `projection` (a Dense Ds -> Dt, or None when Ds == Dt) maps the student first.
+    """
+    s = tf.cast(student, tf.float32)
+    if projection is not None:
+        s = projection(s)
+    s = tf.math.l2_normalize(s, axis=1, epsilon=1e-12)
+    t = tf.math.l2_normalize(tf.cast(teacher, tf.float32), axis=1, epsilon=1e-12)
+    if kind == "cosine":
+        return 1.0 - tf.reduce_sum(s * t, axis=1)
+    if kind == "mse":
+        return tf.reduce_mean(tf.square(s - t), axis=1)
+    raise ValueError(f"unknown --distill_loss {kind!r}; expected one of {DISTILL_LOSSES}")
+
+
+def make_train_step(strategy, backbone, head, optimizer, weight_decay: float, global_batch: int,
+                    distill_weight: float = 0.0, distill_loss_kind: str = "cosine", projection=None):
+    """A tf.function(iterator) -> (mean CE loss, L2 term, correct count, mean distillation loss) summed over
+    replicas, one SGD step.
+
+    `head` is the margin head, or None for distillation alone (then the CE and accuracy are 0). With
+    distill_weight > 0 the iterator yields (images, labels, teacher embeddings) and the loss gains
+    distill_weight * the mean distillation loss.
 
     `iterator` yields this worker's batch (global_batch / workers images); each local replica takes its
     contiguous slice, so one device and N mirrored devices see exactly the same global batch. (A plain
@@ -183,42 +245,57 @@ def make_train_step(strategy, backbone, head, optimizer, weight_decay: float, gl
     Per replica the CE sum is divided by the GLOBAL batch, so the SUM-reduce over replicas is the global mean
     and the gradients all-reduced by the optimizer match a one-device step on the whole batch.
     """
-    variables = backbone.trainable_variables + head.trainable_variables
+    variables = backbone.trainable_variables
+    if head is not None:
+        variables = variables + head.trainable_variables
+    if projection is not None:
+        variables = variables + projection.trainable_variables
     decayed = decayed_variables(variables)
     replicas = strategy.num_replicas_in_sync
     local = len(strategy.extended.worker_devices)
     per_replica = global_batch // replicas
+    distill = distill_weight > 0
 
-    def step_fn(images, labels):
+    def step_fn(images, labels, teacher=None):
         with tf.GradientTape() as tape:
             emb = backbone(images, training=True)
-            logits = head(emb, labels)
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-            loss = tf.reduce_sum(ce) / global_batch
+            zero = tf.constant(0.0, tf.float32)
+            loss = zero
+            if head is not None:
+                logits = head(emb, labels)
+                ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+                loss = tf.reduce_sum(ce) / global_batch
+            kd = zero
+            if distill:
+                kd = tf.reduce_sum(distillation_loss(emb, teacher, distill_loss_kind, projection)) / global_batch
             l2 = 0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in decayed])
-            total = loss + l2 / replicas
+            total = loss + distill_weight * kd + l2 / replicas
             scaled = optimizer.scale_loss(total)  # identity unless LossScaleOptimizer
         # Train accuracy from the margin-free logits (argmax of cos(theta), or W x + b for softmax), read
         # before the update (tf.function keeps program order for reads and writes of the same variable).
-        pred = tf.argmax(head(tf.stop_gradient(emb)), axis=1, output_type=tf.int32)
-        correct = tf.reduce_sum(tf.cast(tf.equal(pred, labels), tf.float32))
+        if head is not None:
+            pred = tf.argmax(head(tf.stop_gradient(emb)), axis=1, output_type=tf.int32)
+            correct = tf.reduce_sum(tf.cast(tf.equal(pred, labels), tf.float32))
+        else:
+            correct = zero
         grads = tape.gradient(scaled, variables)
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             grads = _skip_together(grads)
         optimizer.apply(grads, variables)
-        return loss, l2 / replicas, correct
+        return loss, l2 / replicas, correct, kd
 
     @tf.function
     def train_step(iterator):
-        images, labels = next(iterator)
+        batch = next(iterator)
 
-        def split(ctx):  # replica ids are worker-major, so id % local is the local index
-            i = ctx.replica_id_in_sync_group % local
-            return images[i * per_replica:(i + 1) * per_replica], labels[i * per_replica:(i + 1) * per_replica]
+        def part(k):
+            def fn(ctx):  # replica ids are worker-major, so id % local is the local index
+                i = ctx.replica_id_in_sync_group % local
+                return batch[k][i * per_replica:(i + 1) * per_replica]
+            return strategy.experimental_distribute_values_from_function(fn)
 
-        x, y = strategy.experimental_distribute_values_from_function(lambda ctx: split(ctx)[0]), \
-            strategy.experimental_distribute_values_from_function(lambda ctx: split(ctx)[1])
-        out = strategy.run(step_fn, args=(x, y))
+        args = tuple(part(k) for k in range(3 if distill else 2))
+        out = strategy.run(step_fn, args=args)
         return [strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in out]
 
     return train_step
@@ -234,32 +311,170 @@ def worker_input_context(strategy) -> tf.distribute.InputContext:
 
 
 # ============================================================================ evaluation while training
-class _ModelEmbedder:
+def _in_memory_embedder(model, batch_size: int = 64):
     """The embedder interface (mobiface_tf.embedder) over the in-memory backbone, for held-out verification."""
+    from mobiface_tf.embedder import Embedder
 
-    def __init__(self, model, batch_size: int = 64):
-        from mobiface_tf.embedder import Embedder
+    class InMemoryEmbedder(Embedder):
+        def _forward(self, batch):
+            return np.asarray(model(batch, training=False), np.float32)
 
-        self._base = Embedder(Path("<training model>"), "raw", batch_size, tuple(model.input_shape[1:]),
-                              model.output_shape[-1])
-        self._base._forward = lambda b: np.asarray(model(b, training=False), np.float32)
-        self.embedding_dim = self._base.embedding_dim
-
-    def embed(self, images, flip=False):
-        return self._base.embed(images, flip=flip)
+    return InMemoryEmbedder(Path("<training model>"), "raw", batch_size, tuple(model.input_shape[1:]),
+                            model.output_shape[-1])
 
 
-def evaluate_verification(backbone, lfw_dir=None, pairs=None, bin_path=None) -> dict:
-    """10-fold verification accuracy on LFW-style pairs and/or a .bin, via mobiface_tf.evaluate."""
+def evaluate_verification(backbone, lfw_dir=None, pairs=None, bin_path=None, folds=None, flip=False) -> dict:
+    """Verification accuracy on LFW-style pairs (restricted to 1-based `folds` when given) and/or a .bin,
+    via mobiface_tf.evaluate."""
     from mobiface_tf import evaluate as ev
 
-    emb = _ModelEmbedder(backbone)
+    emb = _in_memory_embedder(backbone)
     out = {}
     if lfw_dir and pairs:
-        out["lfw"] = ev.evaluate_lfw(emb, pairs, lfw_dir, progress=False)[0]
+        out["lfw"] = ev.evaluate_lfw(emb, pairs, lfw_dir, flip=flip, folds=folds, progress=False)[0]
     if bin_path:
-        out["bin"] = ev.evaluate_bin(emb, bin_path, progress=False)[0]
+        out["bin"] = ev.evaluate_bin(emb, bin_path, flip=flip, progress=False)[0]
     return out
+
+
+# ============================================================================ settings
+def _field(default, help: str, flag: str | None = None, **meta):
+    return dataclasses.field(default=default, metadata=dict(help=help, flag=flag, **meta))
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every training setting, defined once: the absl flags are generated from these fields (`define_flags`),
+    `train(data, model_dir, **settings)` fills it, and `validate` checks it before any work.
+
+    Settings marked `fixed` define the network or its objective: a resume that changes them stops with one
+    line. The others (batch size, schedule, logging, ...) may change between runs of one model_dir.
+    """
+    data: str = _field(None, "TFRecord shards: glob or directory (manifest.json next to them gives num_classes)",
+                       "string")
+    model_dir: str = _field(None, "checkpoints, TensorBoard events, flags.txt and embedding.keras go here", "string")
+    val_lfw_dir: str = _field(None, "held-out verification images <Name>/<Name>_NNNN.jpg (with --val_pairs)",
+                              "string")
+    val_pairs: str = _field(None, "LFW View 2 style pairs.txt for --val_lfw_dir", "string")
+    val_folds: list = _field(None, "score --val_pairs only on these 1-based folds (the held-out LFW protocol, "
+                             "e.g. 1,2,3)", "list")
+    val_flip: bool = _field(False, "flip test in held-out verification (embed image + mirror)", "bool")
+    val_bin: str = _field(None, "InsightFace verification .bin", "string")
+    val_every: int = _field(0, "evaluate verification every N steps and at the end (0: never)", "integer",
+                            lower_bound=0)
+    backbone: str = _field("mobiface", "network", "enum", choices=sorted(models.BUILDERS), fixed=True)
+    head: str = _field("gdc", "embedding head (fc = literal Table I); mobilefacenet has only gdc", "enum",
+                       choices=["fc", "gdc", "gap"], fixed=True)
+    embedding_dim: int = _field(512, "embedding size", "integer", lower_bound=1, fixed=True)
+    margin: str = _field("arcface", "margin head (presets in mobiface_tf/heads.py); none: distillation alone",
+                         "enum", choices=sorted([*MARGINS, NO_MARGIN]), fixed=True)
+    margin_s: float = _field(None, "override the preset scale s", "float", fixed=True)
+    margin_m1: float = _field(None, "override the preset multiplicative angular margin m1", "float", fixed=True)
+    margin_m2: float = _field(None, "override the preset additive angular margin m2", "float", fixed=True)
+    margin_m3: float = _field(None, "override the preset additive cosine margin m3", "float", fixed=True)
+    distill_weight: float = _field(0.0, "knowledge distillation weight lambda (0: off); needs shards with teacher "
+                                   "embeddings (tools/prepare_data.py --teacher)", "float", fixed=True)
+    distill_loss: str = _field("cosine", "cosine: 1 - cos(student, teacher); mse: squared error of the normalised "
+                               "embeddings", "enum", choices=list(DISTILL_LOSSES), fixed=True)
+    batch_size: int = _field(1024, "GLOBAL batch size (split over replicas)", "integer", lower_bound=1)
+    lr: float = _field(0.1, "base learning rate", "float")
+    lr_schedule: str = _field("piecewise", "piecewise: x lr_decay at lr_boundaries (the paper); cosine: to 0 at "
+                              "--steps", "enum", choices=list(SCHEDULES))
+    lr_boundaries: list = _field((40000, 60000, 80000), "steps where lr is multiplied by --lr_decay (piecewise)",
+                                 "list")
+    lr_decay: float = _field(0.1, "lr factor at each boundary (piecewise)", "float")
+    warmup_steps: int = _field(0, "linear lr warmup steps", "integer", lower_bound=0)
+    steps: int = _field(100000, "total training steps", "integer", lower_bound=1)
+    momentum: float = _field(0.9, "SGD momentum", "float")
+    nesterov: bool = _field(False, "Nesterov momentum", "bool")
+    weight_decay: float = _field(5e-4, "coupled L2 weight decay (gradient += wd * w)", "float")
+    mixed_precision: str = _field("none", "compute precision (head and loss stay float32)", "enum",
+                                  choices=list(PRECISIONS))
+    strategy: str = _field("auto", "tf.distribute strategy (multi_worker reads TF_CONFIG)", "enum",
+                           choices=list(STRATEGIES))
+    sync_bn: bool = _field(False, "synchronise BN statistics across replicas", "bool")
+    log_every: int = _field(20, "log line + TensorBoard scalars every N steps", "integer", lower_bound=1)
+    ckpt_every: int = _field(1000, "checkpoint every N steps", "integer", lower_bound=1)
+    max_to_keep: int = _field(3, "checkpoints kept", "integer", lower_bound=1)
+    seed: int = _field(0, "random seed (model init, shuffling, flips)", "integer")
+    deterministic: bool = _field(False, "op determinism + deterministic tf.data (slower; for exact resume)", "bool")
+    shuffle_buffer: int = _field(10000, "tf.data shuffle buffer (examples)", "integer", lower_bound=1)
+    skip_corrupt: bool = _field(False, "keep the readable records of a truncated/corrupt TFRecord shard (with a "
+                                "warning naming it) instead of stopping with an error that names it", "bool")
+
+    def validate(self) -> None:
+        """Raises ValueError (naming the flag and what to do) for any bad setting; normalises list fields."""
+        if self.backbone not in models.BUILDERS:
+            raise ValueError(f"unknown --backbone {self.backbone!r}; expected one of {sorted(models.BUILDERS)}")
+        if self.margin != NO_MARGIN:
+            if self.margin not in MARGINS:
+                raise ValueError(f"unknown --margin {self.margin!r}; expected one of {sorted([*MARGINS, NO_MARGIN])}")
+            margin_params(self.margin, self.margin_s, self.margin_m1, self.margin_m2, self.margin_m3)
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"unknown --mixed_precision {self.mixed_precision!r}; expected one of {PRECISIONS}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"unknown --lr_schedule {self.lr_schedule!r}; expected one of {SCHEDULES}")
+        if self.distill_loss not in DISTILL_LOSSES:
+            raise ValueError(f"unknown --distill_loss {self.distill_loss!r}; expected one of {DISTILL_LOSSES}")
+        for name in ("batch_size", "steps", "log_every", "ckpt_every", "embedding_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"need --weight_decay >= 0 and 0 <= --momentum < 1, got {self.weight_decay}, "
+                             f"{self.momentum}")
+        if self.distill_weight < 0 or not math.isfinite(self.distill_weight):
+            raise ValueError(f"--distill_weight must be a finite number >= 0, got {self.distill_weight}")
+        if self.margin == NO_MARGIN and self.distill_weight <= 0:
+            raise ValueError("--margin=none trains on distillation alone: give --distill_weight > 0 (e.g. 1) and "
+                             "shards with teacher embeddings (tools/prepare_data.py --teacher=MODEL)")
+        if bool(self.val_lfw_dir) != bool(self.val_pairs):
+            raise ValueError(f"--val_lfw_dir ({self.val_lfw_dir!r}) and --val_pairs ({self.val_pairs!r}) go together")
+        try:
+            self.lr_boundaries = [int(b) for b in self.lr_boundaries]
+            self.val_folds = [int(f) for f in self.val_folds] if self.val_folds else None
+        except (TypeError, ValueError):
+            raise ValueError(f"--lr_boundaries and --val_folds must be integers, got {self.lr_boundaries}, "
+                             f"{self.val_folds}") from None
+        if self.val_folds and not self.val_pairs:
+            raise ValueError("--val_folds needs --val_pairs and --val_lfw_dir")
+
+    def schedule(self):
+        if self.lr_schedule == "cosine":
+            return CosineWithWarmup(self.lr, self.steps, self.warmup_steps)
+        return PiecewiseWithWarmup(self.lr, self.lr_boundaries, self.lr_decay, self.warmup_steps)
+
+    def fixed(self) -> dict:
+        """The settings a resume may not change (they define the network or its objective)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("fixed")}
+
+
+def define_flags() -> None:
+    """One absl flag per TrainConfig field, plus the process-level thread flags."""
+    from absl import flags
+
+    for f in dataclasses.fields(TrainConfig):
+        kind, meta = f.metadata["flag"], f.metadata
+        default = f.default
+        kw = {}
+        if "lower_bound" in meta:
+            kw["lower_bound"] = meta["lower_bound"]
+        if kind == "enum":
+            flags.DEFINE_enum(f.name, default, meta["choices"], meta["help"])
+        elif kind == "list":
+            flags.DEFINE_list(f.name, [str(v) for v in default] if default else None, meta["help"])
+        else:
+            getattr(flags, f"DEFINE_{kind}")(f.name, default, meta["help"], **kw)
+    flags.DEFINE_integer("threads", 0, "TF intra-op threads (0: TF's default)", lower_bound=0)
+    flags.DEFINE_integer("inter_op_threads", 0, "TF inter-op threads (0: TF's default)", lower_bound=0)
+    flags.register_validator("lr", lambda v: v > 0, message="--lr must be > 0 (the paper uses 0.1 at batch 1024)")
+    flags.mark_flags_as_required(["data", "model_dir"])
+
+
+_define_flags = define_flags  # the old name
+
+
+def config_from_flags(fl) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(fl, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 # ============================================================================ the loop
@@ -277,203 +492,232 @@ def save_embedding_model(backbone, backbone_name: str, embedding_dim: int, head:
     return path
 
 
-def train(data: str, model_dir: str, *, backbone="mobiface", head="gdc", embedding_dim=512, margin="arcface",
-          margin_s=None, margin_m1=None, margin_m2=None, margin_m3=None, batch_size=1024, lr=0.1,
-          lr_boundaries=(40000, 60000, 80000), lr_decay=0.1, warmup_steps=0, steps=100000, momentum=0.9,
-          weight_decay=5e-4, mixed_precision="none", strategy="auto", sync_bn=False, log_every=20,
-          ckpt_every=1000, max_to_keep=3, seed=0, deterministic=False, val_lfw_dir=None, val_pairs=None,
-          val_bin=None, val_every=0, shuffle_buffer=10000, skip_corrupt=False, flags_text: str | None = None,
-          strategy_obj=None) -> dict:
+def train(data: str, model_dir: str, *, flags_text: str | None = None, strategy_obj=None, **settings) -> dict:
     """Train (or resume from the latest checkpoint in model_dir) to `steps`; returns a summary dict.
 
+    `settings` are TrainConfig fields (backbone=..., batch_size=..., distill_weight=...). flags_text is
+    written to model_dir/flags.txt on the first run; strategy_obj overrides `strategy` (tests).
     Raises ValueError for bad arguments (message says what to do) and TrainingDiverged on a NaN / Inf loss.
     """
-    args = dict(locals())  # every argument, passed on to _train unchanged
     from mobiface_tf.data.pipeline import match_files, read_manifest
 
-    # ---------------------------------------------------------------- checks before any heavy work
-    if backbone not in models.BUILDERS:
-        raise ValueError(f"unknown --backbone {backbone!r}; expected one of {sorted(models.BUILDERS)}")
-    if margin not in MARGINS:
-        raise ValueError(f"unknown --margin {margin!r}; expected one of {sorted(MARGINS)}")
-    margin_params(margin, margin_s, margin_m1, margin_m2, margin_m3)  # range checks before any work
-    if mixed_precision not in PRECISIONS:
-        raise ValueError(f"unknown --mixed_precision {mixed_precision!r}; expected one of {PRECISIONS}")
-    for name, value in dict(batch_size=batch_size, steps=steps, log_every=log_every, ckpt_every=ckpt_every,
-                            embedding_dim=embedding_dim).items():
-        if value < 1:
-            raise ValueError(f"--{name} must be >= 1, got {value}")
-    if weight_decay < 0 or not 0 <= momentum < 1:
-        raise ValueError(f"need --weight_decay >= 0 and 0 <= --momentum < 1, got {weight_decay}, {momentum}")
-    if bool(val_lfw_dir) != bool(val_pairs):
-        raise ValueError(f"--val_lfw_dir ({val_lfw_dir!r}) and --val_pairs ({val_pairs!r}) go together")
-    schedule = PiecewiseWithWarmup(lr, lr_boundaries, lr_decay, warmup_steps)
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise TypeError(f"train() got unknown settings {unknown}")
+    cfg = TrainConfig(data=data, model_dir=model_dir, **settings)
+    cfg.validate()
+    schedule = cfg.schedule()
     files = match_files(data)
-    num_classes = int(read_manifest(files[0])["num_classes"])
+    manifest = read_manifest(files[0])
+    num_classes = int(manifest["num_classes"])
+    teacher_dim = 0
+    if cfg.distill_weight > 0:
+        teacher = manifest.get("teacher")
+        if not teacher:
+            raise ValueError(f"--distill_weight={cfg.distill_weight} needs teacher embeddings in the shards, and "
+                             f"the manifest of {data!r} has none. Add them with: python tools/prepare_data.py "
+                             f"--add_teacher=MODEL --output=DIR")
+        teacher_dim = int(teacher["embedding_dim"])
+    if cfg.margin != NO_MARGIN and num_classes < 2:
+        raise ValueError(f"--margin={cfg.margin} needs labelled data with >= 2 identities; {data!r} has "
+                         f"{num_classes}. For unlabelled faces use --margin=none with --distill_weight")
+    if cfg.val_pairs:  # open held-out files before step 1, so a typo fails now, not after an hour
+        from mobiface_tf.data.verification import read_lfw_pairs
 
-    if deterministic:
+        read_lfw_pairs(cfg.val_pairs, cfg.val_lfw_dir)
+
+    if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(cfg.seed)
     policy = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy("float32" if mixed_precision == "none" else mixed_precision)
+    keras.mixed_precision.set_dtype_policy("float32" if cfg.mixed_precision == "none" else cfg.mixed_precision)
     try:
-        return _train(**args, schedule=schedule, files=files, num_classes=num_classes)
+        return _train(cfg, schedule=schedule, files=files, num_classes=num_classes, teacher_dim=teacher_dim,
+                      flags_text=flags_text, strategy_obj=strategy_obj)
     finally:
         keras.mixed_precision.set_dtype_policy(policy)  # the global policy is restored for the caller
 
 
-def _train(data, model_dir, *, backbone, head, embedding_dim, margin, margin_s, margin_m1, margin_m2, margin_m3,
-           batch_size, lr, lr_boundaries, lr_decay, warmup_steps, steps, momentum, weight_decay, mixed_precision,
-           strategy, sync_bn, log_every, ckpt_every, max_to_keep, seed, deterministic, val_lfw_dir, val_pairs,
-           val_bin, val_every, shuffle_buffer, skip_corrupt, flags_text, strategy_obj, schedule, files,
-           num_classes) -> dict:
+def _compare_settings(cfg: TrainConfig, model_dir: Path, num_classes: int, teacher_dim: int) -> dict:
+    """Settings of this run that differ from those the checkpoints were made with: {name: (old, new)}.
+
+    Raises ValueError (one line: the setting, old and new values, what to do) when a fixed setting changed.
+    """
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    new = dict(dataclasses.asdict(cfg), num_classes=num_classes, teacher_dim=teacher_dim)
+    for name in [*cfg.fixed(), "num_classes", "teacher_dim"]:
+        if name in old and json.dumps(old[name]) != json.dumps(new[name]):
+            raise ValueError(f"cannot resume {str(model_dir)!r}: --{name} was {old[name]!r} when its checkpoints were "
+                             f"made and is {new[name]!r} now. Use the old value, or a new --model_dir to start afresh")
+    skip = {"data", "model_dir"}
+    return {k: (old.get(k), v) for k, v in new.items() if k not in skip and k in old and
+            json.dumps(old[k]) != json.dumps(v)}
+
+
+def _nonfinite(variables) -> list[str]:
+    return [v.path for v in variables if "float" in str(v.dtype) and not bool(tf.reduce_all(tf.math.is_finite(v)))]
+
+
+def _train(cfg: TrainConfig, *, schedule, files, num_classes, teacher_dim, flags_text, strategy_obj) -> dict:
     from mobiface_tf.data.pipeline import make_dataset
 
-    strat = strategy_obj or make_strategy(strategy)
+    strat = strategy_obj or make_strategy(cfg.strategy)
     replicas = strat.num_replicas_in_sync
-    if batch_size % replicas:
-        raise ValueError(f"--batch_size={batch_size} is not divisible by the {replicas} replicas; "
+    if cfg.batch_size % replicas:
+        raise ValueError(f"--batch_size={cfg.batch_size} is not divisible by the {replicas} replicas; "
                          f"use a multiple of {replicas}")
     chief = is_chief(strat)
-    model_dir = Path(model_dir)
+    model_dir = Path(cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    if chief and flags_text is not None:
-        (model_dir / "flags.txt").write_text(flags_text)
+    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    changed = _compare_settings(cfg, model_dir, num_classes, teacher_dim) if latest else {}
+    fresh_iterator = "batch_size" in changed or "seed" in changed or "shuffle_buffer" in changed
 
     # ---------------------------------------------------------------- data (start it early)
     ctx = worker_input_context(strat)
-    worker_batch = batch_size // ctx.num_input_pipelines
-    dataset = make_dataset(files, worker_batch, training=True, seed=seed, deterministic=deterministic,
-                           shuffle_buffer=shuffle_buffer, input_context=ctx, skip_corrupt=skip_corrupt)
+    worker_batch = cfg.batch_size // ctx.num_input_pipelines
+    dataset = make_dataset(files, worker_batch, training=True, seed=cfg.seed, deterministic=cfg.deterministic,
+                           shuffle_buffer=cfg.shuffle_buffer, input_context=ctx, skip_corrupt=cfg.skip_corrupt,
+                           teacher_dim=teacher_dim if cfg.distill_weight > 0 else 0)
 
     # ---------------------------------------------------------------- model, optimizer, checkpoint
     with strat.scope():
-        net = build_backbone(backbone, embedding_dim, head, sync_bn)
-        margin_head = MarginHead(num_classes, margin, margin_s, margin_m1, margin_m2, margin_m3)
-        margin_head.build((None, embedding_dim))
-        optimizer = make_optimizer(schedule, momentum, mixed_precision)
+        net = build_backbone(cfg.backbone, cfg.embedding_dim, cfg.head, cfg.sync_bn)
+        margin_head = None
+        trainable = list(net.trainable_variables)
+        if cfg.margin != NO_MARGIN:
+            margin_head = MarginHead(num_classes, cfg.margin, cfg.margin_s, cfg.margin_m1, cfg.margin_m2,
+                                     cfg.margin_m3)
+            margin_head.build((None, cfg.embedding_dim))
+            trainable += margin_head.trainable_variables
+        projection = None
+        if cfg.distill_weight > 0 and teacher_dim != cfg.embedding_dim:
+            # Student and teacher sizes differ: a trained linear map to the teacher's space (not exported).
+            projection = keras.layers.Dense(teacher_dim, use_bias=False, dtype="float32", name="distill_projection")
+            projection.build((None, cfg.embedding_dim))
+            trainable += projection.trainable_variables
+        optimizer = make_optimizer(schedule, cfg.momentum, cfg.mixed_precision, cfg.nesterov)
         # Keras issue 23085: create the optimizer's slots inside the scope, before the first (traced) step.
-        optimizer.build(net.trainable_variables + margin_head.trainable_variables)
+        optimizer.build(trainable)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     iterator = iter(dataset)  # a plain tf.data iterator: checkpointable
-    ckpt = tf.train.Checkpoint(backbone=net, head=margin_head, optimizer=optimizer, step=step, iterator=iterator)
+    parts = dict(backbone=net, optimizer=optimizer, step=step)
+    if margin_head is not None:
+        parts["head"] = margin_head
+    if projection is not None:
+        parts["projection"] = projection
+    ckpt = tf.train.Checkpoint(**parts, iterator=iterator)
     # Non-chief workers must take part in saving (variables are synchronised) but write to a scratch dir.
     ckpt_dir = model_dir / "checkpoints" if chief else model_dir / f"checkpoints_worker{strat.cluster_resolver.task_id}"
-    manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=max_to_keep)
-    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=cfg.max_to_keep)
     if latest:
-        ckpt.restore(latest).assert_existing_objects_matched()
-        log.info("resumed from %s at step %d", latest, int(step.numpy()))
-    train_step = make_train_step(strat, net, margin_head, optimizer, weight_decay, batch_size)
+        if fresh_iterator:
+            # The saved iterator yields batches of the old size (or order): restore everything else.
+            tf.train.Checkpoint(**parts).restore(latest).expect_partial()
+            log.info("resumed from %s at step %d with a fresh data iterator (changed: %s)", latest,
+                     int(step.numpy()), ", ".join(f"{k} {o} -> {n}" for k, (o, n) in changed.items()))
+        else:
+            ckpt.restore(latest).assert_existing_objects_matched()
+            log.info("resumed from %s at step %d", latest, int(step.numpy()))
+    if chief:
+        settings = dict(dataclasses.asdict(cfg), num_classes=num_classes, teacher_dim=teacher_dim)
+        if not latest:
+            (model_dir / CONFIG_FILE).write_text(json.dumps(settings, indent=1, default=str) + "\n")
+            if flags_text is not None:
+                (model_dir / "flags.txt").write_text(flags_text)
+        elif changed:
+            with open(model_dir / "flags.txt", "a") as fh:
+                fh.write(f"# resumed at step {int(step.numpy())} with: " +
+                         " ".join(f"--{k}={n}" for k, (o, n) in changed.items()) + "\n")
+    train_step = make_train_step(strat, net, margin_head, optimizer, cfg.weight_decay, cfg.batch_size,
+                                 cfg.distill_weight, cfg.distill_loss, projection)
     writer = tf.summary.create_file_writer(str(model_dir / "train")) if chief else tf.summary.create_noop_writer()
+    checked = list(net.variables) + list(optimizer.variables) + \
+        (list(margin_head.variables) if margin_head is not None else []) + \
+        (list(projection.variables) if projection is not None else [])
 
     # ---------------------------------------------------------------- loop
     start_step = int(step.numpy())
-    window_t, window_steps, window_loss, window_correct = time.perf_counter(), 0, 0.0, 0.0
+    t_start = time.perf_counter()
+    window_t, window_steps, window_loss, window_correct, window_kd = time.perf_counter(), 0, 0.0, 0.0, 0.0
     last = {}
     history = []
+    steps, lr = cfg.steps, cfg.lr
     while int(step.numpy()) < steps:
-        loss, l2, correct = train_step(iterator)
+        loss, l2, correct, kd = train_step(iterator)
         step.assign_add(1)
         s = int(step.numpy())
-        loss_v = float(loss)
-        if not np.isfinite(loss_v) or not np.isfinite(float(l2)):
+        loss_v, kd_v = float(loss), float(kd)
+        if not (np.isfinite(loss_v) and np.isfinite(float(l2)) and np.isfinite(kd_v)):
             raise TrainingDiverged(
-                f"loss is {loss_v} (L2 {float(l2)}) at step {s}; stopped without saving. The last good checkpoint "
-                f"is {manager.latest_checkpoint}. Lower --lr (now {lr}), add --warmup_steps, or check the data")
-        history.append(loss_v)
+                f"loss is {loss_v} (L2 {float(l2)}, distillation {kd_v}) at step {s}; stopped without saving. The "
+                f"last good checkpoint is {manager.latest_checkpoint}. Lower --lr (now {lr}), add --warmup_steps, "
+                f"or check the data")
+        history.append(loss_v + cfg.distill_weight * kd_v)
         window_steps += 1
         window_loss += loss_v
+        window_kd += kd_v
         window_correct += float(correct)
-        if s % log_every == 0 or s == steps:
+        if s % cfg.log_every == 0 or s == steps:
             dt = time.perf_counter() - window_t
-            ips = window_steps * batch_size / dt
+            ips = window_steps * cfg.batch_size / dt
             last = dict(step=s, loss=window_loss / window_steps, l2=float(l2), lr=current_lr(optimizer),
-                        accuracy=window_correct / (window_steps * batch_size), images_per_s=ips)
-            log.info("step %d/%d  loss %.4f  l2 %.4f  acc %.3f  lr %.4g  %.1f img/s", s, steps, last["loss"],
-                     last["l2"], last["accuracy"], last["lr"], ips)
+                        accuracy=window_correct / (window_steps * cfg.batch_size), images_per_s=ips,
+                        distill_loss=window_kd / window_steps)
+            log.info("step %d/%d  loss %.4f  distill %.4f  l2 %.4f  acc %.3f  lr %.4g  %.1f img/s", s, steps,
+                     last["loss"], last["distill_loss"], last["l2"], last["accuracy"], last["lr"], ips)
             with writer.as_default(step=s):
                 scalar_summary("loss", last["loss"], s)
+                scalar_summary("distill_loss", last["distill_loss"], s)
                 scalar_summary("l2_loss", last["l2"], s)
                 scalar_summary("lr", last["lr"], s)
                 scalar_summary("train_accuracy", last["accuracy"], s)
                 scalar_summary("images_per_s", ips, s)
-            window_t, window_steps, window_loss, window_correct = time.perf_counter(), 0, 0.0, 0.0
-        if s % ckpt_every == 0 or s == steps:
-            # The loss above was computed before this step's update: check the weights themselves too, so
-            # a checkpoint never holds a diverged model.
-            if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in net.trainable_variables +
-                       margin_head.trainable_variables):
+            window_t, window_steps, window_loss, window_correct, window_kd = time.perf_counter(), 0, 0.0, 0.0, 0.0
+        if s % cfg.ckpt_every == 0 or s == steps:
+            # The loss above was computed before this step's update: check every variable the checkpoint
+            # holds (weights, BN moving statistics, optimizer slots), so a checkpoint never holds a diverged model.
+            bad = _nonfinite(checked)
+            if bad:
                 raise TrainingDiverged(
-                    f"weights became NaN/Inf at step {s}; stopped without saving. The last good checkpoint is "
-                    f"{manager.latest_checkpoint}. Lower --lr (now {lr}), add --warmup_steps, or check the data")
+                    f"{len(bad)} variable(s) became NaN/Inf at step {s} (e.g. {bad[0]}); stopped without saving. The "
+                    f"last good checkpoint is {manager.latest_checkpoint}. Lower --lr (now {lr}), add "
+                    f"--warmup_steps, or check the data")
             manager.save(checkpoint_number=s)
-        if val_every and (s % val_every == 0 or s == steps) and (val_bin or val_lfw_dir):
-            reports = evaluate_verification(net, val_lfw_dir, val_pairs, val_bin)
+        if cfg.val_every and (s % cfg.val_every == 0 or s == steps) and (cfg.val_bin or cfg.val_lfw_dir):
+            reports = evaluate_verification(net, cfg.val_lfw_dir, cfg.val_pairs, cfg.val_bin, cfg.val_folds,
+                                            cfg.val_flip)
             for key, rep in reports.items():
-                log.info("step %d  %s verification accuracy %.4f +- %.4f", s, key, rep["accuracy"],
-                         rep["accuracy_std"])
+                log.info("step %d  %s verification accuracy %.4f +- %.4f%s", s, key, rep["accuracy"],
+                         rep["accuracy_std"], f" (folds {cfg.val_folds})" if key == "lfw" and cfg.val_folds else "")
                 with writer.as_default(step=s):
                     scalar_summary(f"val_{key}_accuracy", rep["accuracy"], s)
                 last[f"val_{key}_accuracy"] = rep["accuracy"]
+                if chief:
+                    with open(model_dir / VAL_HISTORY, "a") as fh:
+                        fh.write(json.dumps(dict(step=s, dataset=key, accuracy=rep["accuracy"],
+                                                 accuracy_std=rep["accuracy_std"], folds=rep.get("folds"),
+                                                 flip=cfg.val_flip, time=time.time(),
+                                                 run_seconds=time.perf_counter() - t_start)) + "\n")
     writer.flush()
 
     # ---------------------------------------------------------------- the embedding model
     out = model_dir / EMBEDDING_FILE
     if chief:
-        save_embedding_model(net, backbone, embedding_dim, head, out)
+        save_embedding_model(net, cfg.backbone, cfg.embedding_dim, cfg.head, out)
     else:
         for f in ckpt_dir.glob("*"):  # scratch checkpoints of a non-chief worker
             f.unlink()
         ckpt_dir.rmdir()
     return dict(last, start_step=start_step, final_step=int(step.numpy()), num_classes=num_classes,
-                replicas=replicas, embedding_model=str(out), losses=history, backbone=net, head=margin_head)
+                replicas=replicas, embedding_model=str(out), losses=history, backbone=net, head=margin_head,
+                projection=projection, changed=changed)
 
 
 # ============================================================================ command line
-def _define_flags():
-    from absl import flags
-
-    f = flags
-    f.DEFINE_string("data", None, "TFRecord shards: glob or directory (manifest.json next to them gives num_classes)")
-    f.DEFINE_string("model_dir", None, "checkpoints, TensorBoard events, flags.txt and embedding.keras go here")
-    f.DEFINE_string("val_lfw_dir", None, "held-out verification images <Name>/<Name>_NNNN.jpg (with --val_pairs)")
-    f.DEFINE_string("val_pairs", None, "LFW View 2 style pairs.txt for --val_lfw_dir")
-    f.DEFINE_string("val_bin", None, "InsightFace verification .bin")
-    f.DEFINE_integer("val_every", 0, "evaluate verification every N steps (0: only never)", lower_bound=0)
-    f.DEFINE_enum("backbone", "mobiface", sorted(models.BUILDERS), "network")
-    f.DEFINE_enum("head", "gdc", ["fc", "gdc", "gap"], "embedding head (fc = literal Table I); ignored by mobilefacenet")
-    f.DEFINE_integer("embedding_dim", 512, "embedding size", lower_bound=1)
-    f.DEFINE_enum("margin", "arcface", sorted(MARGINS), "margin head (presets in mobiface_tf/heads.py)")
-    f.DEFINE_float("margin_s", None, "override the preset scale s")
-    f.DEFINE_float("margin_m1", None, "override the preset multiplicative angular margin m1")
-    f.DEFINE_float("margin_m2", None, "override the preset additive angular margin m2")
-    f.DEFINE_float("margin_m3", None, "override the preset additive cosine margin m3")
-    f.DEFINE_integer("batch_size", 1024, "GLOBAL batch size (split over replicas)", lower_bound=1)
-    f.DEFINE_float("lr", 0.1, "base learning rate")
-    f.DEFINE_list("lr_boundaries", ["40000", "60000", "80000"], "steps where lr is multiplied by --lr_decay")
-    f.DEFINE_float("lr_decay", 0.1, "lr factor at each boundary")
-    f.DEFINE_integer("warmup_steps", 0, "linear lr warmup steps", lower_bound=0)
-    f.DEFINE_integer("steps", 100000, "total training steps", lower_bound=1)
-    f.DEFINE_float("momentum", 0.9, "SGD momentum")
-    f.DEFINE_float("weight_decay", 5e-4, "coupled L2 weight decay (gradient += wd * w)")
-    f.DEFINE_enum("mixed_precision", "none", list(PRECISIONS), "compute precision (head and loss stay float32)")
-    f.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy (multi_worker reads TF_CONFIG)")
-    f.DEFINE_bool("sync_bn", False, "synchronise BN statistics across replicas")
-    f.DEFINE_integer("log_every", 20, "log line + TensorBoard scalars every N steps", lower_bound=1)
-    f.DEFINE_integer("ckpt_every", 1000, "checkpoint every N steps", lower_bound=1)
-    f.DEFINE_integer("max_to_keep", 3, "checkpoints kept", lower_bound=1)
-    f.DEFINE_integer("seed", 0, "random seed (model init, shuffling, flips)")
-    f.DEFINE_bool("deterministic", False, "op determinism + deterministic tf.data (slower; for exact resume)")
-    f.DEFINE_integer("shuffle_buffer", 10000, "tf.data shuffle buffer (examples)", lower_bound=1)
-    f.DEFINE_bool("skip_corrupt", False, "keep the readable records of a truncated/corrupt TFRecord shard (with a "
-                  "warning naming it) instead of stopping with an error that names it")
-    f.DEFINE_integer("threads", 0, "TF intra-op threads (0: TF's default)", lower_bound=0)
-    f.DEFINE_integer("inter_op_threads", 0, "TF inter-op threads (0: TF's default)", lower_bound=0)
-    f.register_validator("lr", lambda v: v > 0, message="--lr must be > 0 (the paper uses 0.1 at batch 1024)")
-    f.mark_flags_as_required(["data", "model_dir"])
-
-
 def main(argv):
     from absl import flags
 
@@ -487,23 +731,14 @@ def main(argv):
     if fl.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(fl.inter_op_threads)
     try:
-        boundaries = [int(b) for b in fl.lr_boundaries]
-    except ValueError:
-        sys.exit(f"error: --lr_boundaries must be integers, got {fl.lr_boundaries}")
-    try:
+        cfg = config_from_flags(fl)
+        cfg.validate()
         # MultiWorkerMirroredStrategy must exist before TF runs any op, so it is made first.
-        strategy = make_strategy(fl.strategy)
-        summary = train(
-            fl.data, fl.model_dir, backbone=fl.backbone, head=fl.head, embedding_dim=fl.embedding_dim,
-            margin=fl.margin, margin_s=fl.margin_s, margin_m1=fl.margin_m1, margin_m2=fl.margin_m2,
-            margin_m3=fl.margin_m3, batch_size=fl.batch_size, lr=fl.lr, lr_boundaries=boundaries,
-            lr_decay=fl.lr_decay, warmup_steps=fl.warmup_steps, steps=fl.steps, momentum=fl.momentum,
-            weight_decay=fl.weight_decay, mixed_precision=fl.mixed_precision, strategy=fl.strategy,
-            sync_bn=fl.sync_bn, log_every=fl.log_every, ckpt_every=fl.ckpt_every, max_to_keep=fl.max_to_keep,
-            seed=fl.seed, deterministic=fl.deterministic, val_lfw_dir=fl.val_lfw_dir, val_pairs=fl.val_pairs,
-            val_bin=fl.val_bin, val_every=fl.val_every, shuffle_buffer=fl.shuffle_buffer, skip_corrupt=fl.skip_corrupt,
-            flags_text=fl.flags_into_string(), strategy_obj=strategy)
-    except (ValueError, TrainingDiverged) as e:  # bad flags / data, or divergence: one line, no traceback
+        strategy = make_strategy(cfg.strategy)
+        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data", "model_dir")}
+        summary = train(cfg.data, cfg.model_dir, flags_text=fl.flags_into_string(), strategy_obj=strategy,
+                        **settings)
+    except (ValueError, TrainingDiverged, FileNotFoundError) as e:  # bad flags / data, or divergence: one line
         sys.exit(f"error: {e}")
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:  # a shard found corrupt mid-run
         detail = " ".join(str(e.message).split())[:600]
@@ -514,5 +749,5 @@ def main(argv):
 if __name__ == "__main__":
     from absl import app
 
-    _define_flags()
+    define_flags()
     app.run(main)

@@ -1,5 +1,6 @@
-"""tools/bench.py and mobiface_tf.bench: row fields, interleaved timing, ratios, outputs, the benchmark_model
-parser, --static, bad inputs. No test asserts a speed: ratios are reported by the bench, not tested.
+"""tools/bench.py and mobiface_tf.bench: row fields, interleaved timing, ratios, outputs (with the CPU), the
+litert-benchmark cross-check, the --reference rows, the benchmark_model parser, --static, bad inputs. No test asserts
+a speed: ratios are reported by the bench, not tested. (LiteRT itself: tests/test_litert.py.)
 
 The benchmark_model sample (tests/data/benchmark_model_sample.txt) follows the output format of TFLite's
 benchmark tool (tensorflow/lite/tools/benchmark, documented in its README: the "count=... avg=..." lines,
@@ -15,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from mobiface_tf import bench
+from mobiface_tf import bench, litert
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "benchmark_model_sample.txt"
 ROW_FIELDS = {"model", "quantize", "threads", "params", "macs", "size_bytes", "latency_ms_p50", "latency_ms_p90",
-              "partitions", "gflops_per_s", "peak_gflops", "fraction_of_peak", "undelegated_ops", "peak_rss_mb"}
+              "partitions", "gflops_per_s", "peak_gflops", "fraction_of_peak", "undelegated_ops", "peak_rss_mb",
+              "latency_ms_p50_litert", "fully_accelerated", "num_ops"}
 
 
 def _tool(*args, timeout=300):
@@ -81,9 +83,9 @@ def test_add_ratios_p50_and_paired():
 
 def test_interleaved_timing_and_separate_memory(reference_tflite, reference_tflite_uint8):
     """The real child processes: interleaved times for two models, RSS of one model alone."""
-    times = bench.time_interleaved_in_subprocess([reference_tflite, reference_tflite_uint8], 1, 1, 4)
+    times = litert.time_interleaved_in_subprocess([reference_tflite, reference_tflite_uint8], 1, 1, 4)
     assert len(times) == 2 and all(len(t) == 4 and min(t) > 0 for t in times)
-    mem = bench.memory_in_subprocess(reference_tflite, 1, 1)
+    mem = litert.memory_in_subprocess(reference_tflite, 1, 1)
     assert 10 < mem["peak_rss_mb"] < 2000 and mem["partitions"] >= 1
 
 
@@ -94,7 +96,9 @@ def test_bench_end_to_end_small(tmp_path, lfw_dir):
                          num_calibration=8, parity_images=lfw_dir, num_parity=4, runs=3, warmup=1,
                          bn_calibration_steps=1, log=lambda s: None)
     data = json.loads((tmp_path / "results.json").read_text())
-    assert (tmp_path / "results.md").read_text().startswith("| model |")
+    md = (tmp_path / "results.md").read_text()
+    assert md.startswith(f"CPU: {data['cpu']['model']} (") and "\n| model |" in md
+    assert data["cpu"]["isa"] == result["cpu"]["isa"] and isinstance(data["cpu"]["isa"], list)
     assert (tmp_path / "latency.png").stat().st_size > 1000
     assert len(data["rows"]) == 2
     for row in data["rows"]:
@@ -102,6 +106,8 @@ def test_bench_end_to_end_small(tmp_path, lfw_dir):
         assert row["partitions"] == 1 and row["undelegated_ops"] == {}
         assert row["latency_ms_p90"] >= row["latency_ms_p50"] > 0 and row["runs"] == 3
         assert 10 < row["peak_rss_mb"] < 2000
+        assert row["fully_accelerated"] is True and row["latency_ms_p50_litert"] > 0
+        assert row["litert_benchmark"]["num_runs"] == 3
     fp32, int8 = data["rows"]
     assert data["meta"]["peak_gflops_by_threads"]["1"] == fp32["peak_gflops"] > 0
     assert fp32["fraction_of_peak"] > 0 and int8["fraction_of_peak"] is None
@@ -109,8 +115,37 @@ def test_bench_end_to_end_small(tmp_path, lfw_dir):
     assert data["ratios"] == [{"model": "mobilefacenet", "threads": 1, "int8_vs_fp32": int8["p50_vs_fp32"],
                                "int8_vs_fp32_paired": data["ratios"][0]["int8_vs_fp32_paired"]}]
     assert int8["p50_vs_fp32"] == pytest.approx(int8["latency_ms_p50"] / fp32["latency_ms_p50"], abs=1e-3)
-    assert result["table"].startswith((tmp_path / "results.md").read_text().split("\n\n")[0])
+    assert md.startswith(result["table"])
     assert "int8 / fp32" in (tmp_path / "results.md").read_text()
+
+
+def test_reference_rows_cli(tmp_path, reference_tflite, reference_tflite_uint8):
+    """--reference adds the publisher's two TFLite files as rows, each cross-checked by the real litert-benchmark;
+    results.json carries the CPU. Its verdicts match our partition counts (fp32: 1; uint8: MAXIMUM/MINIMUM left out)."""
+    proc = _tool("--reference", f"--reference_dir={reference_tflite.parent}", "--models=", "--quantize=none",
+                 "--threads=1", "--runs=3", "--warmup=1", f"--output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("CPU: ")
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["cpu"] == litert.cpu_info()
+    assert [(r["model"], r["quantize"]) for r in data["rows"]] == [("mobilefacenet_insightface_fp32", "none"),
+                                                                  ("mobilefacenet_insightface_uint8", "uint8")]
+    fp32, uint8 = data["rows"]
+    for row in data["rows"]:
+        assert ROW_FIELDS - {"params", "macs", "gflops_per_s", "fraction_of_peak"} <= {k for k, v in row.items() if v is not None}
+        assert row["reference"] is True and row["latency_ms_p50_litert"] > 0
+    assert (fp32["fully_accelerated"], fp32["partitions"]) == (True, 1)
+    assert uint8["fully_accelerated"] is False and uint8["undelegated_ops"]["MAXIMUM"] > 0
+    assert fp32["num_ops"] > 200  # PReLU as MAXIMUM/MINIMUM/MUL/ADD plus explicit PADs (our export: ~100)
+    assert data["ratios"][0]["uint8_vs_fp32"] == uint8["p50_vs_fp32"]
+    assert "| mobilefacenet_insightface_uint8 | uint8 | 1 |" in (tmp_path / "results.md").read_text()
+
+
+def test_reference_folder_without_the_files_adds_no_rows(tmp_path):
+    proc = _tool("--reference", f"--reference_dir={tmp_path}", "--models=", "--quantize=none", "--threads=1",
+                 f"--output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == []
 
 
 @pytest.mark.slow

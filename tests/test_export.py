@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mobiface_tf import export as ex
+from mobiface_tf import litert
 from mobiface_tf.models.zoo import build_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,12 +84,12 @@ def faces(lfw_dir):
 
 @pytest.mark.slow
 def test_int8_prelu_rewrite_gives_one_partition(gdc, faces):
-    stock = ex.delegation(ex.make_interpreter(ex.to_tflite(gdc, "int8", faces[:8])))
+    stock = litert.delegation(litert.make_interpreter(ex.to_tflite(gdc, "int8", faces[:8])))
     assert stock["partitions"] > 1 and stock["undelegated_ops"] == {"PRELU": 31}
     clone, _ = ex.rewrite_prelu(gdc)
     content = ex.to_tflite(clone, "int8", faces[:8])
-    assert "PRELU" not in ex.op_counts(content)
-    assert ex.delegation(ex.make_interpreter(content)) == {"partitions": 1, "undelegated_ops": {}, "num_undelegated": 0}
+    assert "PRELU" not in litert.op_counts(content)
+    assert litert.delegation(litert.make_interpreter(content)) == {"partitions": 1, "undelegated_ops": {}, "num_undelegated": 0}
 
 
 @pytest.mark.slow
@@ -214,7 +215,7 @@ def test_calibrated_mobilenet_v1_int8_is_not_zero(faces, tmp_path):
     out = tmp_path / "v1_int8.tflite"
     report = ex.export(model, out, "int8", faces[:16], faces[16:], enforce=False)
     assert report["partitions"] == 1
-    got = ex.run_tflite(ex.make_interpreter(out.read_bytes()), faces[16:])
+    got = litert.run_batched(litert.make_interpreter(model_path=out), faces[16:].astype("float32"))
     want = np.asarray(model(faces[16:].astype("float32")))
     norms = np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert np.all((norms > 0.5) & (norms < 2.0)), norms

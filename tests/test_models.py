@@ -130,18 +130,11 @@ def test_keras_save_load_identical(models, name, tmp_path):
 
 
 def _tflite_embed(model, x):
-    from ai_edge_litert.interpreter import Interpreter
+    from mobiface_tf import litert
     from mobiface_tf.export import to_tflite
-    interp = Interpreter(model_content=to_tflite(model))
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    assert tuple(inp["shape"]) == (1, 112, 112, 3)
-    rows = []
-    for img in x:
-        interp.set_tensor(inp["index"], img[None])
-        interp.invoke()
-        rows.append(interp.get_tensor(out["index"])[0].copy())
-    return np.stack(rows)
+    interp = litert.make_interpreter(to_tflite(model))
+    assert tuple(interp.get_input_details()[0]["shape"]) == (1, 112, 112, 3)
+    return litert.run_batched(interp, x)
 
 
 def _l2n(v):

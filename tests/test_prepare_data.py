@@ -204,3 +204,82 @@ def test_att_aligned_eyes_on_template(att_prepared):
         errs.append(np.abs(marks[0, :2] - ARCFACE_TEMPLATE[:2]).max())
     print(f"eye offset from template: mean {np.mean(errs):.2f}px, max {np.max(errs):.2f}px")
     assert np.mean(errs) < 3.0 and np.max(errs) < 6.0
+
+
+# ----------------------------------------------------------------------------------------------- issue 10 inputs
+def _copy_tree(src: Path, dst: Path):
+    """Copies a read-only case folder file by file (hidden entries included), so the copy stays writable."""
+    for f in src.rglob("*"):
+        if f.is_file():
+            (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            (dst / f.relative_to(src)).write_bytes(f.read_bytes())
+    return dst
+
+
+def _exif_jpeg(stored_rgb, orientation) -> bytes:
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(stored_rgb)).save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.shared_data
+def test_hidden_entries_subfolders_and_exif_photos(tmp_path):
+    """hidden-dir-becomes-class + exif-orientation: hidden entries are never classes, photos in sub-folders
+    belong to their identity, everything left out is counted with a reason, and EXIF-rotated photos are stored
+    upright (a 112x112 crop re-encoded, a phone photo aligned by the real MTCNN)."""
+    from test_images import case
+
+    src = _copy_tree(case("hidden-dir-becomes-class", "photos"), tmp_path / "in")
+    assert (src / ".ipynb_checkpoints" / "0000-checkpoint.jpg").is_file()
+    for rel in ["synthetic_id0000/.DS_Store", "synthetic_id0000/._0001.jpg", "__MACOSX/synthetic_id0000/._0000.jpg",
+                "synthetic_id0002/notes.txt", "stray.jpg"]:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(b"\x00\x05\x16\x07 not a photo")
+    crop = render_identity(0, 2, 1)[0]
+    (src / "synthetic_id0002" / "rotated.jpg").write_bytes(_exif_jpeg(np.rot90(crop, 1), 6))
+    exif_case = case("exif-orientation")
+    (src / "phone_person").mkdir()
+    for name in ("face_upright.jpg", "face_exif6.jpg"):
+        (src / "phone_person" / name).write_bytes((exif_case / name).read_bytes())
+
+    out = tmp_path / "out"
+    run_tool(f"--input={src}", f"--output={out}", "--shards=1", "--workers=1")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["class_names"] == ["phone_person", "synthetic_id0000", "synthetic_id0001", "synthetic_id0002"]
+    reasons = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert set(reasons) == {".ipynb_checkpoints", "__MACOSX", "synthetic_id0000/.DS_Store",
+                            "synthetic_id0000/._0001.jpg", "synthetic_id0002/notes.txt", "stray.jpg"}
+    assert "hidden" in reasons[".ipynb_checkpoints"] and "not an image file" in reasons["synthetic_id0002/notes.txt"]
+    assert "not inside an identity folder" in reasons["stray.jpg"]
+    assert m["num_images"] == 3 + 4 + 4 + 2 and m["num_images"] + len(m["skipped"]) == m["num_inputs"] == 19
+    exs = {e["source"]: e for e in all_examples(out)}
+    assert exs["synthetic_id0001/2019/extra.jpg"]["label"] == 2
+    assert {e["label"] for s, e in exs.items() if s.startswith("synthetic_id0000/")} == {1}
+    rotated = decode_image_rgb(exs["synthetic_id0002/rotated.jpg"]["jpeg"])
+    err_upright, err_sideways = (np.abs(rotated.astype(int) - c).mean() for c in (crop, np.rot90(crop, 1)))
+    assert err_upright < 10 and err_upright < err_sideways / 2, (err_upright, err_sideways)  # stored upright
+    up, side = (decode_image_rgb(exs[f"phone_person/{n}"]["jpeg"]) for n in ("face_upright.jpg", "face_exif6.jpg"))
+    assert np.abs(up.astype(int) - side).mean() < 8  # the same aligned face from both
+
+
+@pytest.mark.shared_data
+def test_recordio_split_record_stored_whole(tmp_path):
+    from test_images import case
+
+    d = case("recordio-split-record-corrupted")
+    run_tool(f"--input={d / 'train.rec'}", f"--output={tmp_path}", "--shards=1", "--workers=1")
+    exs = {e["source"]: e for e in all_examples(tmp_path)}
+    assert len(exs) == 3 and exs["train.rec#0"]["jpeg"] == (d / "record0_true_image.jpg").read_bytes()
+
+
+@pytest.mark.shared_data
+def test_lst_absolute_paths_give_folder_names(tmp_path):
+    from test_images import case
+
+    d = case("lst-absolute-paths-empty-names")
+    run_tool(f"--input={d / 'train.rec'}", f"--output={tmp_path}", "--shards=1", "--workers=1")
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["class_names"] == ["Alice_Example", "Bob_Example", "Carol_Example"]

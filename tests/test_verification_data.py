@@ -51,7 +51,8 @@ def test_pairs_errors(tmp_path):
     with pytest.raises(ValueError, match="'one' is not a positive integer"):
         read_lfw_pairs(bad_index, lfw)
     missing = _write_pairs(tmp_path / "missing.txt", 1, 1, same_line="A\t1\t7")
-    with pytest.raises(FileNotFoundError, match="1 image.*A_0007.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"1 image.*A/A_0007' \(tried extensions \.jpg, \.jpeg, \.png, "
+                                                r"\.bmp, \.pgm, \.ppm, \.webp\)"):
         read_lfw_pairs(missing, lfw)
     with pytest.raises(FileNotFoundError, match="pairs file not found"):
         read_lfw_pairs(tmp_path / "nope.txt", lfw)
@@ -135,3 +136,86 @@ def test_real_bin(bin_file):
     assert len(images) == 1498 and issame.shape == (749,) and issame.all()
     first = cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_COLOR)
     assert first.shape == (112, 112, 3)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".PNG", ".JPG"])
+def test_pairs_find_images_in_every_supported_format(tmp_path, ext):
+    lfw = tmp_path / "lfw"
+    for name, count in {"A": 2, "B": 1}.items():
+        (lfw / name).mkdir(parents=True)
+        for i in range(1, count + 1):
+            (lfw / name / f"{name}_{i:04d}{ext}").write_bytes(b"x")
+    pairs = read_lfw_pairs(_write_pairs(tmp_path / "pairs.txt", 2, 1), lfw)
+    assert [p.path_b.name for p in pairs] == [f"A_0002{ext}", f"B_0001{ext}"] * 2
+
+
+@pytest.mark.shared_data
+def test_png_lfw_case_scores_like_jpg(tmp_path, reference_tflite):
+    """evaluate (and training's --val_lfw_dir, which calls the same function) on an LFW folder of PNGs."""
+    from test_images import case
+
+    from mobiface_tf.embedder import load_embedder
+    from mobiface_tf.evaluate import evaluate_lfw
+
+    d = case("lfw-png-misleading-missing")
+    pairs = read_lfw_pairs(d / "pairs.txt", d / "lfw_png")
+    assert len(pairs) == 20 and all(p.path_a.suffix == ".png" for p in pairs)
+    report, scores, issame = evaluate_lfw(load_embedder(reference_tflite), d / "pairs.txt", d / "lfw_png",
+                                          progress=False)
+    assert report["num_pairs"] == 20 and 0.0 <= report["accuracy"] <= 1.0
+    # A truly missing image is named with the extensions tried.
+    (tmp_path / "lfw").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"40 image\(s\).*Person_00_0001', .* \(tried extensions \.jpg"):
+        read_lfw_pairs(d / "pairs.txt", tmp_path / "lfw")
+
+
+@pytest.mark.parametrize("bom,eol", [(True, "\n"), (False, "\r\n"), (True, "\r\n"), (False, "\r")])
+def test_pairs_bom_and_line_ends_read_the_same(tmp_path, bom, eol):
+    lfw = _fake_lfw(tmp_path / "lfw", {"A": 2, "B": 1})
+    plain = _write_pairs(tmp_path / "plain.txt", 2, 1)
+    other = tmp_path / "other.txt"
+    other.write_bytes((b"\xef\xbb\xbf" if bom else b"") + plain.read_text().replace("\n", eol).encode())
+    assert read_lfw_pairs(other, lfw) == read_lfw_pairs(plain, lfw)
+
+
+@pytest.mark.shared_data
+def test_pairs_bom_case():
+    from test_images import case
+
+    d = case("pairs-utf8-bom")
+    lfw = case("lfw-png-misleading-missing", "lfw_png")
+    assert read_lfw_pairs(d / "pairs_bom.txt", lfw) == read_lfw_pairs(d / "pairs_plain.txt", lfw)
+
+
+def test_bin_numpy_arrays_and_scalars_at_every_protocol(tmp_path):
+    imgs = [np.frombuffer(bytes([i]) * 10, np.uint8).reshape(10, 1) for i in range(4)]  # as cv2.imencode gives
+    for issame in (np.array([True, False]), [np.True_, np.False_], np.array([1, 0], np.int64),
+                   [np.int32(1), np.uint8(0)]):
+        for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+            path = tmp_path / f"np_{protocol}.bin"
+            path.write_bytes(pickle.dumps((imgs, issame), protocol=protocol))
+            got_images, got_issame = read_bin(path)
+            assert got_images == [bytes([i]) * 10 for i in range(4)]
+            assert got_issame.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("protocol", range(2, pickle.HIGHEST_PROTOCOL + 1))
+def test_bin_refuses_non_numeric_numpy_at_every_protocol(tmp_path, protocol):
+    path = tmp_path / "bad.bin"
+    for bad, match in ((np.array([True], dtype=object), "object dtype"), (np.array(["a"]), "dtype\\('<U1'\\)"),
+                       (np.zeros(1, dtype=[("a", "u1")]), "dtype"), (np.datetime64("2020-01-01"), "dtype")):
+        path.write_bytes(pickle.dumps(([b"a", b"b"], bad), protocol=protocol))
+        with pytest.raises(pickle.UnpicklingError, match=match):
+            read_bin(path)
+
+
+@pytest.mark.shared_data
+def test_bin_protocol5_cases_read_like_the_control():
+    from test_images import case
+
+    d = case("bin-numpy-protocol5-refused")
+    control = read_bin(d / "control_protocol4.bin")
+    assert len(control[1]) == 20
+    for name in ("imencode_highest.bin", "issame_ndarray_highest.bin"):
+        images, issame = read_bin(d / name)
+        assert images == control[0] and issame.tolist() == control[1].tolist()

@@ -2,11 +2,14 @@
 
     python tools/bench.py --output_dir=/tmp/bench_out        # all models x modes x threads 1,2
     python tools/bench.py --static                            # params, MACs, sizes only (seconds)
-    python tools/bench.py --models=mobiface_gdc --quantize=none,int8 --threads=1 \
-        --extra_tflite=../shared/data/models/mobilefacenet_insightface_fp32.tflite
+    python tools/bench.py --reference --output_dir=bench_out # + the publisher's MobileFaceNet TFLite rows
+    python tools/bench.py --models=mobiface_gdc --quantize=none,int8 --threads=1 --extra_tflite=my.tflite
 
 For each network and thread count the quantize modes are timed interleaved (round-robin in one
-process), so the int8/fp32 ratio is measured under the same machine conditions. Random-init networks
+process), so the int8/fp32 ratio is measured under the same machine conditions; LiteRT's own
+`litert-benchmark` also times every file alone, as a cross-check (`latency_ms_p50_litert`,
+`fully_accelerated`). The CPU model and its ISA features (AVX2, AVX-512, VNNI, ...) are recorded with
+the figures: int8 vs fp32 depends on them. Random-init networks
 get their BN statistics re-estimated on the calibration faces first (--bn_calibration_steps).
 Prints a Markdown table and writes DIR/results.json, DIR/results.md and DIR/latency.png; the
 .tflite files go to DIR/models/ (each scorable by tools/evaluate.py). Int8 is calibrated on real
@@ -21,7 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
-DEFAULT_LFW = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw" / "lfw-112x112"
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DEFAULT_LFW = SHARED_DATA / "lfw" / "lfw-112x112"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["mobiface_fc", "mobiface_gdc", "mobilefacenet", "mobilenet_v1_gdc"],
@@ -42,6 +46,11 @@ flags.DEFINE_integer("bn_calibration_steps", 4, "re-estimate the random-init net
 flags.DEFINE_list("extra_tflite", [], "extra .tflite files timed as additional rows")
 flags.DEFINE_string("benchmark_model", None, "path to TFLite's benchmark_model binary: also run it and parse it")
 flags.DEFINE_bool("profile", False, "per-op profile: op counts per model, and benchmark_model's op profiling")
+flags.DEFINE_bool("reference", False, "add the publisher's MobileFaceNet TFLite files (mobilefacenet_insightface_fp32 / "
+                  "_uint8 in --reference_dir) as reference rows; skipped with a note when the folder lacks them")
+flags.DEFINE_string("reference_dir", str(SHARED_DATA / "models"), "folder of the --reference .tflite files")
+flags.DEFINE_bool("litert_benchmark", True, "also time every file with LiteRT's `litert-benchmark` tool "
+                  "(row fields latency_ms_p50_litert, fully_accelerated)")
 flags.DEFINE_bool("static", False, "only print params, MACs and sizes (no conversion, no timing)")
 
 
@@ -61,7 +70,8 @@ def main(argv):
         result = bench_lib.bench(FLAGS.models, FLAGS.quantize, threads, FLAGS.output_dir, calibration,
                                  FLAGS.num_calibration, FLAGS.parity_images or calibration, FLAGS.num_parity,
                                  FLAGS.runs, FLAGS.warmup, FLAGS.extra_tflite, FLAGS.benchmark_model, FLAGS.profile,
-                                 FLAGS.bn_calibration_steps)
+                                 FLAGS.bn_calibration_steps, reference_dir=FLAGS.reference_dir if FLAGS.reference else None,
+                                 litert_benchmark=FLAGS.litert_benchmark)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     print(result["table"])

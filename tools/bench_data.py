@@ -32,7 +32,10 @@ def _write_shards(out_dir: str, num_images: int) -> str:
     if not lfw.is_dir():
         write_synthetic_tfrecords(out_dir, max(1, num_images // 16), 16, seed=0, shards=8)
         return f"SYNTHETIC ({num_images} generated faces; {lfw} not found)"
-    files = sorted(lfw.glob("*/*.jpg"))[:num_images]
+    from mobiface_tf.images import list_identity_tree
+    # The shards store the files' bytes as image/encoded, which the pipeline decodes as JPEG: JPEGs only.
+    files = sorted(f for _, photos in list_identity_tree(lfw)[0] for f in photos
+                   if f.suffix.lower() in (".jpg", ".jpeg"))[:num_images]
     writers = [AtomicShardWriter(os.path.join(out_dir, shard_name(s, 8))) for s in range(8)]
     for i, f in enumerate(files):
         writers[i % 8].write(make_example(f.read_bytes(), i % 1000, f.name))

@@ -49,7 +49,7 @@ def _peak_rss_mb() -> float:
 
 
 def _lfw_probes(embedder, lfw_dir, max_probes, max_per_identity):
-    from mobiface_tf.align import load_image_rgb
+    from mobiface_tf.images import load_image_rgb
     from mobiface_tf.data.verification import list_identities
 
     people = list_identities(lfw_dir, min_images=2, max_per_identity=max_per_identity, max_images=max_probes)

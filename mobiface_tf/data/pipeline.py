@@ -129,10 +129,29 @@ def random_flip(image, seed):
     return tf.image.stateless_random_flip_left_right(image, seed=seed)
 
 
+def flip_decision(seed):
+    """The coin random_flip tosses for this seed: True when it mirrors the image. (It draws one stateless
+    uniform and flips below 0.5, so the distillation target can follow the same coin.)"""
+    return tf.random.stateless_uniform([], seed=seed, dtype=tf.float32) < 0.5
+
+
 def decode_train(serialized, seed):
     """Record -> (uint8 image, int32 label) with a random flip: the per-element training op."""
     image, label = parse_example(serialized)
     return random_flip(image, seed), tf.cast(label, tf.int32)
+
+
+def make_decode_train_distill(teacher_dim: int):
+    """Record -> (uint8 image, int32 label, float32 teacher [D]) with a random flip; the target is the
+    teacher's embedding of the mirror image when the image was mirrored."""
+
+    def decode(serialized, seed):
+        image, label, t, t_flip = parse_example(serialized, teacher_dim)
+        flip = flip_decision(seed)
+        image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+        return image, tf.cast(label, tf.int32), tf.where(flip, t_flip, t)
+
+    return decode
 
 
 def decode_eval(serialized):
@@ -141,17 +160,18 @@ def decode_eval(serialized):
     return image, tf.cast(label, tf.int32)
 
 
-def batch_to_float(images, labels):
-    """The per-batch op: uint8 [B,H,W,C] -> float32 0..255."""
-    return to_float(images), labels
+def batch_to_float(images, labels, *rest):
+    """The per-batch op: uint8 [B,H,W,C] -> float32 0..255 (other components pass through)."""
+    return (to_float(images), labels, *rest)
 
 
 # ----------------------------------------------------------------------------------------------- dataset
 def make_dataset(file_pattern, batch_size: int, training: bool, seed: int | None = None,
                  deterministic: bool = False, skip_corrupt: bool = False, shuffle_buffer: int = 10_000,
                  input_context: tf.distribute.InputContext | None = None, repeat: int | None = None,
-                 cycle_length: int = 16, threads: int | None = None) -> tf.data.Dataset:
-    """(images float32 [B,112,112,3] in 0..255, labels int32 [B]) from TFRecord shards.
+                 cycle_length: int = 16, threads: int | None = None, teacher_dim: int = 0) -> tf.data.Dataset:
+    """(images float32 [B,112,112,3] in 0..255, labels int32 [B]) from TFRecord shards; with teacher_dim > 0
+    (training only) also the teacher's embeddings float32 [B, teacher_dim] (of the mirror where flipped).
 
     Args:
       file_pattern: glob, directory of *.tfrecord, or list of files.
@@ -190,7 +210,8 @@ def make_dataset(file_pattern, batch_size: int, training: bool, seed: int | None
     if training:
         # Stateless flips seeded from a random dataset zipped in: reproducible with a seed, and checkpointable.
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
-        ds = ds.map(decode_train, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        decode = make_decode_train_distill(teacher_dim) if teacher_dim else decode_train
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     else:
         ds = ds.map(decode_eval, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if skip_corrupt:

@@ -2,7 +2,9 @@
 
 RecordIO is read natively (no mxnet). Layout of one record, as MXNet's dmlc-core writes it:
   uint32 magic 0xced7230a | uint32 lrecord (upper 3 bits: continuation flag, lower 29: length) | payload | pad to 4
-A record split in parts (flag 1 = first, 2 = middle, 3 = last) is joined. The payload starts with the image
+dmlc-core's writer splits a record wherever its payload holds the magic word at a 4-byte-aligned offset, and
+drops that word (flag 1 = first part, 2 = middle, 3 = last); its reader joins the parts with the magic word put
+back between them, and so does this one. The payload starts with the image
 record header "IRHeader": uint32 flag, float32 label, uint64 id, uint64 id2; when flag > 0, `flag` more float32
 labels follow (label[0] is then the class). InsightFace's faces_emore puts a header record at key 0 (flag > 0,
 label = [first id-record key, end]): image keys are then 1 .. label[0]-1. The small validation sample has no
@@ -13,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from mobiface_tf.align import IMAGE_EXTENSIONS
+from mobiface_tf.images import IMAGE_EXTENSIONS, list_identity_tree
 
 RECORDIO_MAGIC = 0xCED7230A
 _IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
@@ -26,25 +28,25 @@ class RecordIOError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- image folders
-def list_image_folder(root) -> tuple[list[tuple[str, int]], list[str]]:
-    """Lists `root/<identity>/<image>` files.
+def list_image_folder(root) -> tuple[list[tuple[str, int]], list[str], list[tuple[str, str]]]:
+    """Lists `root/<identity>/[sub-folders/]<image>` files for training (rules in mobiface_tf.images).
 
-    Returns ([(path, label)], class_names): labels index the sorted identity names; files are sorted within an
-    identity. Only files with an image extension count as inputs; identities without any are dropped.
+    Returns ([(path, label)], class_names, [(path, reason)]): labels index the sorted identity names; files are
+    sorted within an identity, and photos in an identity's sub-folders belong to it. Everything not used
+    (hidden or OS-litter entries such as `.ipynb_checkpoints` or `__MACOSX`, non-image files, files outside an
+    identity folder) is returned with its reason, so callers can count it. Identities without any image are
+    dropped. Raises ValueError when `root` is not a directory or holds no image at all.
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"--input is not a directory: '{root}'. Pass an image-folder tree <identity>/<image>")
-    per_class = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(str(f) for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        if files:
-            per_class[d.name] = files
-    if not per_class:
-        raise ValueError(f"no <identity>/<image> files under '{root}' (extensions {', '.join(IMAGE_EXTENSIONS)})")
-    class_names = list(per_class)
-    items = [(f, label) for label, name in enumerate(class_names) for f in per_class[name]]
-    return items, class_names
+    identities, skipped = list_identity_tree(root)
+    if not identities:
+        raise ValueError(f"no <identity>/<image> files under '{root}' (extensions {', '.join(IMAGE_EXTENSIONS)}; "
+                         "hidden folders such as .ipynb_checkpoints are not identities)")
+    class_names = [name for name, _ in identities]
+    items = [(str(f), label) for label, (_, files) in enumerate(identities) for f in files]
+    return items, class_names, [(str(sk.path), sk.reason) for sk in skipped]
 
 
 # ----------------------------------------------------------------------------------------------- RecordIO
@@ -79,14 +81,34 @@ def pack_ir(header: IRHeader, image: bytes) -> bytes:
     return _IR_HEADER.pack(0, header.label[0], header.id, header.id2) + image
 
 
+_MAGIC_BYTES = struct.pack("<I", RECORDIO_MAGIC)
+
+
+def recordio_parts(payload: bytes) -> list[tuple[int, bytes]]:
+    """[(cflag, part)] as dmlc-core's RecordIOWriter::WriteRecord splits a payload.
+
+    Wherever the magic word sits at a 4-byte-aligned offset of the payload, the record is cut there and the word
+    dropped: cflag 1 = first part, 2 = middle, 3 = last, 0 = a record in one part.
+    """
+    parts, start = [], 0
+    for i in range(0, len(payload) - len(payload) % 4, 4):
+        if payload[i:i + 4] == _MAGIC_BYTES:
+            parts.append((1 if not parts else 2, payload[start:i]))
+            start = i + 4
+    parts.append((3 if parts else 0, payload[start:]))
+    return parts
+
+
 def write_recordio(rec_path, records: list[tuple[int, bytes]]) -> None:
-    """Writes (key, payload) records and the .idx next to the .rec (single-part records)."""
+    """Writes (key, payload) records and the .idx next to the .rec, byte for byte as dmlc-core's writer does
+    (records holding the magic word are split; see recordio_parts). Used to write test fixtures."""
     rec_path = Path(rec_path)
     with open(rec_path, "wb") as rec, open(rec_path.with_suffix(".idx"), "w") as idx:
         for key, payload in records:
             idx.write(f"{key}\t{rec.tell()}\n")
-            rec.write(struct.pack("<II", RECORDIO_MAGIC, len(payload)))
-            rec.write(payload + b"\x00" * (-len(payload) % 4))
+            for cflag, part in recordio_parts(payload):
+                rec.write(struct.pack("<II", RECORDIO_MAGIC, (cflag << 29) | len(part)))
+                rec.write(part + b"\x00" * (-len(part) % 4))
 
 
 class RecordIOReader:
@@ -143,10 +165,15 @@ class RecordIOReader:
             if len(data) < length:
                 raise RecordIOError(f"{self.rec_path}: truncated record at offset {pos}: header says {length} "
                                     f"bytes, only {len(data)} left")
+            if (cflag in (0, 1)) != (not parts):
+                raise RecordIOError(f"{self.rec_path}: record part at offset {pos} has continuation flag {cflag}, "
+                                    f"which cannot {'start' if not parts else 'continue'} a record; the .idx does "
+                                    "not match the .rec, or the file is corrupt")
             parts.append(data)
             pos += 8 + length + (-length % 4)
             if cflag in (0, 3):  # whole record, or last part
-                return b"".join(parts)
+                # The writer cut the record at each aligned magic word and dropped it: put it back between parts.
+                return _MAGIC_BYTES.join(parts)
 
     def read(self, key: int) -> tuple[IRHeader, bytes]:
         if key not in self.index:
@@ -166,8 +193,10 @@ class RecordIOReader:
 
 def recordio_class_names(rec_path, labels: list[int]) -> list[str]:
     """Class names for RecordIO labels: identity folder names from a `.lst` next to the .rec when present
-    (InsightFace's im2rec list: key, label, relative path), else 'id_00042'. The count also honours `property`
-    (num_classes,h,w) so identities without any image keep their label."""
+    (InsightFace's im2rec list: key, label(s), path), else 'id_00042'. The identity is the image's parent folder,
+    for relative and absolute paths alike ('/data/faces/Alice/1.jpg' and 'Alice/1.jpg' give 'Alice'); a path
+    without a folder keeps the 'id_' name. The count also honours `property` (num_classes,h,w) so identities
+    without any image keep their label."""
     base = os.path.splitext(str(rec_path))[0]
     num = max(labels) + 1 if labels else 0
     prop = os.path.join(os.path.dirname(base), "property")
@@ -181,8 +210,13 @@ def recordio_class_names(rec_path, labels: list[int]) -> list[str]:
         with open(base + ".lst") as f:
             for line in f:
                 parts = line.rstrip("\n").split("\t")
-                if len(parts) >= 3 and "/" in parts[-1]:
+                if len(parts) < 3:
+                    continue
+                folder = PurePosixPath(parts[-1].strip().replace("\\", "/")).parent.name
+                try:
                     label = int(float(parts[1]))
-                    if 0 <= label < num:
-                        names[label] = parts[-1].split("/")[0]
+                except ValueError:
+                    continue
+                if folder and 0 <= label < num:
+                    names[label] = folder
     return names

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mobiface_tf.align import ARCFACE_TEMPLATE, CROP_SIZE
+from mobiface_tf.images import ARCFACE_TEMPLATE, CROP_SIZE
 
 SIZE = CROP_SIZE
 NOTE = ("SYNTHETIC DATA: generated face-like patterns from mobiface_tf.data.synthetic, not photos of people.\n"

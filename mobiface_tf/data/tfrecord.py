@@ -12,11 +12,13 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from mobiface_tf.align import CROP_SIZE
+from mobiface_tf.images import CROP_SIZE
 
 FEATURE_IMAGE = "image/encoded"
 FEATURE_LABEL = "image/class/label"
 FEATURE_SOURCE = "image/source"
+FEATURE_TEACHER = "teacher/embedding"            # float32 [D]: the teacher's L2-normalised embedding of the crop
+FEATURE_TEACHER_FLIP = "teacher/embedding_flip"  # float32 [D]: ... of the crop's horizontal mirror
 MANIFEST = "manifest.json"
 JPEG_QUALITY = 95  # high enough that re-encoding the crops costs no accuracy, ~5 KB per 112x112 face
 
@@ -41,17 +43,36 @@ def make_example(jpeg: bytes, label: int, source: str = "") -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feat)).SerializeToString()
 
 
+def add_teacher_features(example, embedding, embedding_flip):
+    """A copy of a tf.train.Example with the teacher features set (replacing any already there)."""
+    ex = tf.train.Example()
+    ex.CopyFrom(example)
+    f = ex.features.feature
+    for key, value in ((FEATURE_TEACHER, embedding), (FEATURE_TEACHER_FLIP, embedding_flip)):
+        f[key].Clear()
+        f[key].float_list.value.extend(np.asarray(value, np.float32).ravel().tolist())
+    return ex
+
+
 _FEATURES = {
     FEATURE_IMAGE: tf.io.FixedLenFeature([], tf.string),
     FEATURE_LABEL: tf.io.FixedLenFeature([], tf.int64),
 }
 
 
-def parse_example(serialized):
-    """serialized tf.train.Example -> (image uint8 [112,112,3], label int64). Works eagerly and in tf.data."""
-    ex = tf.io.parse_single_example(serialized, _FEATURES)
+def parse_example(serialized, teacher_dim: int = 0):
+    """serialized tf.train.Example -> (image uint8 [112,112,3], label int64), plus with teacher_dim > 0 the
+    teacher embeddings (float32 [teacher_dim] of the crop, float32 [teacher_dim] of its mirror).
+    Works eagerly and in tf.data."""
+    spec = dict(_FEATURES)
+    if teacher_dim:
+        spec[FEATURE_TEACHER] = tf.io.FixedLenFeature([teacher_dim], tf.float32)
+        spec[FEATURE_TEACHER_FLIP] = tf.io.FixedLenFeature([teacher_dim], tf.float32)
+    ex = tf.io.parse_single_example(serialized, spec)
     image = tf.io.decode_jpeg(ex[FEATURE_IMAGE], channels=3)
     image = tf.ensure_shape(image, [CROP_SIZE, CROP_SIZE, 3])
+    if teacher_dim:
+        return image, ex[FEATURE_LABEL], ex[FEATURE_TEACHER], ex[FEATURE_TEACHER_FLIP]
     return image, ex[FEATURE_LABEL]
 
 
@@ -63,7 +84,11 @@ def read_examples(path) -> list[dict]:
         f = ex.features.feature
         out.append({"label": f[FEATURE_LABEL].int64_list.value[0],
                     "source": f[FEATURE_SOURCE].bytes_list.value[0].decode() if FEATURE_SOURCE in f else "",
-                    "jpeg": f[FEATURE_IMAGE].bytes_list.value[0]})
+                    "jpeg": f[FEATURE_IMAGE].bytes_list.value[0],
+                    "teacher": np.array(f[FEATURE_TEACHER].float_list.value, np.float32) if FEATURE_TEACHER in f
+                    else None,
+                    "teacher_flip": np.array(f[FEATURE_TEACHER_FLIP].float_list.value, np.float32)
+                    if FEATURE_TEACHER_FLIP in f else None})
     return out
 
 

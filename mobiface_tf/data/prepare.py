@@ -1,0 +1,391 @@
+"""Aligned-face TFRecord shards from an image-folder tree, a flat folder of unlabelled faces, or RecordIO.
+
+The library behind `tools/prepare_data.py` (a thin CLI). See `prepare` for the options:
+
+  - alignment (MTCNN to the ArcFace 112x112 template, or crops kept as they are);
+  - the held-out LFW protocol: `exclude_pairs` + `exclude_folds` leave out every image of every person who
+    appears in those LFW View 2 folds (the folds are identity-disjoint), so a model trained on the rest is
+    scored only on people it has never seen;
+  - teacher embeddings for knowledge distillation (`teacher`, or `add_teacher` on existing shards).
+
+Restartable: input i belongs to shard i % N. Each shard is written to a temp name and renamed when complete,
+then a small `<shard>.done.json` records its counts. A rerun (e.g. after SIGKILL) skips shards whose done-file
+matches this run's settings and rewrites the rest, so nothing is duplicated. The manifest is written last.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+from pathlib import Path
+
+from mobiface_tf.align import FaceAligner
+from mobiface_tf.images import (CROP_SIZE, DEFAULT_MAX_PIXELS, ImageError, decode_image_rgb, image_header,
+                                list_images, read_image_bytes)
+from mobiface_tf.data.sources import RecordIOError, RecordIOReader, list_image_folder, recordio_class_names
+
+IMAGES_PER_SHARD = 10_000
+
+
+# ----------------------------------------------------------------------------------------------- per input (workers)
+_CFG: dict = {}
+_READERS: dict = {}
+
+
+def _init_worker(cfg: dict) -> None:
+    """Per-process setup: settings, and one TF thread so N workers use N cores. MTCNN is built on first use."""
+    _CFG.update(cfg)
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _convert(task):
+    """(index, kind, ref, label) -> (index, jpeg|None, label, source, reason|None, mode, num_faces)."""
+    from mobiface_tf.data.tfrecord import encode_jpeg
+    index, kind, ref, label = task
+    if kind == "skip":  # left out when listing (hidden, not an image, outside an identity): counted, not read
+        path, reason = ref
+        return index, None, label, os.path.relpath(path, _CFG["input"]), reason, None, 0
+    if kind == "rec":
+        reader = _READERS.get(ref[0])
+        if reader is None:
+            reader = _READERS[ref[0]] = RecordIOReader(ref[0])
+        header, data = reader.read(ref[1])
+        label, source = int(header.label[0]), f"{os.path.basename(ref[0])}#{ref[1]}"
+    else:
+        source = os.path.relpath(ref, _CFG["input"])
+        try:
+            data = read_image_bytes(ref)
+        except ImageError as e:
+            return index, None, label, source, str(e), None, 0
+    try:
+        w, h, fmt, mode, orientation = image_header(data, source)  # upright size: EXIF orientation applied
+        is_crop = (w, h) == (CROP_SIZE, CROP_SIZE)
+        how = "mtcnn" if _CFG["align"] == "mtcnn" or (_CFG["align"] == "auto" and not is_crop) else "none"
+        rgb = decode_image_rgb(data, source, _CFG["max_pixels"])  # also validates the bytes we may keep as-is
+        if how == "none":
+            if not is_crop:
+                raise ImageError(f"not {CROP_SIZE}x{CROP_SIZE} ({w}x{h}) but --align=none takes aligned crops; "
+                                 f"use --align=mtcnn: {source}")
+            # Keep an RGB JPEG crop byte for byte (no re-encoding loss); anything else is re-encoded.
+            # A rotated one (EXIF orientation) is re-encoded upright: TFRecord readers ignore EXIF.
+            jpeg = data if (fmt == "JPEG" and mode == "RGB" and orientation == 1) else encode_jpeg(rgb)
+            return index, jpeg, label, source, None, how, 1
+        res = FaceAligner(min_face_size=_CFG["min_face_size"]).align(rgb)
+        if res.crop is None:
+            return index, None, label, source, f"{res.reason}: {source}", how, 0
+        return index, encode_jpeg(res.crop), label, source, None, how, res.num_faces
+    except ImageError as e:
+        return index, None, label, source, str(e), None, 0
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def _list_inputs(input_path: str, unlabelled: bool = False):
+    """-> (tasks [(index, kind, ref, label)], class_names or None for RecordIO, source kind)."""
+    if input_path.lower().endswith(".rec"):
+        with RecordIOReader(input_path) as reader:
+            keys = reader.image_keys()
+        return [(i, "rec", (input_path, k), None) for i, k in enumerate(keys)], None, "recordio"
+    # Entries the listing leaves out become "skip" tasks, so the manifest counts and lists them with a reason.
+    if unlabelled:
+        paths, skipped = list_unlabelled_images(input_path)
+        tasks = [("file", p, 0) for p in paths] + [("skip", sk, None) for sk in skipped]
+        return [(i, *t) for i, t in enumerate(tasks)], ["unlabelled"], "unlabelled_folder"
+    items, class_names, skipped = list_image_folder(input_path)
+    tasks = [("file", p, label) for p, label in items] + [("skip", sk, None) for sk in skipped]
+    return [(i, *t) for i, t in enumerate(tasks)], class_names, "image_folder"
+
+
+def list_unlabelled_images(root) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every image file under `root` (any depth), sorted: faces without identities; plus [(path, reason)] for
+    what is left out (hidden or OS-litter entries, non-image files; rules in mobiface_tf.images).
+
+    Raises ValueError when `root` is not a directory or holds no image.
+    """
+    from mobiface_tf.images import IMAGE_EXTENSIONS, MARKER_FILES
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"--input is not a directory: '{root}'. Pass a folder of face images")
+    paths, skipped = list_images(root)
+    skipped = [(str(sk.path), sk.reason) for sk in skipped if sk.path.name not in MARKER_FILES]
+    if not paths:
+        raise ValueError(f"no image files under '{root}' (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    return [str(p) for p in paths], skipped
+
+
+def _exclude_identities(tasks, class_names, pairs_file, folds):
+    """Drop every image of every person named in `folds` (1-based) of an LFW View 2 pairs.txt.
+
+    Returns (tasks re-indexed and re-labelled, kept class names, record for the manifest).
+    """
+    from mobiface_tf.data.verification import lfw_fold_identities
+
+    people = lfw_fold_identities(pairs_file, folds)
+    drop = {c for c, name in enumerate(class_names) if name in people}
+    keep_names = [name for c, name in enumerate(class_names) if c not in drop]
+    relabel = {old: new for new, old in enumerate(c for c in range(len(class_names)) if c not in drop)}
+    kept = [t for t in tasks if t[3] not in drop]
+    tasks = [(i, kind, ref, relabel.get(label)) for i, (_, kind, ref, label) in enumerate(kept)]  # skip: None
+    record = {"pairs": str(os.path.abspath(pairs_file)), "folds": sorted(folds),
+              "people_in_folds": len(people), "num_identities": len(drop), "num_images": None}
+    return tasks, keep_names, record
+
+
+def prepare(input_path: str, output: str, align: str = "auto", shards: int | None = None,
+            workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, min_face_size: int = 20,
+            progress: bool = True, exclude_pairs=None, exclude_folds=None, unlabelled: bool = False,
+            teacher=None, teacher_preprocess: str | None = None, teacher_threads: int | None = None) -> dict:
+    """Runs (or resumes) the conversion; returns the manifest (also written to `output`/manifest.json).
+
+    Args:
+      input_path: `<identity>/<image>` tree, a folder of faces (unlabelled=True), or a `.rec` beside its `.idx`.
+      output: shard directory. align: auto | mtcnn | none. shards, workers: default one shard per 10,000
+        inputs and one worker per CPU.
+      exclude_pairs, exclude_folds: LFW View 2 pairs.txt and 1-based fold numbers; every image of every person
+        in those folds is left out (an image folder only), and the manifest's "excluded" says how many.
+      unlabelled: every image gets label 0 (class "unlabelled"); for distillation alone.
+      teacher: a model path; its L2-normalised embeddings of each stored crop and of its mirror are added
+        (see add_teacher). teacher_preprocess: its pixel convention (default: what the model states, else raw).
+
+    Raises:
+      ValueError: bad settings or input (the message says what to do); RecordIOError for a malformed .rec.
+    """
+    from tqdm import tqdm
+
+    from mobiface_tf.data.tfrecord import (MANIFEST, AtomicShardWriter, make_example, shard_name,
+                                           write_json_atomic)
+    if align not in ("auto", "mtcnn", "none"):
+        raise ValueError(f"--align must be auto, mtcnn or none, got {align!r}")
+    input_path = os.path.abspath(input_path)
+    if bool(exclude_pairs) != bool(exclude_folds):
+        raise ValueError("exclude_pairs and exclude_folds go together (e.g. pairs.txt and folds 1,2,3)")
+    tasks, class_names, source_kind = _list_inputs(input_path, unlabelled)
+    excluded = None
+    if exclude_pairs:
+        if source_kind != "image_folder":
+            raise ValueError("--exclude_pairs needs an <identity>/<image> folder tree as --input (LFW names the "
+                             f"people by folder); got a {source_kind}")
+        before = len(tasks)
+        tasks, class_names, excluded = _exclude_identities(tasks, class_names, exclude_pairs, exclude_folds)
+        excluded["num_images"] = before - len(tasks)
+        if not tasks:
+            raise ValueError(f"every input image belongs to a person in folds {exclude_folds} of {exclude_pairs}")
+    n = len(tasks)
+    num_shards = shards or max(1, math.ceil(n / IMAGES_PER_SHARD))
+    num_shards = min(num_shards, n)
+    workers = workers or os.cpu_count() or 1
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [shard_name(s, num_shards) for s in range(num_shards)]
+    stale = sorted(set(os.path.basename(p) for p in glob.glob(str(out / "train-*-of-*.tfrecord"))) - set(names))
+    if stale:
+        raise ValueError(f"--output '{out}' holds shards of another run ({stale[0]} ...); use an empty --output")
+    for tmp in glob.glob(str(out / "*.tmp-*")):  # leftovers of a killed run: never complete, safe to drop
+        os.remove(tmp)
+    manifest_path = out / MANIFEST
+    if manifest_path.exists():
+        manifest_path.unlink()  # rewritten last, so its presence always means "complete"
+
+    cfg = {"input": input_path, "align": align, "max_pixels": max_pixels, "min_face_size": min_face_size}
+    fingerprint = hashlib.sha1(json.dumps(
+        [cfg, num_shards, [t[2] for t in tasks], [t[3] for t in tasks]], sort_keys=True, default=str).encode()
+    ).hexdigest()
+
+    def done_info(s):
+        shard, done = out / names[s], out / (names[s] + ".done.json")
+        if not (shard.exists() and done.exists()):
+            return None
+        info = json.loads(done.read_text())
+        ok = info.get("fingerprint") == fingerprint and info.get("bytes") == shard.stat().st_size
+        return info if ok else None
+
+    infos = {s: done_info(s) for s in range(num_shards)}
+    todo = [s for s in range(num_shards) if infos[s] is None]
+    work = [tasks[i] for s in todo for i in range(s, n, num_shards)]
+    bar = tqdm(total=n, initial=n - len(work), unit="img", disable=not progress, file=sys.stderr,
+               desc=f"prepare ({align}, {workers} workers)")
+    pool = None
+    if workers > 1 and work:
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg,))
+        results = pool.imap(_convert, work, chunksize=4)
+    else:
+        _init_worker(cfg)
+        results = map(_convert, work)
+    try:
+        for s in todo:
+            writer = AtomicShardWriter(out / names[s])
+            info = {"fingerprint": fingerprint, "num_inputs": 0, "num_images": 0, "skipped": [],
+                    "class_counts": {}, "aligned_by": {"mtcnn": 0, "none": 0}, "multi_face": 0}
+            try:
+                for _ in range(s, n, num_shards):
+                    index, jpeg, label, source, reason, how, faces = next(results)
+                    info["num_inputs"] += 1
+                    if jpeg is None:
+                        info["skipped"].append({"path": source, "reason": reason})
+                    else:
+                        writer.write(make_example(jpeg, label, source))
+                        info["num_images"] += 1
+                        info["class_counts"][str(label)] = info["class_counts"].get(str(label), 0) + 1
+                        info["aligned_by"][how] += 1
+                        info["multi_face"] += int(faces > 1)
+                    bar.update(1)
+            except BaseException:
+                writer.abort()
+                raise
+            info["bytes"] = writer.commit()
+            write_json_atomic(out / (names[s] + ".done.json"), info)
+            infos[s] = info
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    # ------------------------------------------------------------------------------------ manifest, last
+    counts = {}
+    for info in infos.values():
+        for k, v in info["class_counts"].items():
+            counts[int(k)] = counts.get(int(k), 0) + v
+    if class_names is None:
+        class_names = recordio_class_names(input_path, sorted(counts))
+    num_classes = len(class_names)
+    num_images = sum(i["num_images"] for i in infos.values())
+    skipped = [sk for s in range(num_shards) for sk in infos[s]["skipped"]]
+    if num_images + len(skipped) != n:
+        raise RuntimeError(f"internal accounting error: {num_images} images + {len(skipped)} skipped != {n} inputs")
+    manifest = {
+        "synthetic": os.path.exists(os.path.join(input_path, "SYNTHETIC.txt")),
+        "source": source_kind, "input": input_path, "align": align, "max_pixels": max_pixels,
+        "min_face_size": min_face_size, "num_inputs": n, "num_images": num_images, "num_classes": num_classes,
+        "class_names": class_names, "class_counts": [counts.get(c, 0) for c in range(num_classes)],
+        "aligned_by": {k: sum(i["aligned_by"][k] for i in infos.values()) for k in ("mtcnn", "none")},
+        "multi_face": sum(i["multi_face"] for i in infos.values()),
+        "excluded": excluded,
+        "skipped": skipped,
+        "shards": [{"file": names[s], "num_images": infos[s]["num_images"], "bytes": infos[s]["bytes"]}
+                   for s in range(num_shards)],
+    }
+    write_json_atomic(manifest_path, manifest)
+    if teacher:
+        manifest = add_teacher(out, teacher, preprocess=teacher_preprocess, num_threads=teacher_threads,
+                               progress=progress)
+    return manifest
+
+
+
+
+# ----------------------------------------------------------------------------------------------- teacher
+def model_sha256(path) -> str:
+    """sha256 of a model file; of every file (path-sorted, names included) for a SavedModel directory."""
+    h = hashlib.sha256()
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def teacher_embeddings(embedder, images):
+    """(crop, mirror) L2-normalised embeddings, each float32 [N, D], of uint8 RGB crops [N, 112, 112, 3]."""
+    return embedder.embed(images, flip=False), embedder.embed(images[:, :, ::-1], flip=False)
+
+
+def add_teacher(output, teacher, preprocess: str | None = None, num_threads: int | None = None,
+                progress: bool = True, batch_size: int = 64) -> dict:
+    """Store a teacher's embeddings in every example of the shards in `output`, for knowledge distillation.
+
+    Per example, "teacher/embedding" and "teacher/embedding_flip" (float32 [D], unit L2 norm) are the
+    teacher's embeddings of the stored crop (decoded as the training pipeline decodes it) and of its
+    horizontal mirror. Each shard is rewritten to a temp file and renamed; a `<shard>.teacher.json` marker
+    (teacher sha256 + shard size) lets a rerun skip finished shards, so a kill loses at most one shard's work.
+    The manifest gains "teacher": {file, sha256, embedding_dim, preprocess, images_per_s} and the new
+    shard sizes.
+
+    Raises:
+      ValueError: no manifest in `output`, or a teacher that is not a model of 112x112 faces.
+    """
+    import time
+
+    import numpy as np
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from mobiface_tf.data.tfrecord import (FEATURE_IMAGE, MANIFEST, AtomicShardWriter, add_teacher_features,
+                                           write_json_atomic)
+    from mobiface_tf.embedder import load_embedder, stated_preprocess
+
+    out = Path(output)
+    manifest_path = out / MANIFEST
+    if not manifest_path.is_file():
+        raise ValueError(f"no {MANIFEST} in '{out}': run tools/prepare_data.py --input=... --output={out} first")
+    manifest = json.loads(manifest_path.read_text())
+    teacher = Path(teacher)
+    if not teacher.exists():
+        raise ValueError(f"teacher model not found: '{teacher}'. Pass --teacher=PATH (.tflite, .onnx, .keras or "
+                         "a SavedModel directory)")
+    preprocess = preprocess or stated_preprocess(teacher) or "raw"
+    emb = load_embedder(teacher, preprocess, batch_size, num_threads)
+    if tuple(emb.input_hwc[:2]) not in ((CROP_SIZE, CROP_SIZE), (None, None)):
+        raise ValueError(f"teacher '{teacher}' takes {emb.input_hwc} inputs; a teacher must embed "
+                         f"{CROP_SIZE}x{CROP_SIZE} aligned faces")
+    sha = model_sha256(teacher)
+    info = {"file": teacher.name, "sha256": sha, "embedding_dim": int(emb.embedding_dim), "preprocess": preprocess}
+    total = int(manifest["num_images"])
+    bar = tqdm(total=total, unit="img", disable=not progress, file=sys.stderr, desc=f"teacher {teacher.name}")
+    seconds, embedded = 0.0, 0
+    for tmp in glob.glob(str(out / "*.tfrecord.tmp-*")):
+        os.remove(tmp)
+    for entry in manifest["shards"]:
+        shard = out / entry["file"]
+        marker = out / (entry["file"] + ".teacher.json")
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            if done.get("sha256") == sha and done.get("preprocess") == preprocess and \
+                    done.get("bytes") == shard.stat().st_size:
+                entry["bytes"] = done["bytes"]
+                bar.update(entry["num_images"])
+                continue
+        records = [r.numpy() for r in tf.data.TFRecordDataset(str(shard))]
+        examples = [tf.train.Example.FromString(r) for r in records]
+        writer = AtomicShardWriter(shard)
+        try:
+            for start in range(0, len(examples), 256):
+                chunk = examples[start:start + 256]
+                images = np.stack([tf.io.decode_jpeg(ex.features.feature[FEATURE_IMAGE].bytes_list.value[0],
+                                                     channels=3).numpy() for ex in chunk])
+                t0 = time.perf_counter()
+                e, e_flip = teacher_embeddings(emb, images)
+                seconds += time.perf_counter() - t0
+                embedded += len(chunk)
+                for ex, a, b in zip(chunk, e, e_flip):
+                    writer.write(add_teacher_features(ex, a, b).SerializeToString())
+                bar.update(len(chunk))
+        except BaseException:
+            writer.abort()
+            raise
+        entry["bytes"] = writer.commit()
+        write_json_atomic(marker, dict(info, bytes=entry["bytes"]))
+        done_file = out / (entry["file"] + ".done.json")
+        if done_file.is_file():  # keep prepare's own resume check in step with the new size
+            done = json.loads(done_file.read_text())
+            done["bytes"] = entry["bytes"]
+            write_json_atomic(done_file, done)
+    bar.close()
+    if embedded:
+        info["images_per_s"] = embedded / seconds
+        info["num_threads"] = num_threads
+    else:
+        info["images_per_s"] = (manifest.get("teacher") or {}).get("images_per_s", float("nan"))
+    manifest["teacher"] = info
+    write_json_atomic(manifest_path, manifest)
+    return manifest

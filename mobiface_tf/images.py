@@ -1,0 +1,281 @@
+"""Image files: which files are photos, how a folder tree is listed, and how one file is decoded.
+
+The one owner of image listing and decoding. Every reader (prepare_data, verify, identify, evaluate, export,
+bench) goes through it, so a rule holds everywhere or nowhere:
+
+- Extensions: IMAGE_EXTENSIONS, in any letter case.
+- Hidden entries are never identities or photos: names starting with '.' (`.ipynb_checkpoints`, `.DS_Store`,
+  macOS `._x.jpg` resource forks) and OS litter folders (`__MACOSX`, Windows `$RECYCLE.BIN`, Synology `@eaDir`).
+- An identity is a folder directly under the root; photos in its sub-folders belong to it.
+- Decoding checks the header first (size limit before any pixel is decoded), applies the EXIF Orientation tag
+  (all eight values: phones store portrait photos sideways) and converts every mode to uint8 RGB: grey, 16-bit
+  (top 8 bits), alpha (composited on black, the aligned crops' border colour), palette, CMYK.
+
+Also the aligned-crop format (size and the ArcFace landmark template), which the data package needs without
+pulling in the MTCNN aligner.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------- crop format
+# The ArcFace / InsightFace 112x112 template, (x, y) for: left eye, right eye, nose tip, left and right mouth
+# corner, where "left" means the image's left (smaller x). One source of truth for the whole project.
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32)
+CROP_SIZE = 112
+
+# ----------------------------------------------------------------------------------------------- policy
+# 40 Mpx is above any consumer photo (a 7000x5000 camera image is 35 Mpx) but stops decompression bombs early.
+DEFAULT_MAX_PIXELS = 40_000_000
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp")
+# Folders operating systems and tools leave in a tree; never identities, never photos.
+LITTER_NAMES = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information", "@eaDir", "Thumbs.db",
+                          "desktop.ini"})
+# A marker the synthetic-data writer puts at a tree's root; prepare_data reads it, so it is not an input.
+MARKER_FILES = frozenset({"SYNTHETIC.txt"})
+
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+class ImageError(ValueError):
+    """A file that cannot be used as a face photo; str(err) is the one-line reason."""
+
+
+class Skipped(NamedTuple):
+    """An entry of a listed tree that is not used as a photo, and why."""
+    path: Path
+    reason: str
+
+
+def hidden_reason(name: str) -> str | None:
+    """Why a file or folder name is hidden (never an identity or a photo), or None for a normal name."""
+    if name.startswith("."):
+        return "hidden (name starts with '.')"
+    if name in LITTER_NAMES:
+        return f"operating-system litter ({name})"
+    return None
+
+
+def is_image_name(name: str) -> bool:
+    """True for a visible file name with a supported image extension (any case)."""
+    return hidden_reason(name) is None and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _not_image_reason(path: Path) -> str:
+    ext = path.suffix or "none"
+    return f"not an image file (extension {ext}; supported: {', '.join(IMAGE_EXTENSIONS)})"
+
+
+def list_images(folder) -> tuple[list[Path], list[Skipped]]:
+    """Every photo under `folder`, recursively, sorted by relative path; plus what was left out and why.
+
+    Hidden files and folders (see hidden_reason) are left out whole: a hidden folder is one Skipped entry and is
+    not walked. Files without a supported extension are Skipped too. Symlinked folders are followed once.
+    Raises ValueError when `folder` is not a directory.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"not a directory: '{folder}'")
+    images: list[Path] = []
+    skipped: list[Skipped] = []
+    seen: set[str] = set()
+
+    def walk(d: Path):
+        real = os.path.realpath(d)
+        if real in seen:  # a symlink loop
+            return
+        seen.add(real)
+        for entry in sorted(d.iterdir(), key=lambda p: p.name):
+            why = hidden_reason(entry.name)
+            is_dir = entry.is_dir()
+            if why is not None:
+                skipped.append(Skipped(entry, f"{why} {'folder' if is_dir else 'file'}, not read"))
+            elif is_dir:
+                walk(entry)
+            elif entry.suffix.lower() in IMAGE_EXTENSIONS:
+                images.append(entry)
+            else:
+                skipped.append(Skipped(entry, _not_image_reason(entry)))
+
+    walk(folder)
+    return images, skipped
+
+
+def list_identity_tree(root) -> tuple[list[tuple[str, list[Path]]], list[Skipped]]:
+    """`root/<identity>/[sub-folders/]<photo>` -> ([(identity, photos)] sorted by name, skipped entries).
+
+    Each identity is a visible folder directly under `root`; photos in its sub-folders belong to it. Identity
+    folders without any photo are left out of the list (their files are in `skipped`). Files directly under
+    `root` are not inside an identity folder and are skipped (MARKER_FILES excepted: they are not inputs).
+    Hidden and litter entries are skipped at every level. Raises ValueError when `root` is not a directory.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"not a directory: '{root}'")
+    identities: list[tuple[str, list[Path]]] = []
+    skipped: list[Skipped] = []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        why = hidden_reason(entry.name)
+        is_dir = entry.is_dir()
+        if why is not None:
+            skipped.append(Skipped(entry, f"{why} {'folder' if is_dir else 'file'}, not an identity"))
+        elif is_dir:
+            photos, left_out = list_images(entry)
+            skipped += left_out
+            if photos:
+                identities.append((entry.name, photos))
+        elif entry.name not in MARKER_FILES:
+            skipped.append(Skipped(entry, "not inside an identity folder (the layout is <identity>/<photo>)"))
+    return identities, skipped
+
+
+def find_image(folder, stem: str) -> Path | None:
+    """`folder/stem.<ext>` for the first supported extension that exists (lower, then upper case), else None.
+
+    LFW names its photos `<Name>_<NNNN>.jpg`, but converted copies keep the stem with another extension.
+    """
+    folder = Path(folder)
+    for ext in IMAGE_EXTENSIONS:
+        for e in (ext, ext.upper()):
+            p = folder / (stem + e)
+            if p.is_file():
+                return p
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+class ImageHeader(NamedTuple):
+    width: int        # upright width in pixels, after the EXIF orientation is applied
+    height: int       # upright height in pixels
+    format: str       # Pillow format name: JPEG, PNG, ...
+    mode: str         # Pillow mode as stored: RGB, L, I;16, RGBA, P, CMYK, ...
+    orientation: int  # EXIF Orientation 1..8 (1 = stored upright, also when the tag is absent or invalid)
+
+
+def _open(data: bytes, name: str):
+    from PIL import Image, UnidentifiedImageError
+    if not data:
+        raise ImageError(f"zero-byte file: {name}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own max_pixels check follows
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"too large ({e}): {name}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"not an image (unknown format): {name}") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these on broken headers
+        raise ImageError(f"unreadable image header ({e}): {name}") from None
+
+
+def _orientation(im) -> int:
+    try:
+        value = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as cameras and browsers do
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _header_of(im) -> ImageHeader:
+    w, h = im.size
+    o = _orientation(im)
+    if o >= 5:  # 5..8 transpose or rotate by 90 degrees: the upright image has width and height swapped
+        w, h = h, w
+    return ImageHeader(w, h, im.format or "", im.mode, o)
+
+
+def image_header(data: bytes, name: str = "<bytes>") -> ImageHeader:
+    """Size (upright), format, mode and EXIF orientation from the header only: no pixel is decoded.
+
+    Raises ImageError on zero-byte, unknown-format or broken-header data.
+    """
+    with _open(data, name) as im:
+        return _header_of(im)
+
+
+def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int, str, str]:
+    """(width, height, format, mode) from the header only; width and height are upright (EXIF applied)."""
+    return tuple(image_header(data, name)[:4])
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    # A JPEG ends with the EOI marker FFD9; some writers pad after it, so look at the tail only.
+    return b"\xff\xd9" in data.rstrip(b"\x00\r\n ")[-32:]
+
+
+def _to_rgb(im, name: str):
+    """Any Pillow mode -> 8-bit RGB, as Pillow converts it except where Pillow clips instead of scaling."""
+    from PIL import Image
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        # 16-bit grey (PNG, PGM): Pillow's convert clips everything above 255 to white; keep the top 8 bits.
+        arr = np.asarray(im)
+        arr = np.clip(arr.astype(np.float64) if mode == "F" else arr.astype(np.int64) >> 8, 0, 255)
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        # Composite over black, the border colour of the aligned crops.
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    try:
+        return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+    except (ValueError, OSError) as e:
+        raise ImageError(f"unsupported pixel mode {mode} ({e}): {name}") from None
+
+
+def decode_image_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decodes encoded image bytes to the upright uint8 RGB image [H, W, 3].
+
+    The header is checked before decoding: zero-byte, unknown format, broken header, truncated JPEG and
+    w*h > max_pixels raise ImageError. Then the pixels are decoded (corrupt data raises ImageError), the EXIF
+    Orientation (1..8) is applied, and the mode is converted to RGB (grey, 16-bit, alpha over black, palette,
+    CMYK). `name` only appears in error messages.
+    """
+    from PIL import ImageOps
+    im = _open(data, name)
+    with im:
+        header = _header_of(im)
+        stored = im.size
+        if header.width * header.height > max_pixels:
+            raise ImageError(f"too large: {header.width}x{header.height} = {header.width * header.height} pixels "
+                             f"> max_pixels={max_pixels} (raise --max_pixels if this is a real photo): {name}")
+        if header.format in ("JPEG", "MPO") and not _jpeg_is_complete(data):
+            raise ImageError(f"truncated JPEG (no end-of-image marker): {name}")
+        try:
+            im.load()
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise ImageError(f"cannot decode {header.format or 'image'} data (corrupt or truncated: {e}): "
+                             f"{name}") from None
+        if im.size != stored:
+            raise ImageError(f"decoded size {im.size[0]}x{im.size[1]} differs from header {stored[0]}x{stored[1]} "
+                             f"(corrupt file): {name}")
+        upright = ImageOps.exif_transpose(im) if header.orientation != 1 else im
+        rgb = np.asarray(_to_rgb(upright, name), dtype=np.uint8)
+    if rgb.shape != (header.height, header.width, 3):
+        raise ImageError(f"decoded {rgb.shape} but the header says {header.width}x{header.height} RGB "
+                         f"(corrupt file): {name}")
+    return np.ascontiguousarray(rgb)
+
+
+def read_image_bytes(path) -> bytes:
+    """The file's bytes; ImageError (one line, with the path) when it cannot be read."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ImageError(f"cannot read file ({e.strerror}): {path}") from None
+
+
+def load_image_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Reads an image file as the upright uint8 RGB image [H, W, 3]; ImageError with the reason on a bad file."""
+    return decode_image_rgb(read_image_bytes(path), os.fspath(path), max_pixels)

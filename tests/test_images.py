@@ -1,0 +1,227 @@
+"""The image module: EXIF orientation (all eight), mode conversion, hidden-entry and sub-folder listing rules,
+and the same upright pixels in every reader (prepare, verify, identify, evaluate --realign, export)."""
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from mobiface_tf.images import (IMAGE_EXTENSIONS, ImageError, decode_image_rgb, find_image, image_header,
+                                image_size, list_identity_tree, list_images, load_image_rgb)
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = (REPO / ".." / "shared" / "cases").resolve()
+
+
+def case(*parts) -> Path:
+    path = CASES.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"failing-input cases not found at {path} (../shared/cases is only present on project machines)")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- EXIF
+def _upright(h=30, w=44):
+    """An image no flip or rotation maps onto itself (gradients along x and y, a marked corner); smooth, so a JPEG
+    of it stays close."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 127 // (w + h)], axis=-1).astype(np.uint8)
+    img[:6, :8] = (255, 255, 255)
+    return img
+
+
+# How a camera stores the upright image u for each EXIF Orientation value (TIFF 6.0 / EXIF 2.3: the tag says where
+# row 0 and column 0 of the stored image belong). A viewer undoes it; the decoder must too.
+STORED = {
+    1: lambda u: u,
+    2: lambda u: u[:, ::-1],                      # mirrored left-right
+    3: lambda u: u[::-1, ::-1],                   # rotated 180
+    4: lambda u: u[::-1],                         # mirrored top-bottom
+    5: lambda u: u.transpose(1, 0, 2),            # mirrored along the main diagonal
+    6: lambda u: np.rot90(u, 1),                  # stored 90 degrees counter-clockwise: view rotates clockwise
+    7: lambda u: np.rot90(u, 2).transpose(1, 0, 2),  # mirrored along the anti-diagonal
+    8: lambda u: np.rot90(u, -1),                 # stored 90 degrees clockwise: view rotates counter-clockwise
+}
+
+
+def _encode(pixels, orientation, fmt="PNG", **kw):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format=fmt, exif=exif.tobytes(), **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_decodes_upright(orientation, tmp_path):
+    up = _upright()
+    data = _encode(STORED[orientation](up), orientation)  # PNG: lossless, so exact
+    assert image_header(data).orientation == orientation
+    assert image_size(data)[:2] == (44, 30)  # the header reports the upright size
+    np.testing.assert_array_equal(decode_image_rgb(data), up)
+    # The same through a file, in JPEG (lossy: compare loosely).
+    p = tmp_path / f"o{orientation}.jpg"
+    p.write_bytes(_encode(STORED[orientation](up), orientation, "JPEG", quality=98))
+    got = load_image_rgb(p)
+    assert got.shape == up.shape
+    assert np.abs(got.astype(int) - up).mean() < 3
+
+
+def test_invalid_or_broken_orientation_is_ignored():
+    up = _upright()
+    for value in (0, 9, 65535):
+        np.testing.assert_array_equal(decode_image_rgb(_encode(up, value)), up)
+
+
+def test_max_pixels_uses_the_header_before_decoding():
+    data = _encode(STORED[6](_upright()), 6)
+    with pytest.raises(ImageError, match="too large: 44x30 = 1320 pixels > max_pixels=1000"):
+        decode_image_rgb(data, "x.png", max_pixels=1000)
+
+
+@pytest.mark.shared_data
+def test_phone_portrait_case_is_upright():
+    d = case("exif-orientation")
+    upright = load_image_rgb(d / "face_upright.jpg")
+    rotated = load_image_rgb(d / "face_exif6.jpg")  # stored sideways with Orientation 6
+    assert rotated.shape == upright.shape == (300, 400, 3)
+    assert np.abs(rotated.astype(int) - upright).mean() < 4
+    assert load_image_rgb(d / "synthetic_exif6.jpg").shape == (300, 400, 3)
+
+
+# ----------------------------------------------------------------------------------------------- modes
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_palette_grey_alpha_and_16bit_grey():
+    rgb = _upright()
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    np.testing.assert_array_equal(decode_image_rgb(_png(pal)), np.asarray(pal.convert("RGB")))
+    pal.info["transparency"] = 0  # palette entry 0 transparent: composited on black
+    out = decode_image_rgb(_png(pal))
+    assert (out[np.asarray(pal) == 0] == 0).all()
+    grey_alpha = Image.fromarray(np.dstack([rgb[..., 0], np.full(rgb.shape[:2], 128, np.uint8)]), "LA")
+    out = decode_image_rgb(_png(grey_alpha))
+    np.testing.assert_array_equal(out[..., 1], (rgb[..., 0].astype(np.float32) * 128 / 255 + 0.5).astype(np.uint8))
+    g16 = (np.arange(30 * 40).reshape(30, 40) * 53 % 65536).astype(np.uint16)
+    for ext in (".png", ".pgm"):
+        out = decode_image_rgb(cv2.imencode(ext, g16)[1].tobytes())
+        np.testing.assert_array_equal(out[..., 2], (g16 >> 8).astype(np.uint8))  # top 8 bits, never clipped
+    bilevel = Image.fromarray(rgb[..., 0] > 127)
+    assert decode_image_rgb(_png(bilevel)).shape == (30, 44, 3)
+
+
+# ----------------------------------------------------------------------------------------------- listing
+def _touch(path: Path, data=b"x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_identity_tree_hidden_entries_subfolders_and_strays(tmp_path):
+    for rel in ["bob/1.jpg", "bob/2019/holiday/3.PNG", "bob/2.webp", "alice/a.JPEG", "alice/notes.txt",
+                "alice/.DS_Store", "alice/._a.JPEG", "alice/.thumbs/t.jpg", "alice/__MACOSX/a.jpg",
+                ".ipynb_checkpoints/0000-checkpoint.jpg", "__MACOSX/bob/._1.jpg", ".git/HEAD", "stray.jpg",
+                "SYNTHETIC.txt", "empty_id/readme.md", "$RECYCLE.BIN/x.jpg", "@eaDir/x.jpg"]:
+        _touch(tmp_path / rel)
+    ids, skipped = list_identity_tree(tmp_path)
+    assert [(n, [p.relative_to(tmp_path).as_posix() for p in f]) for n, f in ids] == [
+        ("alice", ["alice/a.JPEG"]), ("bob", ["bob/1.jpg", "bob/2.webp", "bob/2019/holiday/3.PNG"])]
+    reasons = {p.relative_to(tmp_path).as_posix(): r for p, r in skipped}
+    assert set(reasons) == {"alice/notes.txt", "alice/.DS_Store", "alice/._a.JPEG", "alice/.thumbs", "alice/__MACOSX",
+                            ".ipynb_checkpoints", "__MACOSX", ".git", "stray.jpg", "empty_id/readme.md",
+                            "$RECYCLE.BIN", "@eaDir"}
+    assert "hidden" in reasons[".ipynb_checkpoints"] and "not an identity" in reasons[".ipynb_checkpoints"]
+    assert "litter" in reasons["__MACOSX"] and "hidden" in reasons["alice/._a.JPEG"]
+    assert "not an image file (extension .txt" in reasons["alice/notes.txt"]
+    assert "not inside an identity folder" in reasons["stray.jpg"]
+    files, left_out = list_images(tmp_path / "alice")
+    assert [f.name for f in files] == ["a.JPEG"] and len(left_out) == 5
+
+
+def test_find_image_every_extension_any_case(tmp_path):
+    for i, ext in enumerate(IMAGE_EXTENSIONS):
+        for name in (f"P_{i:04d}{ext}", f"Q_{i:04d}{ext.upper()}"):
+            _touch(tmp_path / name)
+        assert find_image(tmp_path, f"P_{i:04d}") == tmp_path / f"P_{i:04d}{ext}"
+        assert find_image(tmp_path, f"Q_{i:04d}") == tmp_path / f"Q_{i:04d}{ext.upper()}"
+    assert find_image(tmp_path, "missing") is None
+    _touch(tmp_path / "R_0001.txt")
+    assert find_image(tmp_path, "R_0001") is None
+
+
+# ----------------------------------------------------------------------------------------------- every reader
+def test_export_calibration_faces_are_upright(tmp_path):
+    from mobiface_tf.export import load_faces
+
+    up = _upright(112, 112)
+    (tmp_path / "faces").mkdir()
+    for o in range(1, 9):
+        (tmp_path / "faces" / f"{o}.png").write_bytes(_encode(STORED[o](up), o))
+    (tmp_path / "faces" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "faces" / ".ipynb_checkpoints" / "9.png").write_bytes(b"not read")  # hidden: never a face
+    faces = load_faces(tmp_path / "faces", limit=20)
+    assert faces.shape == (8, 112, 112, 3)
+    for f in faces:
+        np.testing.assert_array_equal(f, up)
+
+
+@pytest.fixture(scope="module")
+def real(reference_tflite):
+    from mobiface_tf.align import FaceAligner
+    from mobiface_tf.faces import load_model
+
+    return reference_tflite, load_model(reference_tflite), FaceAligner()
+
+
+def _rotated_copies(src: Path, out: Path) -> list[Path]:
+    """The photo stored as a camera would for each of the eight EXIF orientations (JPEG, quality 95)."""
+    up = np.asarray(Image.open(src).convert("RGB"))
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for o in range(1, 9):
+        p = out / f"face_o{o}.jpg"
+        p.write_bytes(_encode(STORED[o](up), o, "JPEG", quality=95))
+        paths.append(p)
+    return paths
+
+
+@pytest.mark.shared_data
+def test_verify_identify_and_realign_read_every_orientation_upright(real, lfw_dir, tmp_path):
+    """Real MTCNN and the reference TFLite: a sideways-stored photo answers as its upright original does."""
+    from mobiface_tf import identify as ident
+    from mobiface_tf import verify as ver
+    from mobiface_tf.evaluate import embed_paths
+    from mobiface_tf.faces import DEFAULT_THRESHOLD
+
+    model, emb, aligner = real
+    d = case("exif-orientation")
+    upright = ver.verify(model, d / "face_upright.jpg", d / "face_b.jpg", embedder=emb, aligner=aligner)
+    case6 = ver.verify(model, d / "face_exif6.jpg", d / "face_b.jpg", embedder=emb, aligner=aligner)
+    assert upright.same and case6.same and case6.similarity == pytest.approx(upright.similarity, abs=0.03)
+    rotated = _rotated_copies(d / "face_upright.jpg", tmp_path / "rot")
+    for p in rotated:
+        v = ver.verify(model, p, d / "face_b.jpg", embedder=emb, aligner=aligner)
+        assert v.same and v.similarity == pytest.approx(upright.similarity, abs=0.05), (p.name, v.similarity)
+
+    # identify: a rotated photo as a gallery photo and as a query.
+    gallery = tmp_path / "gallery"
+    (gallery / "subject").mkdir(parents=True)
+    (gallery / "subject" / "portrait.jpg").write_bytes((d / "face_exif6.jpg").read_bytes())
+    (gallery / "Tony_Blair").mkdir()
+    (gallery / "Tony_Blair" / "1.jpg").write_bytes((lfw_dir / "Tony_Blair" / "Tony_Blair_0001.jpg").read_bytes())
+    warnings = []
+    g = ident.enroll(gallery, emb, ident.model_key(model, emb, aligned=False), aligner=aligner,
+                     warn=warnings.append)
+    assert warnings == [] and sorted(g.names) == ["Tony_Blair", "subject"]
+    results = ident.identify(g, emb, [d / "face_b.jpg", rotated[5], rotated[7]], 1, DEFAULT_THRESHOLD, aligner)
+    assert [r.get("error") for r in results] == [None] * 3
+    assert [r["identity"] for r in results] == ["subject"] * 3, results
+
+    # evaluate --realign reads through the same decoder.
+    e, failures = embed_paths(emb, [d / "face_upright.jpg", *rotated], flip=False, aligner=aligner, progress=False)
+    assert failures == 0 and (e[1:] @ e[0]).min() > 0.9
