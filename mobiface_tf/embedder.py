@@ -33,6 +33,23 @@ PREPROCESS = {
 }
 
 
+CROP_SIZE = 112  # the ArcFace template's side (mobiface_tf.images.CROP_SIZE); models must take it by default
+
+
+class EmbeddingError(ValueError):
+    """A model gave NaN / Inf embeddings: nothing (answer, report, threshold) may be built from them."""
+
+
+def check_finite_embeddings(emb: np.ndarray, where: str) -> np.ndarray:
+    """`emb` [N, D] unchanged when every value is finite; EmbeddingError (one line naming `where`) otherwise."""
+    bad = ~np.isfinite(emb).all(axis=-1)
+    if bad.any():
+        raise EmbeddingError(f"model {where} gives NaN/Inf embeddings for {int(bad.sum())} of {len(emb)} images, so "
+                             "it cannot answer: it is broken (e.g. saved from a diverged training run). Retrain from "
+                             "a finite checkpoint, or use another model")
+    return emb
+
+
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norm, eps)).astype(np.float32)
@@ -76,7 +93,7 @@ class Embedder:
         for start in range(0, len(images), self.batch_size):
             batch = prep(images[start:start + self.batch_size].astype(np.float32))
             out[start:start + len(batch)] = self._forward(np.ascontiguousarray(batch, dtype=np.float32))
-        return out
+        return check_finite_embeddings(out, repr(str(self.path)))
 
     def embed(self, images, flip: bool | None = None) -> np.ndarray:
         """L2-normalised embeddings [N, D]; with flip, normalise(f(x) + f(mirror(x))). flip=None: self.flip."""
@@ -98,6 +115,11 @@ class _KerasEmbedder(Embedder):
         except ModuleNotFoundError as e:
             if e.name != "mobiface_tf.models":
                 raise
+        import zipfile
+
+        if not zipfile.is_zipfile(path):  # a .keras file is a zip archive; Keras itself says "File not found"
+            raise ValueError(f"not a Keras model file: {str(path)!r} is not a .keras (zip) archive; pass a model "
+                             "saved with model.save('x.keras')")
         self.model = keras.models.load_model(path, compile=False)
         in_shape, out_shape = self.model.input_shape, self.model.output_shape
         if isinstance(in_shape, list) or isinstance(out_shape, list):
@@ -245,14 +267,27 @@ def stated_preprocess(path) -> str | None:
     return "raw" if ("Sub" in first and "Mul" in first) else "minus1to1"
 
 
-def load_embedder(path, preprocess: str | None = None, batch_size: int = 64, num_threads: int | None = None) -> Embedder:
+def load_embedder(path, preprocess: str | None = None, batch_size: int = 64, num_threads: int | None = None,
+                  input_size: int | None = CROP_SIZE) -> Embedder:
     """Load a .keras file, a SavedModel directory, a .tflite or an .onnx file behind one `embed` API.
 
     preprocess: one of PREPROCESS; None means what the model states (stated_preprocess), else "raw".
     num_threads: LiteRT / onnxruntime threads (None: the runtime's choice).
-    Raises FileNotFoundError for a missing path and ValueError for an unknown format or a model that is not
-    one image input -> one embedding output.
+    input_size: the model must take [N, input_size, input_size, 3] images (or any size); None: any input.
+    Raises FileNotFoundError for a missing path and ValueError (one line) for an unknown format, a file that
+    is not a model, a model that is not one image input -> one embedding output, or one of another input size.
     """
+    emb = _load_embedder(path, preprocess, batch_size, num_threads)
+    hwc = tuple(emb.input_hwc)
+    if input_size is not None and (len(hwc) != 3 or hwc[2] not in (3, None) or
+                                   any(d is not None and d != input_size for d in hwc[:2])):
+        raise ValueError(f"model {str(path)!r} takes [N, {', '.join(str(d) for d in hwc)}] images; aligned faces "
+                         f"are [N, {input_size}, {input_size}, 3] (the ArcFace template). Use a model of "
+                         f"{input_size}x{input_size} RGB faces")
+    return emb
+
+
+def _load_embedder(path, preprocess, batch_size, num_threads) -> Embedder:
     path = Path(path)
     if preprocess is None:
         preprocess = stated_preprocess(path) or "raw"
@@ -274,3 +309,8 @@ def load_embedder(path, preprocess: str | None = None, batch_size: int = 64, num
         return _OnnxEmbedder(path, preprocess, batch_size, num_threads)
     raise ValueError(f"unknown model format {str(path)!r}: expected a .keras file, a SavedModel directory, a .tflite "
                      "or an .onnx file")
+
+
+# The threshold sidecar is read and written next to the model loader; re-exported for the CLIs.
+from mobiface_tf.sidecar import (SidecarError, read_sidecar, read_sidecar_settings, read_threshold,  # noqa: E402,F401
+                                 sidecar_path, write_sidecar)

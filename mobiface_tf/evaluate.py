@@ -12,9 +12,7 @@ A pair is predicted "same" when score > threshold.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +38,11 @@ def best_threshold(scores, issame) -> tuple[float, float]:
     pos_above = pos_at.sum() - np.concatenate([[0.0], np.cumsum(pos_at)])
     correct = neg_below + pos_above
     c = int(np.argmax(correct))  # first maximum = lowest threshold
+    # Outside the scores, the threshold stays in [-1, 1] (the range of a cosine) whenever the scores do.
     if c == 0:
-        threshold = values[0] - 1.0
+        threshold = -1.0 if values[0] > -1.0 else values[0] - 1.0
     elif c == len(values):
-        threshold = values[-1] + 1.0
+        threshold = 1.0 if values[-1] < 1.0 else values[-1] + 1.0
     else:
         threshold = 0.5 * (values[c - 1] + values[c])
     return float(threshold), float(correct[c] / scores.size)
@@ -155,10 +154,34 @@ def save_roc_png(scores, issame, path, title: str) -> Path:
 
 # ---------------------------------------------------------------- one report from scores
 
-def verification_report(scores, issame, folds, **meta) -> dict:
+def verification_report(scores, issame, folds, reference_threshold: float | None = None, **meta) -> dict:
+    """Ten-fold accuracy, the deployment threshold and TAR@FAR of cosine `scores` [N] for pairs `issame` [N].
+
+    A set without both same and different pairs cannot give an accuracy or a threshold (any threshold below
+    every score is "perfect" on an all-same set). Its report then has accuracy and threshold None, a
+    "one_sided" line saying why, and the rate alone: "true_accept_rate" (all same) or "true_reject_rate" (all
+    different) at `reference_threshold` (default: mobiface_tf.faces.DEFAULT_THRESHOLD), with the score range.
+    Raises ValueError for mismatched or empty inputs or non-finite scores (NaN embeddings).
+    """
     scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
+    if scores.size and not np.isfinite(scores).all():
+        raise ValueError(f"{int((~np.isfinite(scores)).sum())} of {scores.size} pair scores are NaN/Inf: the model "
+                         "gives non-finite embeddings (a diverged training run?); no accuracy or threshold from it")
     report = dict(meta)
-    report.update(num_pairs=int(len(scores)), num_positive=int(issame.sum()), num_negative=int((~issame).sum()))
+    pos, neg = int(issame.sum()), int((~issame).sum())
+    report.update(num_pairs=int(len(scores)), num_positive=pos, num_negative=neg)
+    if scores.size and (pos == 0 or neg == 0):
+        if reference_threshold is None:
+            from mobiface_tf.faces import DEFAULT_THRESHOLD as reference_threshold
+        kind = "same" if neg == 0 else "different"
+        rate = float(np.mean(scores > reference_threshold) if neg == 0 else np.mean(scores <= reference_threshold))
+        report.update(accuracy=None, accuracy_std=None, threshold=None, tar_at_far={}, tar_at_far_details={},
+                      reference_threshold=float(reference_threshold), score_min=float(scores.min()),
+                      score_max=float(scores.max()),
+                      one_sided=f"all {len(scores)} pairs are '{kind}': an accuracy or a threshold needs both same "
+                                f"and different pairs; reporting the rate alone, at threshold {reference_threshold}")
+        report["true_accept_rate" if neg == 0 else "true_reject_rate"] = rate
+        return report
     report.update(ten_fold_verification(scores, issame, folds))
     details = tar_at_far(scores, issame)
     report["tar_at_far"] = {k: v["tar"] for k, v in details.items()}
@@ -284,64 +307,6 @@ def evaluate_bin(embedder, bin_path, flip=False, aligner=None, progress=True, **
 
 
 # ---------------------------------------------------------------- the threshold sidecar
-
-def sidecar_path(model_path) -> Path:
-    """model.tflite -> model.tflite.eval.json (a SavedModel dir 'm/' -> 'm.eval.json')."""
-    return Path(str(Path(model_path)) + ".eval.json")
-
-
-def _writable_dir(folder: Path) -> bool:
-    """Writable by permission bits too: root ignores a read-only mode, but shared data must stay untouched."""
-    import stat
-
-    return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
-
-
-def write_sidecar(model_path, report: dict, fallback_dir=None) -> Path | None:
-    """Write {"threshold", "accuracy", "dataset", ...} next to the model for the verify/identify CLIs.
-
-    If the model's folder is read-only (e.g. shared data; judged by its mode bits, so even root leaves it
-    alone), write it into `fallback_dir` instead and
-    return that path; returns None when neither location is writable. Never raises on I/O errors.
-    """
-    import logging
-
-    payload = {k: report.get(k) for k in ("threshold", "threshold_method", "threshold_mean_of_folds", "accuracy",
-                                          "accuracy_std", "dataset", "num_pairs", "flip", "preprocess", "realign",
-                                          "model")}
-    payload["metric"] = "cosine similarity of L2-normalised embeddings; same person when score > threshold"
-    targets = [sidecar_path(model_path)]
-    if fallback_dir is not None:
-        targets.append(Path(fallback_dir) / sidecar_path(model_path).name)
-    for target in targets:
-        if not _writable_dir(target.parent):
-            logging.warning("not writing threshold sidecar into %s: the folder is read-only", target.parent)
-            continue
-        try:
-            target.write_text(json.dumps(payload, indent=2) + "\n")
-            return target
-        except OSError as e:
-            logging.warning("cannot write threshold sidecar %s (%s)%s", target, e,
-                            "; trying the report's folder" if target is targets[0] and len(targets) > 1 else "")
-    return None
-
-
-def read_sidecar_settings(model_path) -> dict:
-    """How the sidecar's threshold was measured: {"preprocess": str, "flip": bool} (raw / no flip without one).
-
-    A threshold only fits scores computed the same way, so the verify/identify CLIs embed with these.
-    """
-    path = sidecar_path(model_path)
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    return {"preprocess": str(data.get("preprocess") or "raw"), "flip": bool(data.get("flip", False))}
-
-
-def read_threshold(model_path) -> float | None:
-    """The threshold stored next to the model by tools/evaluate.py, or None when there is no sidecar."""
-    path = sidecar_path(model_path)
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    if not isinstance(data.get("threshold"), (int, float)):
-        raise ValueError(f"{str(path)!r} has no numeric 'threshold'; re-run tools/evaluate.py on the model")
-    return float(data["threshold"])
+# Lives in mobiface_tf.sidecar, next to the model loader; re-exported here for existing importers.
+from mobiface_tf.sidecar import (SidecarError, read_sidecar, read_sidecar_settings, read_threshold,  # noqa: E402,F401
+                                 sidecar_path, write_sidecar)

@@ -71,6 +71,23 @@ def load_faces(source, limit: int, seed: int = 0, size: int = 112) -> np.ndarray
     return _read_tfrecord_faces(source, limit, size)
 
 
+MIN_CALIBRATION = 100  # int8 calibration faces; fewer give activation ranges that clip unseen faces
+
+
+def load_calibration_faces(source, num: int = MIN_CALIBRATION, allow_fewer: bool = False) -> np.ndarray:
+    """`num` aligned faces uint8 [num, 112, 112, 3] for int8 calibration (load_faces: hidden files skipped).
+
+    Raises ValueError naming `source` when it holds fewer than `num` faces, unless allow_fewer (then all of
+    them, at least one).
+    """
+    faces = load_faces(source, num)
+    if len(faces) < num and not allow_fewer:
+        raise ValueError(f"--calibration={str(source)!r} holds only {len(faces)} faces; int8 calibration needs "
+                         f"{num} (--num_calibration) to measure activation ranges. Add faces, or pass "
+                         "--allow_few_calibration to accept a smaller set")
+    return faces
+
+
 def _read_image(path, size):
     import cv2
 

@@ -65,7 +65,7 @@ def load_model(path, preprocess: str | None = None, num_threads: int | None = No
     a sidecar), so the CLI's scores are comparable with that threshold.
     """
     from mobiface_tf.embedder import load_embedder
-    from mobiface_tf.evaluate import read_sidecar_settings
+    from mobiface_tf.sidecar import read_sidecar_settings
 
     path = check_model_path(path)
     try:
@@ -103,7 +103,7 @@ def model_fingerprint(path) -> str:
 
 def resolve_threshold(model_path, override: float | None = None) -> tuple[float, str]:
     """(threshold, where it came from): --threshold, else the model's eval sidecar, else DEFAULT_THRESHOLD."""
-    from mobiface_tf.evaluate import read_threshold, sidecar_path
+    from mobiface_tf.sidecar import read_threshold, sidecar_path
 
     if override is not None:
         if not -1.0 <= override <= 1.0:

@@ -19,7 +19,12 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow is imported: its start-up log is filtered unless --verbose
+    import sys
+
+    from mobiface_tf import quiet
+
+    quiet.install(sys.argv)
 
 import dataclasses
 import errno
@@ -33,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
+from mobiface_tf.embedder import EmbeddingError
 from mobiface_tf.faces import (FaceError, check_model_path, file_sha256, load_face, load_model, model_fingerprint,
                                read_photo, resolve_threshold)
 from mobiface_tf.images import IMAGE_EXTENSIONS, list_identity_tree
@@ -57,6 +63,8 @@ class Gallery:
     skipped: list[tuple[str, str]]  # (relative path, reason) of gallery photos without a usable face
     index_path: Path
     index_written: bool
+    image_embeddings: np.ndarray | None = None  # [N, D] unit embedding of each usable gallery photo
+    image_labels: np.ndarray | None = None      # [N] index into `names` of each of those photos
 
     def summary(self) -> str:
         return (f"gallery: {len(self.names)} identities, {sum(self.num_images)} images "
@@ -145,11 +153,14 @@ def scan_gallery(gallery_dir) -> list[tuple[str, str, Path]]:
 
 
 def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebuild: bool = False,
-           warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)) -> Gallery:
+           warn=lambda msg: print(f"warning: {msg}", file=sys.stderr), progress: bool = False) -> Gallery:
     """Build the identity templates, embedding only photos whose content the index does not hold.
 
-    aligner=None means the gallery photos are aligned crops (key["aligned"] must then be True).
+    aligner=None means the gallery photos are aligned crops (key["aligned"] must then be True). progress=True
+    shows a bar on stderr over the photos to embed (MTCNN + the model: ~0.1-0.2 s each on a CPU core).
     """
+    from tqdm import tqdm
+
     root = Path(gallery_dir)
     files = scan_gallery(root)
     index_path = Path(index_path) if index_path else root / INDEX_NAME
@@ -187,9 +198,11 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
             queued.add(h)
             todo.append((h, rel, path))
     embedded = 0
+    bar = tqdm(total=len(todo), unit="photo", desc="enrolling", disable=not progress or not todo, file=sys.stderr)
     for start in range(0, len(todo), _EMBED_CHUNK):
         crops, keys = [], []
         for h, rel, path in todo[start:start + _EMBED_CHUNK]:
+            bar.update(1)
             try:
                 crop, _ = load_face(path, aligner)
             except FaceError as e:
@@ -201,6 +214,7 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
             emb = embedder.embed(np.stack(crops))
             vectors.update(zip(keys, emb))
             embedded += len(crops)
+    bar.close()
 
     # Templates: mean of unit embeddings, renormalised.
     per_id: dict[str, list[np.ndarray]] = {}
@@ -238,8 +252,42 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
         except OSError as e:
             warn(f"cannot write index {index_path} ({e.strerror}: {e.filename}); enrolment is not cached. "
                  "Pass --index=PATH in a writable folder")
+    labels = np.array([names.index(n) for n in names for _ in per_id[n]], np.int64)
     return Gallery(names, templates, [len(per_id[n]) for n in names], embedded, reused, removed, skipped,
-                   index_path, written)
+                   index_path, written, np.concatenate([np.stack(per_id[n]) for n in names]).astype(np.float32),
+                   labels)
+
+
+# ----------------------------------------------------------------------------------------------- open set
+def impostor_scores(gallery: Gallery) -> np.ndarray:
+    """[N] for each enrolled photo, its best score against the templates of the *other* identities.
+
+    Each photo is a stand-in for a stranger: it is a false accept at threshold t when this score is > t. Its
+    own identity's template is left out (it contains the photo), so no photo is scored against itself.
+    """
+    if gallery.image_embeddings is None or len(gallery.names) < 2:
+        raise FaceError("--far needs a gallery of at least 2 identities (it scores each photo against the "
+                        "other identities' templates)")
+    scores = gallery.image_embeddings @ gallery.templates.T  # [N, K]
+    scores[np.arange(len(scores)), gallery.image_labels] = -np.inf
+    return scores.max(axis=1)
+
+
+def far_threshold(gallery: Gallery, far: float) -> tuple[float, float, int, int]:
+    """(threshold, achieved FAR, false accepts, queries) for a per-query false-accept rate on this gallery.
+
+    The threshold is the (k+1)-th highest impostor score (k = floor(far * N), N enrolled photos), so at most
+    k photos score above it: the achieved FAR k'/N <= far. With N < 1/far, k = 0 and the threshold is the
+    highest impostor score (FAR 0 on the gallery; the requested rate cannot be resolved by so few photos).
+    The right threshold rises with the number of identities: each query meets more impostor templates.
+    """
+    if not 0 < far < 1:
+        raise FaceError(f"--far must be in (0, 1), got {far}")
+    imp = np.sort(impostor_scores(gallery))[::-1]
+    k = min(int(np.floor(far * len(imp))), len(imp) - 1)
+    t = float(imp[k])
+    accepts = int(np.sum(imp > t))
+    return t, accepts / len(imp), accepts, len(imp)
 
 
 # ----------------------------------------------------------------------------------------------- queries
@@ -267,14 +315,23 @@ def identify(gallery: Gallery, embedder, queries, top: int, threshold: float, al
 
 
 def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, index=None, rebuild=False,
-        as_json=False, out=sys.stdout, err=sys.stderr) -> int:
-    """The CLI without flag parsing; returns the exit status (1 if anything, or any query, failed)."""
+        as_json=False, out=sys.stdout, err=sys.stderr, far=None, progress=False) -> int:
+    """The CLI without flag parsing; returns the exit status (1 if anything, or any query, failed).
+
+    far: set the threshold from the gallery's own impostor scores at this per-query false-accept rate
+    (`far_threshold`) instead of --threshold / the sidecar / the default.
+    """
+    far_info = None
     try:
         check_model_path(model_path)
         if not queries:
             raise FaceError("no --query=IMG given; pass one or more --query flags")
         if top < 1:
             raise FaceError(f"--top must be >= 1, got {top}")
+        if far is not None and threshold is not None:
+            raise FaceError(f"give --threshold ({threshold}) or --far ({far}), not both")
+        if far is not None and not 0 < far < 1:
+            raise FaceError(f"--far must be in (0, 1), got {far}")
         t, source = resolve_threshold(model_path, threshold)
         scan_gallery(gallery_dir)  # fail on a bad --gallery before loading TF
         for q in queries:  # a typo in a query path fails before any work
@@ -286,9 +343,15 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
 
             aligner = FaceAligner()
         gallery = enroll(gallery_dir, embedder, model_key(model_path, embedder, aligned), index, aligner, rebuild,
-                         warn=lambda m: print(f"warning: {m}", file=err))
+                         warn=lambda m: print(f"warning: {m}", file=err), progress=progress)
+        if far is not None:
+            t, achieved, accepts, num = far_threshold(gallery, far)
+            far_info = {"far": far, "far_achieved": achieved, "false_accepts": accepts, "impostor_queries": num}
+            source = (f"--far={far:g} on this gallery: each of its {num} photos scored against the other "
+                      f"{len(gallery.names) - 1} identities; {accepts} above it, FAR {achieved:.2g}"
+                      + (f"; {num} photos cannot resolve {far:g}, so this is the strictest" if far * num < 1 else ""))
         results = identify(gallery, embedder, queries, top, t, aligner)
-    except FaceError as e:
+    except (FaceError, EmbeddingError) as e:
         print(f"error: {e}", file=err)
         return 1
     for r in results:
@@ -299,7 +362,8 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
                                           "embedded": gallery.embedded, "reused": gallery.reused,
                                           "removed": gallery.removed, "skipped": gallery.skipped,
                                           "index": str(gallery.index_path)},
-                              "threshold": t, "threshold_source": source, "results": results}) + "\n")
+                              "threshold": t, "threshold_source": source, **(far_info or {}),
+                              "results": results}) + "\n")
     else:
         lines = [gallery.summary(), f"threshold {t:.4f} ({source})"]
         for r in results:
@@ -327,6 +391,11 @@ def define_flags():
     flags.DEFINE_bool("rebuild_index", False, "Ignore and replace an existing index.")
     flags.DEFINE_bool("aligned", False, "Gallery and query photos are already aligned face crops: skip detection.")
     flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
+    flags.DEFINE_float("far", None, "Instead of --threshold: the per-query false-accept rate to allow (e.g. 1e-3). "
+                       "The threshold is set from the gallery's own impostor scores (each enrolled photo against the "
+                       "other identities' templates), so it rises with the gallery's size; it is printed with the "
+                       "FAR it gives.")
+    flags.DEFINE_bool("progress", True, "Show a progress bar while enrolling new gallery photos (--noprogress: off).")
 
 
 def main(argv):
@@ -334,9 +403,10 @@ def main(argv):
         print(f"error: unexpected arguments {argv[1:]}; pass photos with --query=IMG", file=sys.stderr)
         return 1
     return run(FLAGS.model, FLAGS.gallery, FLAGS.query, FLAGS.top, FLAGS.threshold, FLAGS.aligned, FLAGS.index,
-               FLAGS.rebuild_index, FLAGS.json)
+               FLAGS.rebuild_index, FLAGS.json, far=FLAGS.far, progress=FLAGS.progress)
 
 
 if __name__ == "__main__":
     define_flags()
+    quiet.define_verbose_flag()
     app.run(main)

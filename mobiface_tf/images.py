@@ -207,8 +207,28 @@ def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int, str, str]:
 
 
 def _jpeg_is_complete(data: bytes) -> bool:
-    # A JPEG ends with the EOI marker FFD9; some writers pad after it, so look at the tail only.
-    return b"\xff\xd9" in data.rstrip(b"\x00\r\n ")[-32:]
+    """True when the JPEG's end-of-image marker (FFD9) follows its first scan, wherever the file ends.
+
+    Header segments (APPn, which may hold an EXIF thumbnail with its own FFD9) are skipped by their lengths up
+    to the first start-of-scan (FFDA); in entropy-coded data an FF byte is always stuffed (FF00) or a restart
+    marker, so the first FFD9 after it is the end of the image. Bytes after it (camera trailers, the video of
+    a "motion photo") are allowed; a file cut before it is truncated.
+    """
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:  # extraneous bytes between segments (libjpeg tolerates them): any EOI after
+            return data.find(b"\xff\xd9", pos) >= 0
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: the EOI must follow
+            return data.find(b"\xff\xd9", pos + 2) >= 0
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return False
 
 
 def _to_rgb(im, name: str):

@@ -38,7 +38,12 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow is imported: its start-up log is filtered unless --verbose
+    import sys
+
+    from mobiface_tf import quiet
+
+    quiet.install(sys.argv)
 
 import keras
 import numpy as np
@@ -71,6 +76,10 @@ def scalar_summary(tag: str, value: float, step: int):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; training stopped and the last good checkpoint was kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT (Ctrl-C) or SIGTERM: a checkpoint of the current step was saved, and training stopped."""
 
 
 # ============================================================================ learning-rate schedule
@@ -360,7 +369,8 @@ class TrainConfig:
                              "e.g. 1,2,3)", "list")
     val_flip: bool = _field(False, "flip test in held-out verification (embed image + mirror)", "bool")
     val_bin: str = _field(None, "InsightFace verification .bin", "string")
-    val_every: int = _field(0, "evaluate verification every N steps and at the end (0: never)", "integer",
+    val_every: int = _field(0, "held-out verification (--val_lfw_dir/--val_pairs and/or --val_bin) every N steps and after the last "
+                            "step; 0: never (then the validation flags are unused)", "integer",
                             lower_bound=0)
     backbone: str = _field("mobiface", "network", "enum", choices=sorted(models.BUILDERS), fixed=True)
     head: str = _field("gdc", "embedding head (fc = literal Table I); mobilefacenet has only gdc", "enum",
@@ -401,6 +411,8 @@ class TrainConfig:
     shuffle_buffer: int = _field(10000, "tf.data shuffle buffer (examples)", "integer", lower_bound=1)
     skip_corrupt: bool = _field(False, "keep the readable records of a truncated/corrupt TFRecord shard (with a "
                                 "warning naming it) instead of stopping with an error that names it", "bool")
+    resume_from: str = _field(None, "checkpoint to resume from (e.g. MODEL_DIR/checkpoints/ckpt-6) instead of the "
+                              "newest one; it must be intact and finite", "string")
 
     def validate(self) -> None:
         """Raises ValueError (naming the flag and what to do) for any bad setting; normalises list fields."""
@@ -473,6 +485,24 @@ def define_flags() -> None:
 _define_flags = define_flags  # the old name
 
 
+def check_flagfile_paths(cfg: TrainConfig, argv) -> None:
+    """ValueError with a hint when a relative path setting does not exist from the current directory but does
+    from the folder of a --flagfile in `argv`: absl reads flagfile paths from where you run, not the file."""
+    import glob
+
+    flagfiles = [a.split("=", 1)[1] for a in argv if a.startswith("--flagfile=")]
+    for name in ("data", "val_bin", "val_pairs", "val_lfw_dir", "resume_from"):
+        value = getattr(cfg, name)
+        if not value or os.path.isabs(value) or glob.glob(value) or os.path.exists(value + ".index"):
+            continue
+        for ff in flagfiles:
+            alt = os.path.join(os.path.dirname(os.path.abspath(ff)), value)
+            if glob.glob(alt) or os.path.exists(alt + ".index"):
+                raise ValueError(f"--{name}={value!r} does not exist from the current directory {os.getcwd()!r}, "
+                                 f"but does next to --flagfile={ff!r}: paths in a flagfile are read from where you "
+                                 f"run. Run from {os.path.dirname(os.path.abspath(ff))!r}, or write --{name}={alt}")
+
+
 def config_from_flags(fl) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(fl, f.name) for f in dataclasses.fields(TrainConfig)})
 
@@ -488,8 +518,30 @@ def save_embedding_model(backbone, backbone_name: str, embedding_dim: int, head:
         keras.mixed_precision.set_dtype_policy(policy)
     clean.set_weights(backbone.get_weights())
     path = Path(path)
-    clean.save(path)
+    check_embeddings_on_probe(clean, path)
+    # Written under a temp name and renamed, so a full disk never leaves a half model under the real name.
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    try:
+        clean.save(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"cannot write the embedding model {str(path)!r} ({e.strerror or e}); free space "
+                      "and rerun the same command: it resumes from the last checkpoint") from None
     return path
+
+
+def check_embeddings_on_probe(model, path, num: int = 4) -> None:
+    """Run `model` on a fixed probe batch (num images of uniform noise, 0..255, at its input size) and raise
+    TrainingDiverged, naming `path`, unless every embedding is finite and non-zero."""
+    shape = tuple(d or 112 for d in model.input_shape[1:])
+    probe = np.random.default_rng(0).uniform(0, 255, (num, *shape)).astype(np.float32)
+    emb = np.asarray(model(probe, training=False), np.float64)
+    norms = np.linalg.norm(emb, axis=-1)
+    if not np.isfinite(emb).all() or not (norms > 1e-12).all():
+        raise TrainingDiverged(f"not writing {str(path)!r}: the trained model gives "
+                               f"{'NaN/Inf' if not np.isfinite(emb).all() else 'zero'} embeddings on a probe batch. "
+                               "Resume from an earlier checkpoint (--resume_from) with a lower --lr")
 
 
 def train(data: str, model_dir: str, *, flags_text: str | None = None, strategy_obj=None, **settings) -> dict:
@@ -497,7 +549,9 @@ def train(data: str, model_dir: str, *, flags_text: str | None = None, strategy_
 
     `settings` are TrainConfig fields (backbone=..., batch_size=..., distill_weight=...). flags_text is
     written to model_dir/flags.txt on the first run; strategy_obj overrides `strategy` (tests).
-    Raises ValueError for bad arguments (message says what to do) and TrainingDiverged on a NaN / Inf loss.
+    Raises ValueError for bad arguments or input files (message says what to do; every file is opened before
+    step 1), TrainingDiverged on a NaN / Inf loss or model, TrainingInterrupted after SIGINT / SIGTERM (a
+    checkpoint of that step is saved first) and OSError when a checkpoint or the model cannot be written.
     """
     from mobiface_tf.data.pipeline import match_files, read_manifest
 
@@ -521,21 +575,28 @@ def train(data: str, model_dir: str, *, flags_text: str | None = None, strategy_
     if cfg.margin != NO_MARGIN and num_classes < 2:
         raise ValueError(f"--margin={cfg.margin} needs labelled data with >= 2 identities; {data!r} has "
                          f"{num_classes}. For unlabelled faces use --margin=none with --distill_weight")
-    if cfg.val_pairs:  # open held-out files before step 1, so a typo fails now, not after an hour
-        from mobiface_tf.data.verification import read_lfw_pairs
-
-        read_lfw_pairs(cfg.val_pairs, cfg.val_lfw_dir)
+    check_val_inputs(cfg)  # open held-out files before step 1, so a typo fails now, not after an hour
 
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
     policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("float32" if cfg.mixed_precision == "none" else cfg.mixed_precision)
+    # Ctrl-C / SIGTERM (a scheduler's pre-emption) finish the running step, save it, and stop with one line.
+    import signal
+    import threading
+
+    received, old_handlers = [], {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old_handlers[sig] = signal.signal(sig, lambda signum, frame: received.append(signal.Signals(signum).name))
     try:
         return _train(cfg, schedule=schedule, files=files, num_classes=num_classes, teacher_dim=teacher_dim,
-                      flags_text=flags_text, strategy_obj=strategy_obj)
+                      flags_text=flags_text, strategy_obj=strategy_obj, received=received)
     finally:
         keras.mixed_precision.set_dtype_policy(policy)  # the global policy is restored for the caller
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
 
 
 def _compare_settings(cfg: TrainConfig, model_dir: Path, num_classes: int, teacher_dim: int) -> dict:
@@ -557,11 +618,102 @@ def _compare_settings(cfg: TrainConfig, model_dir: Path, num_classes: int, teach
             json.dumps(old[k]) != json.dumps(v)}
 
 
+def check_val_inputs(cfg: TrainConfig) -> None:
+    """Open every held-out file the run will read (--val_bin, --val_pairs with --val_lfw_dir) before step 1.
+
+    Raises ValueError, one line naming the flag the user typed, for a missing or unreadable file. A .bin
+    without both same and different pairs is accepted with a warning (validation then logs a rate alone).
+    """
+    import pickle
+
+    from mobiface_tf.data.verification import read_bin, read_lfw_pairs
+
+    if cfg.val_bin:
+        try:
+            _, issame = read_bin(cfg.val_bin)
+        except (ValueError, OSError, pickle.UnpicklingError) as e:
+            msg = " ".join(str(e).split()).replace("--bin=", "--val_bin=")
+            raise ValueError(f"--val_bin={cfg.val_bin!r}: {msg}") from None
+        if issame.all() or not issame.any():
+            log.warning("--val_bin=%s holds only %s pairs: validation reports a rate, not an accuracy",
+                        cfg.val_bin, "same" if issame.all() else "different")
+    if cfg.val_pairs:
+        try:
+            read_lfw_pairs(cfg.val_pairs, cfg.val_lfw_dir)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"--val_pairs={cfg.val_pairs!r} / --val_lfw_dir={cfg.val_lfw_dir!r}: "
+                             f"{' '.join(str(e).split())}") from None
+
+
+def checkpoint_problem(prefix) -> str | None:
+    """None when every tensor of checkpoint `prefix` (".../ckpt-6") reads back whole and every float is
+    finite; otherwise a short reason: "damaged: ..." (truncated or unreadable) or "non-finite: VAR"."""
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+        for name, dtype in sorted(reader.get_variable_to_dtype_map().items()):
+            if dtype == tf.variant:  # the data iterator's state: not readable as an array
+                continue
+            value = reader.get_tensor(name)  # reads every byte: a truncated data file fails here
+            if dtype.is_floating and not np.isfinite(np.asarray(value, np.float64)).all():
+                return f"non-finite: {name}"
+    except Exception as e:  # TF raises OpError, IndexError ("Read less bytes") or ValueError on a broken file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"damaged: {type(e).__name__}: {first[:200]}"
+    return None
+
+
+def _checkpoints(ckpt_dir: Path) -> list[str]:
+    """Checkpoint prefixes in ckpt_dir, oldest first (by step number)."""
+    import re
+
+    found = {int(m.group(1)): str(p)[:-len(".index")] for p in ckpt_dir.glob("ckpt-*.index")
+             if (m := re.fullmatch(r"ckpt-(\d+)\.index", p.name))}
+    return [found[k] for k in sorted(found)]
+
+
+def pick_checkpoint(ckpt_dir, resume_from: str | None = None) -> str | None:
+    """The checkpoint a run resumes from: `resume_from`, else the newest intact one; None for a fresh run.
+
+    A damaged newest checkpoint (truncated by a full disk or an interrupted copy) is named in a warning and
+    the newest intact one is used. A checkpoint holding NaN/Inf is refused: ValueError naming it and the
+    newest finite one (pass that as --resume_from). ValueError too when no checkpoint is usable.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if resume_from:
+        problem = checkpoint_problem(resume_from)
+        if problem:
+            raise ValueError(f"--resume_from={resume_from!r} cannot be used ({problem}); pass an intact, finite "
+                             f"checkpoint from {str(ckpt_dir)!r}")
+        return str(resume_from)
+    candidates = _checkpoints(ckpt_dir) if ckpt_dir.is_dir() else []
+    refused = None
+    for prefix in reversed(candidates):
+        problem = checkpoint_problem(prefix)
+        if problem is None:
+            if refused:
+                raise ValueError(f"checkpoint {refused[0]} holds NaN/Inf ({refused[1].split(': ', 1)[1]}), so a "
+                                 f"resume would train a broken model. The newest finite checkpoint is {prefix}: "
+                                 f"pass --resume_from={prefix}, or use a new --model_dir")
+            return prefix
+        if problem.startswith("non-finite"):
+            refused = refused or (prefix, problem)
+        else:
+            log.warning("warning: checkpoint %s is damaged (%s); trying the one before it", prefix, problem)
+    if refused:
+        raise ValueError(f"checkpoint {refused[0]} holds NaN/Inf ({refused[1].split(': ', 1)[1]}) and no older "
+                         f"checkpoint is finite; use a new --model_dir (and a lower --lr)")
+    if candidates:
+        raise ValueError(f"every checkpoint in {str(ckpt_dir)!r} is damaged ({', '.join(candidates)}); "
+                         "use a new --model_dir")
+    return None
+
+
 def _nonfinite(variables) -> list[str]:
     return [v.path for v in variables if "float" in str(v.dtype) and not bool(tf.reduce_all(tf.math.is_finite(v)))]
 
 
-def _train(cfg: TrainConfig, *, schedule, files, num_classes, teacher_dim, flags_text, strategy_obj) -> dict:
+def _train(cfg: TrainConfig, *, schedule, files, num_classes, teacher_dim, flags_text, strategy_obj,
+           received=()) -> dict:
     from mobiface_tf.data.pipeline import make_dataset
 
     strat = strategy_obj or make_strategy(cfg.strategy)
@@ -572,7 +724,7 @@ def _train(cfg: TrainConfig, *, schedule, files, num_classes, teacher_dim, flags
     chief = is_chief(strat)
     model_dir = Path(cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    latest = pick_checkpoint(model_dir / "checkpoints", cfg.resume_from)
     changed = _compare_settings(cfg, model_dir, num_classes, teacher_dim) if latest else {}
     fresh_iterator = "batch_size" in changed or "seed" in changed or "shuffle_buffer" in changed
 
@@ -639,17 +791,38 @@ def _train(cfg: TrainConfig, *, schedule, files, num_classes, teacher_dim, flags
         (list(margin_head.variables) if margin_head is not None else []) + \
         (list(projection.variables) if projection is not None else [])
 
+    def save_checkpoint(s):
+        # The loss was computed before this step's update: check every variable the checkpoint holds
+        # (weights, BN moving statistics, optimizer slots), so a checkpoint never holds a diverged model.
+        bad = _nonfinite(checked)
+        if bad:
+            raise TrainingDiverged(
+                f"{len(bad)} variable(s) became NaN/Inf at step {s} (e.g. {bad[0]}); stopped without saving. The "
+                f"last good checkpoint is {manager.latest_checkpoint}. Lower --lr (now {lr}), add "
+                f"--warmup_steps, or check the data")
+        try:
+            return manager.save(checkpoint_number=s)
+        except (OSError, tf.errors.OpError) as e:  # a full disk, a read-only folder
+            first = (str(getattr(e, "message", e)).strip().splitlines() or [type(e).__name__])[0]
+            raise OSError(f"cannot write checkpoint {str(ckpt_dir / f'ckpt-{s}')!r} ({first[:200]}); free space "
+                          f"and rerun the same command: it resumes from {manager.latest_checkpoint}") from None
+
     # ---------------------------------------------------------------- loop
     start_step = int(step.numpy())
     t_start = time.perf_counter()
     window_t, window_steps, window_loss, window_correct, window_kd = time.perf_counter(), 0, 0.0, 0.0, 0.0
     last = {}
-    history = []
+    history, kd_history = [], []
     steps, lr = cfg.steps, cfg.lr
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     while int(step.numpy()) < steps:
+        scale_before = float(optimizer.dynamic_scale.numpy()) if loss_scaled else None
         loss, l2, correct, kd = train_step(iterator)
         step.assign_add(1)
         s = int(step.numpy())
+        if loss_scaled and float(optimizer.dynamic_scale.numpy()) < scale_before:
+            # Keras halves the scale and skips the update when the fp16 gradients overflowed: say so.
+            log.info("step %d skipped (loss scale -> %g)", s, float(optimizer.dynamic_scale.numpy()))
         loss_v, kd_v = float(loss), float(kd)
         if not (np.isfinite(loss_v) and np.isfinite(float(l2)) and np.isfinite(kd_v)):
             raise TrainingDiverged(
@@ -657,6 +830,7 @@ def _train(cfg: TrainConfig, *, schedule, files, num_classes, teacher_dim, flags
                 f"last good checkpoint is {manager.latest_checkpoint}. Lower --lr (now {lr}), add --warmup_steps, "
                 f"or check the data")
         history.append(loss_v + cfg.distill_weight * kd_v)
+        kd_history.append(kd_v)
         window_steps += 1
         window_loss += loss_v
         window_kd += kd_v
@@ -678,19 +852,15 @@ def _train(cfg: TrainConfig, *, schedule, files, num_classes, teacher_dim, flags
                 scalar_summary("images_per_s", ips, s)
             window_t, window_steps, window_loss, window_correct, window_kd = time.perf_counter(), 0, 0.0, 0.0, 0.0
         if s % cfg.ckpt_every == 0 or s == steps:
-            # The loss above was computed before this step's update: check every variable the checkpoint
-            # holds (weights, BN moving statistics, optimizer slots), so a checkpoint never holds a diverged model.
-            bad = _nonfinite(checked)
-            if bad:
-                raise TrainingDiverged(
-                    f"{len(bad)} variable(s) became NaN/Inf at step {s} (e.g. {bad[0]}); stopped without saving. The "
-                    f"last good checkpoint is {manager.latest_checkpoint}. Lower --lr (now {lr}), add "
-                    f"--warmup_steps, or check the data")
-            manager.save(checkpoint_number=s)
+            save_checkpoint(s)
         if cfg.val_every and (s % cfg.val_every == 0 or s == steps) and (cfg.val_bin or cfg.val_lfw_dir):
             reports = evaluate_verification(net, cfg.val_lfw_dir, cfg.val_pairs, cfg.val_bin, cfg.val_folds,
                                             cfg.val_flip)
             for key, rep in reports.items():
+                if rep.get("accuracy") is None:  # a set of one kind of pair: a rate, no accuracy
+                    rate = "true_accept_rate" if "true_accept_rate" in rep else "true_reject_rate"
+                    log.info("step %d  %s verification %s %.4f (%s)", s, key, rate, rep[rate], rep["one_sided"])
+                    continue
                 log.info("step %d  %s verification accuracy %.4f +- %.4f%s", s, key, rep["accuracy"],
                          rep["accuracy_std"], f" (folds {cfg.val_folds})" if key == "lfw" and cfg.val_folds else "")
                 with writer.as_default(step=s):
@@ -702,6 +872,10 @@ def _train(cfg: TrainConfig, *, schedule, files, num_classes, teacher_dim, flags
                                                  accuracy_std=rep["accuracy_std"], folds=rep.get("folds"),
                                                  flip=cfg.val_flip, time=time.time(),
                                                  run_seconds=time.perf_counter() - t_start)) + "\n")
+        if received:
+            path = save_checkpoint(s) if s % cfg.ckpt_every and s != steps else manager.latest_checkpoint
+            raise TrainingInterrupted(f"stopped by {received[0]} at step {s}; saved checkpoint {path}. Rerun the "
+                                      f"same command to resume")
     writer.flush()
 
     # ---------------------------------------------------------------- the embedding model
@@ -713,7 +887,7 @@ def _train(cfg: TrainConfig, *, schedule, files, num_classes, teacher_dim, flags
             f.unlink()
         ckpt_dir.rmdir()
     return dict(last, start_step=start_step, final_step=int(step.numpy()), num_classes=num_classes,
-                replicas=replicas, embedding_model=str(out), losses=history, backbone=net, head=margin_head,
+                replicas=replicas, embedding_model=str(out), losses=history, distill_losses=kd_history, backbone=net, head=margin_head,
                 projection=projection, changed=changed)
 
 
@@ -723,7 +897,12 @@ def main(argv):
 
     del argv
     fl = flags.FLAGS
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    # Progress lines go to stdout with their own handler: absl's app.run already put its handler (stderr)
+    # on the root logger, so basicConfig alone would be a no-op and the log would land on stderr.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
     log.setLevel(logging.INFO)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     if fl.threads:
@@ -733,12 +912,14 @@ def main(argv):
     try:
         cfg = config_from_flags(fl)
         cfg.validate()
+        check_flagfile_paths(cfg, sys.argv)
         # MultiWorkerMirroredStrategy must exist before TF runs any op, so it is made first.
         strategy = make_strategy(cfg.strategy)
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data", "model_dir")}
         summary = train(cfg.data, cfg.model_dir, flags_text=fl.flags_into_string(), strategy_obj=strategy,
                         **settings)
-    except (ValueError, TrainingDiverged, FileNotFoundError) as e:  # bad flags / data, or divergence: one line
+    except (ValueError, TrainingDiverged, TrainingInterrupted, OSError) as e:  # bad input, divergence, signal,
+        # a full disk: one line
         sys.exit(f"error: {e}")
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:  # a shard found corrupt mid-run
         detail = " ".join(str(e.message).split())[:600]
@@ -750,4 +931,5 @@ if __name__ == "__main__":
     from absl import app
 
     define_flags()
+    quiet.define_verbose_flag()
     app.run(main)

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow is imported: its start-up log is filtered unless --verbose
+    import sys
+
+    from mobiface_tf import quiet
+
+    quiet.install(sys.argv)
 
 import dataclasses
 import json
@@ -19,6 +24,7 @@ import sys
 
 from absl import app, flags
 
+from mobiface_tf.embedder import EmbeddingError
 from mobiface_tf.faces import (FaceError, check_model_path, face_from_image, load_model, read_photo,
                                resolve_threshold)
 
@@ -80,7 +86,7 @@ def run(model_path, images, threshold=None, aligned=False, as_json=False, out=sy
         if len(images) != 2:
             raise FaceError(f"expected two images IMG_A IMG_B, got {len(images)}: {list(images)}")
         v = verify(model_path, images[0], images[1], threshold, aligned)
-    except FaceError as e:
+    except (FaceError, EmbeddingError) as e:  # EmbeddingError: a broken (NaN) model never answers
         print(f"error: {e}", file=err)
         return 1
     out.write(json.dumps(v.to_json()) + "\n" if as_json else v.to_text())
@@ -106,4 +112,5 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
+    quiet.define_verbose_flag()
     app.run(main)

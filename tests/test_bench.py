@@ -168,3 +168,13 @@ def test_bad_inputs_one_line_error(tmp_path, args, message):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and message in last
+
+
+def test_fraction_of_peak_never_exceeds_one():
+    """A row faster than the sgemm peak means the peak met a busy machine: no '>100%', a note instead."""
+    row = bench.finish_row({"model": "m", "quantize": "none", "threads": 1, "latency_ms_p50": 4.0, "macs": 2e8,
+                            "undelegated_ops": {}}, {1: 80.0})  # 100 GFLOP/s achieved vs an 80 GFLOP/s peak
+    assert row["fraction_of_peak"] is None and row["fraction_of_peak_note"] == bench.PEAK_UNDER_LOAD
+    assert bench.PEAK_UNDER_LOAD in bench.markdown_table([row])
+    row = bench.finish_row(row, {1: 120.0})  # recomputed with the best of before/after: a real fraction again
+    assert row["fraction_of_peak"] == pytest.approx(100 / 120, abs=1e-3) and "fraction_of_peak_note" not in row

@@ -1,5 +1,6 @@
 """10-fold verification (cross-checked against brute force), TAR@FAR, ROC, sidecar, the CLI, and the real LFW check."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def _brute_force_ten_fold(scores, issame, folds, candidates_fn):
 
 def _midpoints(train_scores):
     u = sorted(set(train_scores))
-    return [u[0] - 1.0] + [(a + b) / 2 for a, b in zip(u, u[1:])] + [u[-1] + 1.0]
+    return [-1.0] + [(a + b) / 2 for a, b in zip(u, u[1:])] + [1.0]  # scores in (-1, 1): ends at -1 and 1
 
 
 def test_ten_fold_matches_brute_force_midpoints():
@@ -128,7 +129,8 @@ def test_sidecar_falls_back_when_model_dir_is_read_only(tmp_path):
     try:
         out = tmp_path / "out"
         out.mkdir()
-        written = ev.write_sidecar(model, {"threshold": 0.3}, fallback_dir=out)
+        written = ev.write_sidecar(model, {"threshold": 0.3, "num_positive": 5, "num_negative": 5},
+                                   fallback_dir=out)
         assert written == out / "m.tflite.eval.json"
         assert not ev.sidecar_path(model).exists()
     finally:
@@ -150,6 +152,12 @@ def _mini_pairs(lfw_pairs, path, per_class):
 
 
 def test_cli_on_real_lfw_subset(tmp_path, reference_tflite, lfw_dir, lfw_pairs):
+    # The model is linked into a read-only folder of our own, so no sidecar next to the shared model matters.
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / reference_tflite.name).symlink_to(reference_tflite)
+    ro.chmod(0o555)
+    reference_tflite = ro / reference_tflite.name
     pairs = _mini_pairs(lfw_pairs, tmp_path / "pairs_mini.txt", 5)
     out = tmp_path / "report.json"
     proc = subprocess.run(
@@ -280,3 +288,28 @@ def test_cli_bad_input_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: model not found:")
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_from_repo_root_leaves_no_untracked_files_and_says_its_folds(tmp_path, reference_tflite, lfw_dir,
+                                                                        lfw_pairs):
+    """Default outputs go to the git-ignored eval_out/ (the shared model folder is read-only, so the sidecar
+    too), and the summary names the folds it used (3 here), not always '10-fold'."""
+    pairs = _mini_pairs(lfw_pairs, tmp_path / "pairs_mini.txt", 2)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "evaluate.py"), f"--model={reference_tflite}", f"--lfw_dir={lfw_dir}",
+         f"--pairs={pairs}", "--folds=1,2,3", "--noprogress"],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(3-fold)" in proc.stdout and "(10-fold)" not in proc.stdout
+    report_path = REPO / re.search(r"report: (\S+)", proc.stdout).group(1)
+    report = json.loads(report_path.read_text())
+    written = [report_path, Path(report["roc_png"]), Path(report["sidecar"])]
+    try:
+        for f in written:
+            f = f if f.is_absolute() else REPO / f
+            assert f.is_file() and f.resolve().is_relative_to(REPO / "eval_out"), f
+            rel = str(f.resolve().relative_to(REPO))
+            assert subprocess.run(["git", "check-ignore", "-q", rel], cwd=REPO).returncode == 0, rel
+    finally:
+        for f in written:
+            (f if f.is_absolute() else REPO / f).unlink(missing_ok=True)

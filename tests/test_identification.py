@@ -88,23 +88,18 @@ def _bench(tmp_path, *args):
     return json.loads(out.read_text()), proc.stdout
 
 
-def test_bench_cli_real_lfw_probes(tmp_path, reference_tflite, lfw_dir):
-    result, stdout = _bench(tmp_path, "--num_distractors=10000", "--max_probes=60", f"--model={reference_tflite}",
-                            f"--lfw_dir={lfw_dir}")
+def test_bench_cli_random_speed_mode_takes_the_model_dim(tmp_path, reference_tflite):
+    """random:N with the reference model: 128-d like the model, timing fields only (no face figure)."""
+    result, stdout = _bench(tmp_path, "--distractors=random:10000", "--max_probes=60", f"--model={reference_tflite}")
     assert result["num_distractors"] == 10000 and result["dim"] == 128 and result["num_probes"] <= 60
-    assert result["probes"].startswith("LFW")
-    # Real faces against random directions: the right face almost always wins at this scale.
-    assert result["rank1"] > 0.9
-    assert result["tar_at_far"] is None and "needs >= 1000000" in result["reason"]  # 60 x 10k < 1e6 negatives
+    assert result["distractors_kind"] == "random" and result["rank1"] is None and result["tar_at_far"] == {}
     assert 0 < result["fraction_of_sgemm"] and result["peak_rss_mb"] > 0
-    assert "rank-1" in stdout and "of sgemm" in stdout
+    assert "rank-1" not in stdout and "of sgemm" in stdout
 
 
-def test_bench_cli_memory_stays_near_the_distractor_array(tmp_path, reference_tflite, lfw_dir):
-    """512-d synthetic probes vs 200k distractors (390 MiB): the search adds little on top of the array."""
-    result, _ = _bench(tmp_path, "--num_distractors=200000", "--dim=512", "--max_probes=200",
-                       f"--model={reference_tflite}", f"--lfw_dir={lfw_dir}")
+def test_bench_cli_memory_stays_near_the_distractor_array(tmp_path):
+    """512-d synthetic probes vs 200k random distractors (390 MiB): the search adds little on top of the array."""
+    result, _ = _bench(tmp_path, "--distractors=random:200000", "--dim=512", "--max_probes=200")
     assert result["probes"].startswith("synthetic") and result["dim"] == 512
-    assert result["tar_at_far"] is not None and result["achieved_far"] <= 1e-6
     array_mb = result["distractor_bytes"] / 2**20
     assert result["peak_rss_mb"] - result["peak_rss_mb_before_distractors"] < array_mb + 150, result

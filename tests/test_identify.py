@@ -290,3 +290,50 @@ def test_lfw_identification_top1(lfw_dir, reference_tflite, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "embedded 0 new, reused 60" in proc.stdout
     assert f"{qa}: {name_a}" in proc.stdout and f"{qb}: {name_b}" in proc.stdout, proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------- --far
+def _random_gallery(num_ids, per_id, dim=32, noise=0.9, seed=0):
+    """A Gallery of random people: identity centres on the sphere, photos = centre + noise, unit rows."""
+    r = np.random.default_rng(seed)
+    centres = r.normal(size=(num_ids, dim))
+    emb = np.repeat(centres, per_id, axis=0) + noise * r.normal(size=(num_ids * per_id, dim))
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    labels = np.repeat(np.arange(num_ids), per_id)
+    means = np.stack([emb[labels == i].mean(0) for i in range(num_ids)])
+    templates = (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+    return ident.Gallery([f"id{i}" for i in range(num_ids)], templates, [per_id] * num_ids, 0, 0, 0, [],
+                         Path("x"), False, emb, labels)
+
+
+def test_far_threshold_against_brute_force():
+    """Each photo against every OTHER identity's template (never its own, which contains it); the threshold
+    lets at most floor(far * N) photos above it, and the reported FAR is the fraction that are."""
+    g = _random_gallery(12, 5)
+    brute = [max(float(g.templates[j] @ e) for j in range(12) if j != lab)
+             for e, lab in zip(g.image_embeddings, g.image_labels)]
+    np.testing.assert_allclose(ident.impostor_scores(g), brute, atol=1e-6)
+    for far in (0.01, 0.05, 0.1, 0.5):
+        t, achieved, accepts, n = ident.far_threshold(g, far)
+        above = sum(b > t for b in brute)
+        assert n == 60 and accepts == above and achieved == pytest.approx(above / 60)
+        assert above <= far * 60 and t == pytest.approx(sorted(brute, reverse=True)[int(far * 60)])
+
+
+def test_far_threshold_rises_with_gallery_size():
+    """The issue's point: the same FAR needs a higher threshold when a query meets more identities."""
+    small = ident.far_threshold(_random_gallery(10, 4), 0.05)[0]
+    large = ident.far_threshold(_random_gallery(200, 4), 0.05)[0]
+    assert large > small + 0.05
+
+
+def test_run_with_far_reports_threshold_and_far(gallery, models, tmp_path, capsys):
+    q = write_png(tmp_path / "q.png", person(2, 9))
+    rc = ident.run(str(models["a16"]), str(gallery), [str(q)], aligned=True, far=0.1, as_json=True,
+                   out=sys.stdout, err=sys.stderr)
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["far"] == 0.1 and doc["impostor_queries"] == 6 and doc["far_achieved"] <= 0.1
+    assert doc["threshold_source"].startswith("--far=0.1 on this gallery")
+    rc = ident.run(str(models["a16"]), str(gallery), [str(q)], aligned=True, far=0.1, threshold=0.3,
+                   out=sys.stdout, err=sys.stderr)
+    assert rc == 1 and "not both" in capsys.readouterr().err

@@ -32,7 +32,8 @@ def test_threshold_flag_then_sidecar_then_default(tmp_path):
     model.write_bytes(b"x")
     assert resolve_threshold(model) == (DEFAULT_THRESHOLD, resolve_threshold(model)[1])
     assert "default" in resolve_threshold(model)[1]
-    (tmp_path / "m.tflite.eval.json").write_text(json.dumps({"threshold": 0.42, "accuracy": 0.99, "dataset": "x"}))
+    (tmp_path / "m.tflite.eval.json").write_text(json.dumps({"threshold": 0.42, "accuracy": 0.99, "dataset": "x",
+                                                             "num_positive": 10, "num_negative": 10}))
     t, source = resolve_threshold(model)
     assert t == 0.42 and "eval.json" in source
     assert resolve_threshold(model, 0.1) == (0.1, "--threshold")
@@ -151,6 +152,10 @@ def test_any_photo_size_and_no_face(real, lfw_dir, tmp_path, capsys):
     from mobiface_tf.align import load_image_rgb
 
     model, emb, aligner = real
+    # A link of our own: a sidecar next to the shared model (there is one) must not change the threshold here.
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / model.name).symlink_to(model)
+    model = tmp_path / "model" / model.name
     name = "Colin_Powell"
     big = write_png(tmp_path / "big.png", canvas_photo(load_image_rgb(lfw_dir / name / f"{name}_0001.jpg")))
     small = write_png(tmp_path / "small.png", cv2.resize(load_image_rgb(lfw_dir / name / f"{name}_0002.jpg"),
@@ -214,7 +219,8 @@ def test_cli_embeds_the_way_the_sidecar_threshold_was_measured(tiny, tmp_path):
     shutil.copy(tiny, model)
     plain = load_model(model)
     assert (plain.preprocess, plain.flip) == ("raw", False)
-    (tmp_path / "tiny.keras.eval.json").write_text(json.dumps({"threshold": 0.3, "flip": True, "preprocess": "bgr"}))
+    (tmp_path / "tiny.keras.eval.json").write_text(json.dumps({"threshold": 0.3, "flip": True, "preprocess": "bgr",
+                                                               "num_positive": 3, "num_negative": 3}))
     tuned = load_model(model)
     assert (tuned.preprocess, tuned.flip) == ("bgr", True)
     x = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3)).astype(np.uint8)

@@ -20,7 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from mobiface_tf import quiet  # first: TensorFlow's start-up log is filtered out unless --verbose
+
+quiet.install(sys.argv)
 
 from absl import app, flags
 
@@ -84,4 +86,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    quiet.define_verbose_flag()
     app.run(main)

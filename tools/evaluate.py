@@ -13,7 +13,9 @@ import pickle
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from mobiface_tf import quiet  # first: TensorFlow's start-up log is filtered out unless --verbose
+
+quiet.install(sys.argv)
 
 from absl import app, flags
 
@@ -21,15 +23,20 @@ from mobiface_tf import embedder as embedder_lib
 from mobiface_tf import evaluate as ev
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, ".keras file, SavedModel directory or .tflite file", required=True)
+DEFAULT_DIR = "eval_out"  # default folder of the report, ROC and (read-only model folder) sidecar; in .gitignore
+flags.DEFINE_string("model", None, ".keras file, SavedModel directory, .tflite or .onnx file", required=True)
 flags.DEFINE_string("lfw_dir", None, "LFW images <Name>/<Name>_NNNN.jpg (with --pairs)")
 flags.DEFINE_string("pairs", None, "LFW View 2 pairs.txt (with --lfw_dir)")
 flags.DEFINE_string("bin", None, "InsightFace verification .bin (read with a restricted unpickler)")
 flags.DEFINE_bool("flip", False, "flip test: embed image + mirror, sum, L2-normalise")
 flags.DEFINE_bool("realign", False, "re-align every image with MTCNN to the ArcFace template before embedding")
-flags.DEFINE_string("output", None, "JSON report path (default: ./eval_<model name>.json)")
+flags.DEFINE_string("output", None, f"JSON report path (default: {DEFAULT_DIR}/eval_<model name>.json; "
+                    f"{DEFAULT_DIR}/ is git-ignored, so a run from the repo root leaves no untracked files)")
 flags.DEFINE_string("roc_png", None, "ROC curve PNG path (default: the report path with .roc.png)")
-flags.DEFINE_enum("preprocess", "raw", sorted(embedder_lib.PREPROCESS), "input convention the model expects")
+flags.DEFINE_enum("preprocess", None, sorted(embedder_lib.PREPROCESS), "input convention the model expects "
+                  "(default: what the model states, e.g. an ONNX model's metadata, else raw)")
+flags.DEFINE_list("folds", None, "score only these 1-based folds of --pairs (the held-out LFW protocol, e.g. 1,2,3): "
+                  "cross-validation restricted to them, each threshold fit on the other listed folds")
 flags.DEFINE_integer("batch_size", 64, "images per forward pass", lower_bound=1)
 flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads (default: LiteRT's choice)", lower_bound=1)
 flags.DEFINE_bool("write_sidecar", True, "write the threshold next to the model (<model>.eval.json)")
@@ -37,9 +44,13 @@ flags.DEFINE_bool("progress", True, "show a progress bar")
 
 
 def _summary(name, report):
+    if report.get("accuracy") is None:  # a set without both kinds of pair: the rate alone, and why
+        rate = "true_accept_rate" if "true_accept_rate" in report else "true_reject_rate"
+        return (f"{name}: {rate.replace('_', ' ')} {report[rate]:.4f} over {report['num_pairs']} pairs; no accuracy "
+                f"or threshold: {report['one_sided']}")
     tars = ", ".join(f"FAR={k}: " + (f"{v:.4f}" if v is not None else "n/a") for k, v in report["tar_at_far"].items())
     return (f"{name}: accuracy {report['accuracy']:.4f} ± {report['accuracy_std']:.4f} over {report['num_pairs']} pairs "
-            f"(10-fold), threshold {report['threshold']:.4f}; TAR@{tars}")
+            f"({report.get('num_folds', 10)}-fold), threshold {report['threshold']:.4f}; TAR@{tars}")
 
 
 def _evaluate():
@@ -48,7 +59,7 @@ def _evaluate():
     if bool(FLAGS.lfw_dir) != bool(FLAGS.pairs):
         raise app.UsageError(f"--lfw_dir ({FLAGS.lfw_dir!r}) and --pairs ({FLAGS.pairs!r}) go together")
     model_path = Path(FLAGS.model)
-    output = Path(FLAGS.output or f"eval_{model_path.name}.json")
+    output = Path(FLAGS.output or Path(DEFAULT_DIR) / f"eval_{model_path.name}.json")
     roc_png = Path(FLAGS.roc_png) if FLAGS.roc_png else output.with_suffix(".roc.png")
     output.parent.mkdir(parents=True, exist_ok=True)
 
@@ -58,15 +69,20 @@ def _evaluate():
         from mobiface_tf.align import FaceAligner  # MTCNN is heavy: only load it when asked
 
         aligner = FaceAligner()
-    meta = dict(model=str(model_path), preprocess=FLAGS.preprocess,
+    meta = dict(model=str(model_path), preprocess=emb.preprocess,
                 protocol="10-fold: threshold fit on 9 folds, accuracy on the held-out fold (pairs.txt: the LFW "
                          "View 2 folds; .bin: 10 contiguous folds, as InsightFace splits them)")
 
     reports = {}
     if FLAGS.pairs:
-        report, scores, issame = ev.evaluate_lfw(emb, FLAGS.pairs, FLAGS.lfw_dir, FLAGS.flip, aligner,
+        try:
+            folds = [int(f) for f in FLAGS.folds] if FLAGS.folds else None
+        except ValueError:
+            raise ValueError(f"--folds must be 1-based fold numbers such as 1,2,3, got {FLAGS.folds}") from None
+        report, scores, issame = ev.evaluate_lfw(emb, FLAGS.pairs, FLAGS.lfw_dir, FLAGS.flip, aligner, folds=folds,
                                                  progress=FLAGS.progress, **meta)
-        report["roc_png"] = str(ev.save_roc_png(scores, issame, roc_png, f"{model_path.name} on LFW"))
+        dataset = f"{Path(FLAGS.lfw_dir).name} ({Path(FLAGS.pairs).name}, {report.get('num_folds', 10)} folds)"
+        report["roc_png"] = str(ev.save_roc_png(scores, issame, roc_png, f"{model_path.name} on {dataset}"))
         reports["lfw"] = report
     if FLAGS.bin:
         report, scores, issame = ev.evaluate_bin(emb, FLAGS.bin, FLAGS.flip, aligner, progress=FLAGS.progress, **meta)
@@ -81,7 +97,10 @@ def _evaluate():
         if name != primary_name:
             final[name] = rep
         print(_summary(name, rep))
-    if FLAGS.write_sidecar:
+    if FLAGS.write_sidecar and final.get("threshold") is None:
+        print(f"warning: no threshold sidecar written: {final['one_sided']}", file=sys.stderr)
+        final["sidecar"] = None
+    elif FLAGS.write_sidecar:
         written = ev.write_sidecar(model_path, final, fallback_dir=output.parent)
         final["sidecar"] = str(written) if written else None
         if written is None:
@@ -104,4 +123,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    quiet.define_verbose_flag()
     app.run(main)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from mobiface_tf import quiet  # first: TensorFlow's start-up log is filtered out unless --verbose
+
+quiet.install(sys.argv)
 
 from absl import app, flags
 
@@ -76,11 +78,14 @@ def main(argv):
                     FLAGS.min_face_size, FLAGS.progress, exclude_pairs=FLAGS.exclude_pairs, exclude_folds=folds,
                     unlabelled=FLAGS.unlabelled, teacher=FLAGS.teacher, teacher_preprocess=FLAGS.teacher_preprocess,
                     teacher_threads=FLAGS.teacher_threads)
-    except (ValueError, RecordIOError, FileNotFoundError) as e:
-        sys.exit(f"prepare_data: error: {e}")
+    except (ValueError, RecordIOError, OSError) as e:  # bad input, a full disk: one line
+        msg = e.strerror if isinstance(e, OSError) and e.strerror and not e.filename else e
+        sys.exit(f"prepare_data: error: {msg}")
     print(f"wrote {m['num_images']} images of {m['num_classes']} classes in {len(m['shards'])} shards to "
           f"{FLAGS.output}; skipped {len(m['skipped'])} of {m['num_inputs']} inputs "
-          f"(aligned by mtcnn: {m['aligned_by']['mtcnn']}, kept as crops: {m['aligned_by']['none']})")
+          f"(aligned by mtcnn: {m['aligned_by']['mtcnn']}, kept as crops: {m['aligned_by']['none']})"
+          + (f"; rebuilt {len(m['rebuilt'])} shard(s) whose inputs changed: "
+             + ", ".join(f"{r['shard']} ({r['reason']})" for r in m["rebuilt"]) if m.get("rebuilt") else ""))
     if m.get("excluded"):
         e = m["excluded"]
         print(f"excluded {e['num_images']} images of {e['num_identities']} people in folds {e['folds']} of "
@@ -91,4 +96,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    quiet.define_verbose_flag()
     app.run(main)

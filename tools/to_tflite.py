@@ -12,13 +12,17 @@ its BatchNorm statistics re-estimated on the faces (export.calibrate_batchnorm);
 """
 import os
 import sys
+import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from mobiface_tf import quiet  # first: TensorFlow's start-up log is filtered out unless --verbose
+
+quiet.install(sys.argv)
 
 from absl import app, flags
 
 FLAGS = flags.FLAGS
+flags.DEFINE_bool("progress", True, "print a timed line on stderr as each step starts (--noprogress: off)")
 flags.DEFINE_string("model", None, "trained embedding model (.keras) to export")
 flags.DEFINE_string("backbone", None, "instead of --model: a fresh random-init network, a zoo name (e.g. mobiface_gdc) "
                     "or a builder name (mobiface, mobilefacenet, mobilenet_v1) with --head/--embedding_dim")
@@ -28,6 +32,8 @@ flags.DEFINE_string("output", None, "output .tflite path", required=True)
 flags.DEFINE_enum("quantize", "none", ["none", "float16", "dynamic", "int8"], "conversion mode")
 flags.DEFINE_string("calibration", None, "int8 representative set: directory of aligned face images or TFRecord glob")
 flags.DEFINE_integer("num_calibration", 100, "images used for int8 calibration", lower_bound=100)
+flags.DEFINE_bool("allow_few_calibration", False, "accept a --calibration set with fewer than --num_calibration "
+                  "faces (activation ranges from few faces may clip others)")
 flags.DEFINE_enum("int8_io", "float", ["float", "int8"], "int8 mode: float32 or int8 model input/output")
 flags.DEFINE_string("parity_images", None, "real aligned faces for the parity report (image dir or TFRecord glob; "
                     "default: --calibration)")
@@ -67,15 +73,25 @@ def _build_model():
                      f"or a builder name {sorted(BUILDERS)}")
 
 
+def _step(t0: float, message: str) -> None:
+    """A progress line on stderr (the conversion is ~40 s of silence otherwise); --noprogress turns them off."""
+    if FLAGS.progress:
+        print(f"[{time.perf_counter() - t0:5.1f} s] {message}", file=sys.stderr, flush=True)
+
+
 def main(argv):
     del argv
+    t0 = time.perf_counter()
+    _step(t0, "loading TensorFlow and the model")
     from mobiface_tf import export as ex
 
     try:
         if FLAGS.quantize == "int8" and not FLAGS.calibration:
             raise ValueError("--quantize=int8 needs --calibration=DIR or TFRecord glob of real aligned faces")
+        _step(t0, "reading calibration / parity faces")
+        calib = ex.load_calibration_faces(FLAGS.calibration, FLAGS.num_calibration, FLAGS.allow_few_calibration) \
+            if FLAGS.quantize == "int8" else None
         model = _build_model()
-        calib = ex.load_faces(FLAGS.calibration, FLAGS.num_calibration) if FLAGS.quantize == "int8" else None
         source = FLAGS.parity_images or FLAGS.calibration
         if not source:
             raise ValueError("the parity report needs real faces: pass --parity_images=DIR (e.g. "
@@ -87,9 +103,12 @@ def main(argv):
             bn_faces = calib if calib is not None else ex.load_faces(source, FLAGS.num_calibration)
             ex.calibrate_batchnorm(model, bn_faces, steps=FLAGS.bn_calibration_steps)
         rewrite = {"auto": None, "on": True, "off": False}[FLAGS.prelu_rewrite]
+        _step(t0, f"converting to TFLite ({FLAGS.quantize}) and measuring parity on {len(faces)} faces "
+                  "(tens of seconds on a CPU)")
         report = ex.export(model, FLAGS.output, FLAGS.quantize, calib, faces, FLAGS.int8_io, rewrite=rewrite)
     except (ValueError, FileNotFoundError, ex.ParityError) as e:
         sys.exit(f"error: {e}")
+    _step(t0, "done")
     p = report["parity"]
     print(f"wrote {FLAGS.output} ({report['size_bytes'] / 1e6:.2f} MB, {FLAGS.quantize}, "
           f"{report['partitions']} XNNPACK partition(s), undelegated: {report['undelegated_ops'] or 'none'})")
@@ -98,4 +117,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    quiet.define_verbose_flag()
     app.run(main)

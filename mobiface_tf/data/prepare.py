@@ -26,7 +26,8 @@ from pathlib import Path
 from mobiface_tf.align import FaceAligner
 from mobiface_tf.images import (CROP_SIZE, DEFAULT_MAX_PIXELS, ImageError, decode_image_rgb, image_header,
                                 list_images, read_image_bytes)
-from mobiface_tf.data.sources import RecordIOError, RecordIOReader, list_image_folder, recordio_class_names
+from mobiface_tf.data.sources import (RecordIOError, RecordIOReader, check_label, label_limit, list_image_folder,
+                                      recordio_class_names)
 
 IMAGES_PER_SHARD = 10_000
 
@@ -39,9 +40,16 @@ _READERS: dict = {}
 def _init_worker(cfg: dict) -> None:
     """Per-process setup: settings, and one TF thread so N workers use N cores. MTCNN is built on first use."""
     _CFG.update(cfg)
+    from mobiface_tf import quiet
+
+    if not quiet.is_verbose([]):  # a spawned worker imports TF afresh: set its C++ log level first
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # in-process (workers=1) after TF started: keep the caller's threads
+        pass
 
 
 def _convert(task):
@@ -56,7 +64,12 @@ def _convert(task):
         if reader is None:
             reader = _READERS[ref[0]] = RecordIOReader(ref[0])
         header, data = reader.read(ref[1])
-        label, source = int(header.label[0]), f"{os.path.basename(ref[0])}#{ref[1]}"
+        source = f"{os.path.basename(ref[0])}#{ref[1]}"
+        try:
+            label = check_label(header.label[0], _CFG["label_limit"],
+                                f"in {ref[0]} at offset {reader.index[ref[1]]} (key {ref[1]})")
+        except RecordIOError as e:  # skipped with its reason; the manifest lists it
+            return index, None, None, source, str(e), None, 0
     else:
         source = os.path.relpath(ref, _CFG["input"])
         try:
@@ -86,19 +99,21 @@ def _convert(task):
 
 # ----------------------------------------------------------------------------------------------- driver
 def _list_inputs(input_path: str, unlabelled: bool = False):
-    """-> (tasks [(index, kind, ref, label)], class_names or None for RecordIO, source kind)."""
-    if input_path.lower().endswith(".rec"):
+    """-> (tasks [(index, kind, ref, label)], class_names or None for RecordIO, source kind, RecordIO label
+    limit or None)."""
+    if input_path.lower().endswith(".rec"):  # any case: .rec, .REC
         with RecordIOReader(input_path) as reader:
             keys = reader.image_keys()
-        return [(i, "rec", (input_path, k), None) for i, k in enumerate(keys)], None, "recordio"
+            limit = label_limit(len(keys), reader.identity_count())
+        return [(i, "rec", (input_path, k), None) for i, k in enumerate(keys)], None, "recordio", limit
     # Entries the listing leaves out become "skip" tasks, so the manifest counts and lists them with a reason.
     if unlabelled:
         paths, skipped = list_unlabelled_images(input_path)
         tasks = [("file", p, 0) for p in paths] + [("skip", sk, None) for sk in skipped]
-        return [(i, *t) for i, t in enumerate(tasks)], ["unlabelled"], "unlabelled_folder"
+        return [(i, *t) for i, t in enumerate(tasks)], ["unlabelled"], "unlabelled_folder", None
     items, class_names, skipped = list_image_folder(input_path)
     tasks = [("file", p, label) for p, label in items] + [("skip", sk, None) for sk in skipped]
-    return [(i, *t) for i, t in enumerate(tasks)], class_names, "image_folder"
+    return [(i, *t) for i, t in enumerate(tasks)], class_names, "image_folder", None
 
 
 def list_unlabelled_images(root) -> tuple[list[str], list[tuple[str, str]]]:
@@ -137,7 +152,65 @@ def _exclude_identities(tasks, class_names, pairs_file, folds):
     return tasks, keep_names, record
 
 
-def prepare(input_path: str, output: str, align: str = "auto", shards: int | None = None,
+def _input_stat(task) -> list:
+    """[size, mtime_ns] of the file behind a task (the .rec for RecordIO); [-1, -1] when it is gone."""
+    _, kind, ref, _ = task
+    path = ref if kind == "file" else ref[0]  # skip: (path, reason); rec: (rec path, key)
+    try:
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [-1, -1]
+
+
+_LOCK = ".prepare.lock"
+
+
+def prepare(input_path: str, output: str, *args, **kwargs) -> dict:
+    """`_prepare` (arguments, return value and errors documented there) while holding `output`/.prepare.lock.
+
+    A second run writing the same --output at once stops with ValueError naming the lock file; a lock left by
+    a killed run (its pid is gone) is taken over. ValueError too when `output` is an existing file.
+    """
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output '{out}' is an existing file; pass a directory for the shards (created when "
+                         "missing)")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / _LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            alive = pid > 0
+            if alive:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    alive = False
+                except PermissionError:
+                    pass
+            if alive:
+                raise ValueError(f"--output '{out}' is being written by another prepare_data run (pid {pid}; lock "
+                                 f"file {lock}); wait for it to finish, or delete the lock file if no run is "
+                                 "active") from None
+            lock.unlink(missing_ok=True)  # left by a killed run
+    else:
+        raise ValueError(f"cannot take the lock file {lock}; delete it if no prepare_data run is active")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return _prepare(input_path, output, *args, **kwargs)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _prepare(input_path: str, output: str, align: str = "auto", shards: int | None = None,
             workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, min_face_size: int = 20,
             progress: bool = True, exclude_pairs=None, exclude_folds=None, unlabelled: bool = False,
             teacher=None, teacher_preprocess: str | None = None, teacher_threads: int | None = None) -> dict:
@@ -158,6 +231,8 @@ def prepare(input_path: str, output: str, align: str = "auto", shards: int | Non
     """
     from tqdm import tqdm
 
+    import tensorflow as tf
+
     from mobiface_tf.data.tfrecord import (MANIFEST, AtomicShardWriter, make_example, shard_name,
                                            write_json_atomic)
     if align not in ("auto", "mtcnn", "none"):
@@ -165,7 +240,7 @@ def prepare(input_path: str, output: str, align: str = "auto", shards: int | Non
     input_path = os.path.abspath(input_path)
     if bool(exclude_pairs) != bool(exclude_folds):
         raise ValueError("exclude_pairs and exclude_folds go together (e.g. pairs.txt and folds 1,2,3)")
-    tasks, class_names, source_kind = _list_inputs(input_path, unlabelled)
+    tasks, class_names, source_kind, limit = _list_inputs(input_path, unlabelled)
     excluded = None
     if exclude_pairs:
         if source_kind != "image_folder":
@@ -192,18 +267,43 @@ def prepare(input_path: str, output: str, align: str = "auto", shards: int | Non
     if manifest_path.exists():
         manifest_path.unlink()  # rewritten last, so its presence always means "complete"
 
-    cfg = {"input": input_path, "align": align, "max_pixels": max_pixels, "min_face_size": min_face_size}
+    cfg = {"input": input_path, "align": align, "max_pixels": max_pixels, "min_face_size": min_face_size,
+           "label_limit": limit}
+    # Settings and the input list (adding or removing an input moves others to other shards) are one
+    # fingerprint for all shards; each shard's also covers the size and mtime of every input it holds, so a
+    # file fixed, replaced or rewritten since rebuilds exactly the shards it lands in.
     fingerprint = hashlib.sha1(json.dumps(
         [cfg, num_shards, [t[2] for t in tasks], [t[3] for t in tasks]], sort_keys=True, default=str).encode()
     ).hexdigest()
+    stats = [_input_stat(t) for t in tasks]
+
+    def shard_inputs(s):
+        return {str(tasks[i][2] if tasks[i][1] == "file" else tasks[i][2][0]): stats[i]
+                for i in range(s, n, num_shards)}
+
+    def shard_fingerprint(s):
+        return hashlib.sha1(json.dumps([fingerprint, shard_inputs(s)], sort_keys=True).encode()).hexdigest()
+
+    rebuilt = []
 
     def done_info(s):
         shard, done = out / names[s], out / (names[s] + ".done.json")
         if not (shard.exists() and done.exists()):
             return None
         info = json.loads(done.read_text())
-        ok = info.get("fingerprint") == fingerprint and info.get("bytes") == shard.stat().st_size
-        return info if ok else None
+        if info.get("fingerprint") != shard_fingerprint(s) or info.get("bytes") != shard.stat().st_size:
+            old = info.get("inputs") or {}
+            new = shard_inputs(s)
+            if info.get("fingerprint_all") == fingerprint and old:
+                changed = sorted(os.path.relpath(p, input_path) for p in new if old.get(p) != new[p])
+                why = f"{len(changed)} input(s) changed since it was written (e.g. {changed[0]})" if changed else \
+                    "its file changed"
+            else:
+                why = "the settings or the list of inputs changed (inputs added or removed)"
+            rebuilt.append({"shard": names[s], "reason": why})
+            print(f"prepare: rebuilding {names[s]}: {why}", file=sys.stderr)
+            return None
+        return info
 
     infos = {s: done_info(s) for s in range(num_shards)}
     todo = [s for s in range(num_shards) if infos[s] is None]
@@ -220,7 +320,8 @@ def prepare(input_path: str, output: str, align: str = "auto", shards: int | Non
     try:
         for s in todo:
             writer = AtomicShardWriter(out / names[s])
-            info = {"fingerprint": fingerprint, "num_inputs": 0, "num_images": 0, "skipped": [],
+            info = {"fingerprint": shard_fingerprint(s), "fingerprint_all": fingerprint,
+                    "inputs": shard_inputs(s), "num_inputs": 0, "num_images": 0, "skipped": [],
                     "class_counts": {}, "aligned_by": {"mtcnn": 0, "none": 0}, "multi_face": 0}
             try:
                 for _ in range(s, n, num_shards):
@@ -235,11 +336,20 @@ def prepare(input_path: str, output: str, align: str = "auto", shards: int | Non
                         info["aligned_by"][how] += 1
                         info["multi_face"] += int(faces > 1)
                     bar.update(1)
+                info["bytes"] = writer.commit()
+                write_json_atomic(out / (names[s] + ".done.json"), info)
+            except (OSError, tf.errors.OpError) as e:  # a full disk: this shard is dropped, finished ones kept
+                try:
+                    writer.abort()
+                except (OSError, tf.errors.OpError):
+                    pass  # the temp file may not even close on a full disk; the rerun deletes it
+                detail = " ".join(str(getattr(e, "strerror", None) or getattr(e, "message", None) or e).split())
+                raise OSError(getattr(e, "errno", None), f"cannot write shard {str(out / names[s])!r} "
+                              f"({detail[:200]}); free space and rerun the same command: finished shards are kept") \
+                    from None
             except BaseException:
                 writer.abort()
                 raise
-            info["bytes"] = writer.commit()
-            write_json_atomic(out / (names[s] + ".done.json"), info)
             infos[s] = info
     finally:
         bar.close()
@@ -259,6 +369,8 @@ def prepare(input_path: str, output: str, align: str = "auto", shards: int | Non
     skipped = [sk for s in range(num_shards) for sk in infos[s]["skipped"]]
     if num_images + len(skipped) != n:
         raise RuntimeError(f"internal accounting error: {num_images} images + {len(skipped)} skipped != {n} inputs")
+    if any(c < 0 or c >= num_classes for c in counts):  # every label written has a class: sum(counts) == images
+        raise RuntimeError(f"internal accounting error: labels {sorted(counts)} outside 0..{num_classes - 1}")
     manifest = {
         "synthetic": os.path.exists(os.path.join(input_path, "SYNTHETIC.txt")),
         "source": source_kind, "input": input_path, "align": align, "max_pixels": max_pixels,
@@ -270,7 +382,11 @@ def prepare(input_path: str, output: str, align: str = "auto", shards: int | Non
         "skipped": skipped,
         "shards": [{"file": names[s], "num_images": infos[s]["num_images"], "bytes": infos[s]["bytes"]}
                    for s in range(num_shards)],
+        "rebuilt": rebuilt,
     }
+    if sum(manifest["class_counts"]) != num_images:
+        raise RuntimeError(f"internal accounting error: class counts sum to {sum(manifest['class_counts'])}, "
+                           f"not {num_images} images")
     write_json_atomic(manifest_path, manifest)
     if teacher:
         manifest = add_teacher(out, teacher, preprocess=teacher_preprocess, num_threads=teacher_threads,

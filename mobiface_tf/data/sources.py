@@ -116,7 +116,12 @@ class RecordIOReader:
 
     def __init__(self, rec_path, idx_path=None):
         self.rec_path = str(rec_path)
-        self.idx_path = str(idx_path) if idx_path else os.path.splitext(self.rec_path)[0] + ".idx"
+        if idx_path is None:  # train.rec -> train.idx; train.REC -> train.IDX when that is what exists
+            base, ext = os.path.splitext(self.rec_path)
+            idx_path = base + ".idx"
+            if not os.path.isfile(idx_path) and ext.isupper() and os.path.isfile(base + ".IDX"):
+                idx_path = base + ".IDX"
+        self.idx_path = str(idx_path)
         for p, what in ((self.rec_path, ".rec"), (self.idx_path, ".idx")):
             if not os.path.isfile(p):
                 raise ValueError(f"RecordIO {what} file not found: '{p}' (a .rec needs its .idx next to it)")
@@ -181,6 +186,16 @@ class RecordIOReader:
         offset = self.index[key]
         return unpack_ir(self.read_at(offset), f" in {self.rec_path} at offset {offset}")
 
+    def identity_count(self) -> int | None:
+        """Identities announced by a header record at key 0 (flag > 0, label = [first identity-record key,
+        end]): end - first; None without such a header."""
+        if 0 not in self.index:
+            return None
+        header, _ = self.read(0)
+        if header.flag > 0 and len(header.label) >= 2 and header.label[1] > header.label[0]:
+            return int(header.label[1] - header.label[0])
+        return None
+
     def image_keys(self) -> list[int]:
         """Keys of image records: 1..label[0]-1 after a header record 0, else every key in .idx order."""
         if 0 in self.index:
@@ -189,6 +204,29 @@ class RecordIOReader:
                 end = int(header.label[0])
                 return [k for k in range(1, end) if k in self.index]
         return list(self.index)
+
+
+def label_limit(num_records: int, identities: int | None) -> int:
+    """Labels must be < this: the header record's identity count when the .rec has one, else 10x the number
+    of image records (an identity per image is already the extreme; far beyond it is a corrupt label)."""
+    return int(identities) if identities else 10 * max(int(num_records), 1)
+
+
+def check_label(value: float, limit: int, where: str) -> int:
+    """A RecordIO class label as an int; RecordIOError naming `where` (file and offset) when it is NaN/Inf,
+    negative, not an integer, or not below `limit`."""
+    import math
+
+    if not math.isfinite(value):
+        raise RecordIOError(f"label {value} is not a number {where}")
+    if value < 0:
+        raise RecordIOError(f"label {value:g} is negative {where}")
+    if value != int(value):
+        raise RecordIOError(f"label {value:g} is not an integer {where}")
+    if value >= limit:
+        raise RecordIOError(f"label {value:.0f} is implausible (labels must be < {limit}: the header's identity "
+                            f"count, or 10x the number of records) {where}")
+    return int(value)
 
 
 def recordio_class_names(rec_path, labels: list[int]) -> list[str]:

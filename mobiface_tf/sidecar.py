@@ -1,0 +1,126 @@
+"""The threshold sidecar: `<model>.eval.json`, written by tools/evaluate.py, read by the verify/identify CLIs.
+
+    write_sidecar("m.tflite", report)   # -> m.tflite.eval.json (or fallback_dir/m.tflite.eval.json)
+    read_threshold("m.tflite")          # -> float, or None without a usable sidecar
+
+A sidecar stores the deployment threshold (cosine similarity; "same" when score > threshold) and how it was
+measured (preprocess, flip). A threshold only means something when it was fit on pairs of both kinds, so:
+
+- it is written only from a report with num_positive > 0 and num_negative > 0 and a finite threshold in
+  [-1, 1] (the range of a cosine similarity); anything else raises SidecarError and nothing is written;
+- on reading, a threshold that is not a number in [-1, 1] raises SidecarError naming the file (the CLIs stop
+  with one line); a sidecar that does not record both pair counts > 0 (one from an older version, or from a
+  one-sided set) is ignored with a warning naming it, and the CLIs fall back to their default threshold.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import stat
+from pathlib import Path
+
+log = logging.getLogger("mobiface_tf.sidecar")
+_FIELDS = ("threshold", "threshold_method", "threshold_mean_of_folds", "accuracy", "accuracy_std", "dataset",
+           "num_pairs", "num_positive", "num_negative", "flip", "preprocess", "realign", "model")
+
+
+class SidecarError(ValueError):
+    """A threshold that must not be written or used; the message names the file and what to do."""
+
+
+def sidecar_path(model_path) -> Path:
+    """model.tflite -> model.tflite.eval.json (a SavedModel dir 'm/' -> 'm.eval.json')."""
+    return Path(str(Path(model_path)) + ".eval.json")
+
+
+def check_threshold(value, where: str) -> float:
+    """`value` as a float when it is a finite number in [-1, 1]; SidecarError (naming `where`) otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not -1.0 <= value <= 1.0:
+        raise SidecarError(f"threshold {value!r} in {where} is not a number in [-1, 1] (the range of a cosine "
+                           "similarity); delete it and re-run tools/evaluate.py on a set with same and different "
+                           "pairs, or pass --threshold=T")
+    return float(value)
+
+
+def _writable_dir(folder: Path) -> bool:
+    """Writable by permission bits too: root ignores a read-only mode, but shared data must stay untouched."""
+    return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
+
+
+def write_sidecar(model_path, report: dict, fallback_dir=None) -> Path | None:
+    """Write {"threshold", "accuracy", "num_positive", "num_negative", ...} next to the model.
+
+    If the model's folder is read-only (e.g. shared data; judged by its mode bits, so even root leaves it
+    alone), write it into `fallback_dir` instead and return that path; returns None when neither location is
+    writable (I/O errors are logged, not raised).
+    Raises SidecarError, writing nothing, when the report lacks pairs of either kind or its threshold is not
+    a finite number in [-1, 1].
+    """
+    pos, neg = report.get("num_positive"), report.get("num_negative")
+    if not (isinstance(pos, int) and isinstance(neg, int) and pos > 0 and neg > 0):
+        raise SidecarError(f"no threshold sidecar for {str(model_path)!r}: the set has {pos} same and {neg} "
+                           "different pairs; a threshold needs both")
+    check_threshold(report.get("threshold"), f"the report for {str(model_path)!r}")
+    payload = {k: report.get(k) for k in _FIELDS}
+    payload["metric"] = "cosine similarity of L2-normalised embeddings; same person when score > threshold"
+    targets = [sidecar_path(model_path)]
+    if fallback_dir is not None:
+        targets.append(Path(fallback_dir) / sidecar_path(model_path).name)
+    for target in targets:
+        if not _writable_dir(target.parent):
+            log.warning("not writing threshold sidecar into %s: the folder is read-only", target.parent)
+            continue
+        try:
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_text(json.dumps(payload, indent=2) + "\n")
+            os.replace(tmp, target)
+            return target
+        except OSError as e:
+            log.warning("cannot write threshold sidecar %s (%s)%s", target, e,
+                        "; trying the report's folder" if target is targets[0] and len(targets) > 1 else "")
+    return None
+
+
+def read_sidecar(model_path) -> dict | None:
+    """The validated sidecar of `model_path` as a dict, or None when there is none or it is ignored.
+
+    Raises SidecarError (naming the file) for unreadable JSON or a threshold that is not a number in
+    [-1, 1]. A sidecar without num_positive > 0 and num_negative > 0 is ignored with a logged warning.
+    """
+    path = sidecar_path(model_path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SidecarError(f"bad threshold sidecar {str(path)!r} ({first}); fix or delete it, or pass "
+                           "--threshold=T") from None
+    if not isinstance(data, dict):
+        raise SidecarError(f"bad threshold sidecar {str(path)!r} (not a JSON object); delete it")
+    check_threshold(data.get("threshold"), repr(str(path)))
+    pos, neg = data.get("num_positive"), data.get("num_negative")
+    if not (isinstance(pos, int) and isinstance(neg, int) and pos > 0 and neg > 0):
+        log.warning("ignoring threshold sidecar %s: it does not record both same and different pairs "
+                    "(num_positive=%s, num_negative=%s); re-run tools/evaluate.py to refresh it", path, pos, neg)
+        return None
+    return data
+
+
+def read_threshold(model_path) -> float | None:
+    """The threshold stored next to the model by tools/evaluate.py, or None without a usable sidecar
+    (see read_sidecar for what raises SidecarError and what is ignored)."""
+    data = read_sidecar(model_path)
+    return None if data is None else float(data["threshold"])
+
+
+def read_sidecar_settings(model_path) -> dict:
+    """How the sidecar's threshold was measured: {"preprocess": str, "flip": bool} (raw / no flip without one).
+
+    A threshold only fits scores computed the same way, so the verify/identify CLIs embed with these.
+    """
+    data = read_sidecar(model_path) or {}
+    return {"preprocess": str(data.get("preprocess") or "raw"), "flip": bool(data.get("flip", False))}
