@@ -125,6 +125,17 @@ class FaceAligner:
         return boxes, scores, marks
 
     def align(self, image_rgb: np.ndarray) -> AlignResult:
+        """Detect the faces in one photo, keep one (`pick_face`: largest and most central) and warp it to the
+        ArcFace 112x112 template with a 5-point similarity transform (`warp_to_template`).
+
+        Args:
+          image_rgb: uint8 RGB [H, W, 3], pixels 0..255 (as `images.read_image_rgb` returns it).
+        Returns an AlignResult: `crop` uint8 RGB [112, 112, 3], `landmarks` [5, 2] float32 and `box` [x1, y1,
+        x2, y2] float32 in the input's pixels, `num_faces` found. No face: crop, landmarks and box are None and
+        `reason` says why (never an exception for a photo without a face).
+        Raises ValueError when image_rgb is not uint8 [H, W, 3] (from `detect`).
+        Source: MTCNN (Zhang et al., 2016; the `mtcnn` package) and the ArcFace template (InsightFace).
+        """
         boxes, _, marks = self.detect(image_rgb)
         if len(boxes) == 0:
             return AlignResult(None, f"no face found (MTCNN, min_face_size={self.min_face_size})", None, None, 0)

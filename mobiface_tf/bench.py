@@ -34,8 +34,6 @@ from mobiface_tf.litert import (MIN_RUNS, cpu_info, cpu_label, delegation, make_
                                  memory_and_delegation, memory_in_subprocess, op_counts, peak_rss_kb,
                                  run_litert_benchmark, time_interleaved, time_interleaved_in_subprocess)
 
-DEFAULT_MODELS = ("mobiface_fc", "mobiface_gdc", "mobilefacenet", "mobilenet_v1_gdc")
-DEFAULT_THREADS = (1, 2)
 # The publisher's MobileFaceNet TFLite files, benchmarked as reference rows by `--reference` (model name =
 # file stem). They are research material in ../shared/data/models, never copied into the repo.
 REFERENCE_MODELS = ("mobilefacenet_insightface_fp32", "mobilefacenet_insightface_uint8")
@@ -362,12 +360,18 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
 
     from mobiface_tf import export as ex
     from mobiface_tf.models import count_macs
-    from mobiface_tf.models.zoo import CONFIGS, build_config
+    from mobiface_tf.models.zoo import build_config, resolve
     from mobiface_tf.peak import sgemm_gflops
 
-    unknown = [m for m in models if m not in CONFIGS]
+    unknown = []
+    for m in models:  # names checked by the one network resolver (models.zoo.resolve) before any work
+        try:
+            resolve(m)
+        except ValueError as e:
+            unknown.append(m)
+            reason = str(e).split("; ", 1)[-1]
     if unknown:
-        raise ValueError(f"unknown network(s) {unknown}; expected some of {sorted(CONFIGS)}")
+        raise ValueError(f"unknown network(s) {unknown}; {reason}")
     output_dir = Path(output_dir)
     model_dir = output_dir / "models"
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -53,17 +53,14 @@ def _read(path: Path):
 
 
 def resolve_student(name: str, embedding_dim: int) -> dict:
-    """Zoo name -> train() settings {backbone, head, embedding_dim}; ValueError for an unknown name."""
-    from mobiface_tf.models.zoo import CONFIGS
+    """Network name -> train() settings {backbone, head, embedding_dim}, through the one resolver that train's
+    --backbone also uses (models.zoo.resolve); ValueError naming an unknown name."""
+    from mobiface_tf.models.zoo import resolve
 
-    if name not in CONFIGS:
-        raise ValueError(f"unknown network {name!r} in --models; expected zoo names such as {', '.join(STUDENTS)} "
-                         f"(all: {', '.join(sorted(CONFIGS))})")
-    builder, kwargs = CONFIGS[name]
-    out = dict(backbone=builder, embedding_dim=embedding_dim, head=kwargs.get("head", "gdc"))
-    if kwargs.get("final_stride", 2) != 2:
-        raise ValueError(f"{name!r} changes a stride, which train() does not expose; pick another network")
-    return out
+    builder, kwargs = resolve(name, embedding_dim=embedding_dim)
+    if set(kwargs) <= {"head", "embedding_dim"}:  # spelled as before, so existing runs resume unchanged
+        return dict(backbone=builder, embedding_dim=embedding_dim, head=kwargs.get("head", "gdc"))
+    return dict(backbone=name, embedding_dim=embedding_dim)  # e.g. final_stride: train resolves the zoo name
 
 
 # ------------------------------------------------------------------------------------------------ training

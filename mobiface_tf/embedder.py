@@ -18,7 +18,6 @@ sum the two embeddings, then L2-normalise.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -108,13 +107,7 @@ class _KerasEmbedder(Embedder):
     def __init__(self, path, preprocess, batch_size):
         import keras
 
-        # Our models register custom layers with keras.saving.register_keras_serializable in
-        # mobiface_tf.models; importing it makes them resolvable by load_model.
-        try:
-            importlib.import_module("mobiface_tf.models")
-        except ModuleNotFoundError as e:
-            if e.name != "mobiface_tf.models":
-                raise
+        # Our models are built from stock Keras layers only: load_model needs no custom-object import.
         import zipfile
 
         if not zipfile.is_zipfile(path):  # a .keras file is a zip archive; Keras itself says "File not found"

@@ -37,7 +37,6 @@ INT8_IO = ("float", "int8")
 # int8 is only reported (the aim is a mean >= 0.98).
 PARITY_MIN = {"none": 0.9999, "float16": 0.999}
 INT8_PARITY_AIM = 0.98
-DEFAULT_NUM_CALIBRATION = 100
 
 
 class ParityError(RuntimeError):

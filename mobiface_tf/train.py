@@ -51,6 +51,7 @@ import tensorflow as tf
 
 from mobiface_tf import models
 from mobiface_tf.heads import MARGINS, MarginHead, margin_params
+from mobiface_tf.models.zoo import CONFIGS as NETWORKS, resolve as resolve_network
 
 log = logging.getLogger("mobiface_tf.train")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
@@ -172,15 +173,15 @@ def is_chief(strategy) -> bool:
 
 # ============================================================================ model
 def build_backbone(backbone: str, embedding_dim: int, head: str | None, sync_bn: bool = False):
-    """models.build(...) with the head choice where the backbone has one; optional synchronised BN.
+    """The network named `backbone` (a zoo or builder name, resolved by models.zoo.resolve) with `head` and
+    `embedding_dim` (None: the network's own); optional synchronised BN. ValueError for an unknown name or a
+    head that contradicts a zoo name. Every builder honours `head` (MobileFaceNet's own is "gdc").
 
     Synchronised BN (mean / variance all-reduced over replicas) makes a MirroredStrategy step equal to a
     one-device step on the same global batch; without it each replica normalises with its own batch.
     """
-    kwargs = dict(embedding_dim=embedding_dim)
-    if head and backbone != "mobilefacenet":  # MobileFaceNet has only its GDC head
-        kwargs["head"] = head
-    model = models.build(backbone, **kwargs)
+    builder, kwargs = resolve_network(backbone, head, embedding_dim)
+    model = models.build(builder, **kwargs)
     if sync_bn:
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -372,10 +373,13 @@ class TrainConfig:
     val_every: int = _field(0, "held-out verification (--val_lfw_dir/--val_pairs and/or --val_bin) every N steps and after the last "
                             "step; 0: never (then the validation flags are unused)", "integer",
                             lower_bound=0)
-    backbone: str = _field("mobiface", "network", "enum", choices=sorted(models.BUILDERS), fixed=True)
-    head: str = _field("gdc", "embedding head (fc = literal Table I); mobilefacenet has only gdc", "enum",
+    backbone: str = _field("mobiface", "network: a builder name, or a zoo name (mobiface_gdc, mobilefacenet, ... in "
+                           "mobiface_tf/models/zoo.py) that also sets --head and, unless given, --embedding_dim",
+                           "enum", choices=sorted([*models.BUILDERS, *NETWORKS]), fixed=True)
+    head: str = _field(None, "embedding head (fc = literal Table I); default: the zoo name's head, else gdc", "enum",
                        choices=["fc", "gdc", "gap"], fixed=True)
-    embedding_dim: int = _field(512, "embedding size", "integer", lower_bound=1, fixed=True)
+    embedding_dim: int = _field(None, "embedding size; default: the zoo name's, else 512", "integer", lower_bound=1,
+                                fixed=True)
     margin: str = _field("arcface", "margin head (presets in mobiface_tf/heads.py); none: distillation alone",
                          "enum", choices=sorted([*MARGINS, NO_MARGIN]), fixed=True)
     margin_s: float = _field(None, "override the preset scale s", "float", fixed=True)
@@ -416,8 +420,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises ValueError (naming the flag and what to do) for any bad setting; normalises list fields."""
-        if self.backbone not in models.BUILDERS:
-            raise ValueError(f"unknown --backbone {self.backbone!r}; expected one of {sorted(models.BUILDERS)}")
+        try:  # the one network resolver (models.zoo.resolve) fills what the name fixes
+            _, net = resolve_network(self.backbone, self.head, self.embedding_dim)
+        except ValueError as e:
+            raise ValueError(f"--backbone/--head: {e}") from None
+        self.head = net.get("head", "gdc")
+        self.embedding_dim = net.get("embedding_dim", 512)
         if self.margin != NO_MARGIN:
             if self.margin not in MARGINS:
                 raise ValueError(f"unknown --margin {self.margin!r}; expected one of {sorted([*MARGINS, NO_MARGIN])}")

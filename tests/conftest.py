@@ -16,6 +16,19 @@ def _need(path: Path) -> Path:
     return path
 
 
+# Every fixture that reads ../shared/data. A test using any of them (directly or through another fixture) gets the
+# `shared_data` marker automatically, so `-m "not shared_data"` deselects exactly the tests that need the data;
+# tests that read the path some other way carry an explicit @pytest.mark.shared_data.
+SHARED_DATA_FIXTURES = {"shared_data", "lfw_dir", "lfw_pairs", "att_dir", "reference_tflite", "reference_tflite_uint8",
+                        "recordio_dir", "bin_file"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SHARED_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared_data)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return _need(SHARED_DATA)
@@ -96,3 +109,68 @@ def onnx_reference(images, w, preprocess=lambda x: x):
     pooled = x.reshape(n, h // 16, 16, wd // 16, 16, 3).mean(axis=(2, 4))  # [N, h, w, C]
     flat = pooled.transpose(0, 3, 1, 2).reshape(n, -1)  # C, H, W order, as ONNX Flatten of NCHW
     return flat @ w
+
+
+# ------------------------------------------------------------------------------------ helpers shared by test modules
+def save_tiny_model(path, dim, seed):
+    """(x - 127.5) / 128 -> 8x8 average pooling -> linear: a real model whose embedding follows the pixels."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((112, 112, 3))
+    x = keras.layers.Rescaling(1 / 128, offset=-127.5 / 128)(inp)
+    x = keras.layers.AveragePooling2D(8)(x)
+    x = keras.layers.Flatten()(x)
+    out = keras.layers.Dense(dim)(x)
+    keras.Model(inp, out).save(path)
+    return path
+
+
+def person(identity: int, shot: int, size=112):
+    """A synthetic 'aligned face' uint8 [size, size, 3]: a fixed random pattern per identity plus per-photo noise."""
+    import cv2
+    import numpy as np
+
+    base = np.random.default_rng(identity).uniform(0, 255, (14, 14, 3))
+    base = cv2.resize(base, (size, size), interpolation=cv2.INTER_LINEAR)
+    noise = np.random.default_rng(1000 * identity + shot + 1).normal(0, 12, base.shape)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def write_png(path, image):
+    """Write an RGB uint8 image as PNG (parents created); returns path."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def png_header_only(w, h) -> bytes:
+    """A PNG whose IHDR claims w x h and holds no pixel data: enough for a size check that must fire before any
+    decoding."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def lfw_style_heldout(root: Path) -> Path:
+    """4 held-out synthetic identities as <Name>/<Name>_NNNN.jpg + an LFW-format pairs.txt (2 folds of 3 same and
+    3 different pairs); returns root (root / "pairs.txt" is the pairs file)."""
+    from mobiface_tf.data.synthetic import render_identity
+    from mobiface_tf.data.tfrecord import encode_jpeg
+
+    names = [f"held{i}" for i in range(4)]
+    for i, n in enumerate(names):
+        (root / n).mkdir(parents=True)
+        for k, img in enumerate(render_identity(seed=9, identity=i, num_images=3), start=1):
+            (root / n / f"{n}_{k:04d}.jpg").write_bytes(encode_jpeg(img))
+    lines = ["2\t3"]
+    for f in range(2):
+        lines += [f"{names[(f + j) % 4]}\t1\t{2 + j % 2}" for j in range(3)]
+        lines += [f"{names[j]}\t1\t{names[(j + 1 + f) % 4]}\t2" for j in range(3)]
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    return root

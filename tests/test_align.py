@@ -1,11 +1,11 @@
 """Alignment: the similarity transform, the image loader's bad-input policy, MTCNN on real faces."""
 import io
-import struct
-import zlib
 
 import cv2
 import numpy as np
 import pytest
+
+from conftest import png_header_only
 
 from mobiface_tf.align import (ARCFACE_TEMPLATE, FaceAligner, ImageError, decode_image_rgb, load_image_rgb,
                                pick_face, similarity_transform, warp_to_template)
@@ -157,20 +157,12 @@ def test_cmyk_jpeg(tmp_path):
     assert r > 150 and g < 80 and b < 80, out[16, 24]
 
 
-def _png_header_only(w, h):
-    # A PNG whose IHDR claims w x h: enough for the size check, which must fire before any decoding.
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    iend = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
-    return b"\x89PNG\r\n\x1a\n" + chunk + iend
-
-
 def test_too_large_refused_before_decoding(tmp_path):
     p = tmp_path / "bomb.png"
-    p.write_bytes(_png_header_only(100_000, 100_000))  # 10 gigapixels declared, a few bytes on disk
+    p.write_bytes(png_header_only(100_000, 100_000))  # 10 gigapixels declared, a few bytes on disk
     with pytest.raises(ImageError, match="too large"):
         load_image_rgb(p)
-    p.write_bytes(_png_header_only(8000, 6000))  # 48 Mpx: under PIL's own bomb limit, over ours
+    p.write_bytes(png_header_only(8000, 6000))  # 48 Mpx: under PIL's own bomb limit, over ours
     with pytest.raises(ImageError, match="too large: 8000x6000 = 48000000 pixels > max_pixels=40000000"):
         load_image_rgb(p)
     with pytest.raises(ImageError, match="max_pixels=100"):

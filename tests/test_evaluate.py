@@ -100,6 +100,18 @@ def test_roc_curve_endpoints():
     assert len(fpr) == 4  # tied scores give one point
 
 
+def test_roc_curve_hand_computed():
+    """3 positives, 2 negatives, given unsorted, one tie. Accepting score >= t for t = 0.9, 0.7, 0.4, 0.2:
+    t=0.9: TP {0.9}                       -> fpr 0/2, tpr 1/3
+    t=0.7: TP {0.9, 0.7}, FP {0.7} (tie) -> fpr 1/2, tpr 2/3
+    t=0.4: + FP {0.4}                     -> fpr 2/2, tpr 2/3
+    t=0.2: + TP {0.2}                     -> fpr 2/2, tpr 3/3
+    Swapped tpr/fpr, ascending instead of descending order, or a tie split in two all give another curve."""
+    fpr, tpr = ev.roc_curve([0.4, 0.9, 0.7, 0.2, 0.7], [False, True, False, True, True])
+    np.testing.assert_allclose(fpr, [0, 0, 1 / 2, 1, 1])
+    np.testing.assert_allclose(tpr, [0, 1 / 3, 2 / 3, 2 / 3, 1])
+
+
 def test_report_roc_and_sidecar(tmp_path):
     rng = np.random.default_rng(2)
     scores, issame, folds = _random_scores(rng)
@@ -246,7 +258,7 @@ def test_reference_uint8_lfw_accuracy(lfw_embeddings):
 @pytest.mark.slow
 def test_cli_realign_with_mtcnn(tmp_path, reference_tflite, lfw_dir, lfw_pairs):
     """--realign runs the real MTCNN on each LFW crop and re-warps it to the ArcFace template."""
-    pytest.importorskip("mobiface_tf.align", reason="mobiface_tf.align (FaceAligner) not in this checkout yet")
+    import mobiface_tf.align  # noqa: F401  (a broken import fails the test, never skips it)
     pairs = _mini_pairs(lfw_pairs, tmp_path / "pairs_mini.txt", 1)
     out = tmp_path / "report.json"
     proc = subprocess.run(
@@ -265,7 +277,7 @@ def test_cli_realign_with_mtcnn(tmp_path, reference_tflite, lfw_dir, lfw_pairs):
 @pytest.mark.slow
 def test_realign_falls_back_and_counts(tmp_path, reference_tflite, lfw_dir):
     """A faceless image keeps its own (resized) crop and is counted; a real face is re-aligned by MTCNN."""
-    align = pytest.importorskip("mobiface_tf.align", reason="mobiface_tf.align (FaceAligner) not in this checkout yet")
+    from mobiface_tf import align
     import cv2
 
     from mobiface_tf.embedder import load_embedder
@@ -313,3 +325,35 @@ def test_cli_from_repo_root_leaves_no_untracked_files_and_says_its_folds(tmp_pat
     finally:
         for f in written:
             (f if f.is_absolute() else REPO / f).unlink(missing_ok=True)
+
+
+def test_cli_pairs_and_bin_together(tmp_path):
+    """--pairs and --bin in one run (no ../shared/data): the LFW-style report is the top level, the .bin report
+    sits under "bin", each with its own ROC PNG. The .bin holds the very same pairs (same JPEG bytes), so both
+    score the same pairs: same counts of pairs and of negatives."""
+    import pickle
+
+    from conftest import lfw_style_heldout, save_tiny_model
+
+    from mobiface_tf.data.verification import read_lfw_pairs
+
+    held = lfw_style_heldout(tmp_path / "held")
+    model = save_tiny_model(tmp_path / "tiny.keras", 16, 0)
+    pairs = read_lfw_pairs(held / "pairs.txt", held)
+    images = [p.read_bytes() for pair in pairs for p in (pair.path_a, pair.path_b)]
+    (tmp_path / "same.bin").write_bytes(pickle.dumps((images, [p.issame for p in pairs])))
+    out = tmp_path / "both.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "evaluate.py"), f"--model={model}", f"--lfw_dir={held}",
+         f"--pairs={held / 'pairs.txt'}", f"--bin={tmp_path / 'same.bin'}", f"--output={out}", "--progress=false",
+         "--write_sidecar=false"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    lfw, bin_ = report, report["bin"]
+    assert bin_["dataset"].startswith("bin:") and not lfw["dataset"].startswith("bin:")
+    for key in ("accuracy", "accuracy_std", "threshold", "tar_at_far", "num_pairs"):
+        assert key in lfw and key in bin_, key
+    assert lfw["num_pairs"] == bin_["num_pairs"] == len(pairs) == 12
+    assert lfw["num_negative"] == bin_["num_negative"] == 6
+    assert lfw["roc_png"] != bin_["roc_png"] and Path(lfw["roc_png"]).is_file() and Path(bin_["roc_png"]).is_file()
+    assert "lfw" in proc.stdout.lower() and "bin" in proc.stdout.lower()

@@ -151,7 +151,8 @@ def _tool(*args):
 
 @pytest.mark.parametrize("args, message", [
     (["--model=/nonexistent/m.keras"], "--model='/nonexistent/m.keras' does not exist"),
-    (["--backbone=resnet50"], "unknown --backbone='resnet50'"),
+    (["--backbone=resnet50"], "--backbone='resnet50': unknown network 'resnet50'; expected a zoo name"),
+    (["--backbone=mobiface_gdc", "--head=fc"], "network 'mobiface_gdc' has head 'gdc', not 'fc'"),
     (["--backbone=mobiface_gdc", "--quantize=int8", "--calibration={empty}"], "no images"),
 ])
 def test_cli_bad_inputs_one_line_error(tmp_path, args, message):

@@ -60,6 +60,33 @@ def test_presets_are_the_papers():
         margin_params("arc")
 
 
+def insightface_arcface(cos, m):
+    """InsightFace's ArcFace target logit with easy_margin off, as its training code writes it (not ours):
+    th = cos(pi - m), mm = sin(pi - m) * m; phi = cos(theta + m) where cos > th, else cos - mm."""
+    cos = np.asarray(cos, np.float64)
+    sin = np.sqrt(np.clip(1.0 - cos * cos, 0.0, 1.0))
+    th, mm = math.cos(math.pi - m), math.sin(math.pi - m) * m
+    return np.where(cos > th, cos * math.cos(m) - sin * math.sin(m), cos - mm)
+
+
+@pytest.mark.parametrize("m, offset_gap", [(0.5, 0.239713 - 0.122417), (0.3, 0.088656 - 0.044664)])
+def test_fallback_against_insightface(m, offset_gap):
+    """Against InsightFace's formula (above): identical up to theta_t = pi - m (the same switch point), and in
+    the fallback region both are `cos - constant`, ours lower by 1 - cos(m) instead of m*sin(m), i.e. higher
+    by the hand-computed gap (m = 0.5: 0.239713 - 0.122417; m = 0.3: 0.088656 - 0.044664). At theta_t
+    ours equals the paper's cos(theta_t + m) = cos(pi) = -1 (continuous)."""
+    cos = np.linspace(-1 + 1e-6, 1 - 1e-6, 4001)
+    ours = target_logit(tf.constant(cos, tf.float32), 1.0, m, 0.0).numpy().astype(np.float64)
+    ref = insightface_arcface(cos, m)
+    th = math.cos(math.pi - m)
+    main, fall = cos > th + 1e-4, cos < th - 1e-4
+    assert main.sum() > 1000 and fall.sum() > 50
+    np.testing.assert_allclose(ours[main], ref[main], atol=2e-3)  # float32 sin near cos = +-1
+    np.testing.assert_allclose(ours[fall] - ref[fall], offset_gap, atol=1e-5)
+    at = target_logit(tf.constant([th], tf.float32), 1.0, m, 0.0).numpy()[0]
+    assert at == pytest.approx(-1.0, abs=1e-4)
+
+
 @pytest.mark.parametrize("m1,m2", [(1.0, 0.5), (1.35, 0.0), (1.0, 0.3), (2.0, 0.2)])
 def test_fallback_is_continuous_and_monotone(m1, m2):
     cos = tf.constant(np.linspace(-1, 1, 20001), tf.float32)

@@ -9,42 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from conftest import person, save_tiny_model, write_png
 
 from mobiface_tf import identify as ident
 from mobiface_tf.faces import DEFAULT_THRESHOLD, FaceError, load_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def save_tiny_model(path, dim, seed):
-    """(x - 127.5) / 128 -> 8x8 average pooling -> linear: a real model whose embedding follows the pixels."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((112, 112, 3))
-    x = keras.layers.Rescaling(1 / 128, offset=-127.5 / 128)(inp)
-    x = keras.layers.AveragePooling2D(8)(x)
-    x = keras.layers.Flatten()(x)
-    out = keras.layers.Dense(dim)(x)
-    keras.Model(inp, out).save(path)
-    return path
-
-
-def person(identity: int, shot: int, size=112) -> np.ndarray:
-    """A synthetic 'aligned face': a fixed random pattern per identity plus per-photo noise."""
-    base = np.random.default_rng(identity).uniform(0, 255, (14, 14, 3))
-    base = cv2.resize(base, (size, size), interpolation=cv2.INTER_LINEAR)
-    noise = np.random.default_rng(1000 * identity + shot + 1).normal(0, 12, base.shape)
-    return np.clip(base + noise, 0, 255).astype(np.uint8)
-
-
-def write_png(path, image):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return path
 
 
 class CountingEmbedder:

@@ -39,6 +39,36 @@ def test_param_and_mac_counts(models, name):
     assert (model.count_params(), count_macs(model)) == PINNED[name]
 
 
+def _table_i_body_params():
+    """MobiFace's convolutional body counted from Table I by hand (not from our builder): every conv without
+    bias, then BN (gamma, beta, moving mean, moving variance) and a per-channel PReLU, except the linear
+    projections (BN only)."""
+    def conv(k, cin, cout, act=True):
+        return k * k * cin * cout + 4 * cout + (cout if act else 0)
+
+    def block(cin, expand, out):  # 1x1 expand -> 3x3 depthwise -> 1x1 linear projection
+        return conv(1, cin, expand) + (9 * expand + 5 * expand) + conv(1, expand, out, act=False)
+
+    total = conv(3, 3, 64) + (9 * 64 + 5 * 64)  # 3x3 conv /2, 64; 3x3 depthwise, 64
+    cin = 64
+    for expand, out, rblocks in [(128, 64, 2), (256, 128, 3), (512, 256, 6)]:  # Block /2, then RBlocks
+        total += block(cin, expand, out) + rblocks * block(out, expand, out)
+        cin = out
+    return total + conv(1, 256, 512)  # 1x1 conv to 512
+
+
+def test_pinned_counts_against_table_i(models):
+    """Independent oracles for the pins: the body from Table I (2,305,792), the literal FC head a
+    Flatten(7x7x512) -> Dense(512) kernel of 25,088 x 512 without bias (BN follows), then BN(512)."""
+    body = _table_i_body_params()
+    assert body == 2_305_792
+    fc = models["mobiface_fc"]
+    names = [l.name for l in fc.layers]
+    assert sum(l.count_params() for l in fc.layers[: names.index("head_prelu") + 1]) == body
+    assert [tuple(w.shape) for w in fc.get_layer("embedding_dense").weights] == [(7 * 7 * 512, 512)]
+    assert PINNED["mobiface_fc"][0] == body + 25_088 * 512 + 4 * 512 == fc.count_params()
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_output_shape_and_raw_pixel_input(models, name):
     model = models[name]

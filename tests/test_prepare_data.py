@@ -3,17 +3,17 @@ import io
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+from conftest import png_header_only
 
 from mobiface_tf.align import ARCFACE_TEMPLATE, FaceAligner, decode_image_rgb
 from mobiface_tf.data.sources import IRHeader, pack_ir, write_recordio
@@ -37,12 +37,6 @@ def all_examples(out):
     return [ex for p in sorted(Path(out).glob("*.tfrecord")) for ex in read_examples(p)]
 
 
-def _png_header_only(w, h):
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
 def test_bad_inputs_skipped_with_reasons_good_ones_kept(tmp_path):
     from PIL import Image
     faces = render_identity(0, 0, 6)
@@ -62,7 +56,7 @@ def test_bad_inputs_skipped_with_reasons_good_ones_kept(tmp_path):
     jpg = cv2.imencode(".jpg", bgr(faces[5]))[1].tobytes()
     (bad / "truncated.jpg").write_bytes(jpg[: len(jpg) // 2])
     (bad / "text.png").write_text("not an image at all\n")
-    (bad / "huge.png").write_bytes(_png_header_only(9000, 9000))
+    (bad / "huge.png").write_bytes(png_header_only(9000, 9000))
     cv2.imwrite(str(bad / "noface.jpg"), np.full((200, 160, 3), 127, np.uint8))  # auto -> mtcnn: no face
 
     out = tmp_path / "out"
@@ -108,6 +102,24 @@ def test_recordio_with_header_record(tmp_path):
     assert (m["num_images"], m["num_classes"], m["skipped"]) == (6, 2, [])
     assert sorted((e["source"], e["label"]) for e in all_examples(tmp_path / "out")) == [
         (f"train.rec#{k}", (k - 1) // 3) for k in range(1, 7)]
+
+
+def test_recordio_with_two_workers_matches_one(tmp_path):
+    """RecordIO preparation with --workers=2: the same examples (source, label, JPEG bytes) and the same manifest
+    counts as --workers=1 (faces_emore layout: a header record, then 4 identities x 5 images)."""
+    faces = np.concatenate([render_identity(1, c, 5) for c in range(4)])
+    recs = [(0, pack_ir(IRHeader(2, (21.0, 25.0), 0, 0), b""))]
+    recs += [(k + 1, pack_ir(IRHeader(0, (float(k // 5),), k + 1, 0), cv2.imencode(".jpg", f)[1].tobytes()))
+             for k, f in enumerate(faces)]
+    write_recordio(tmp_path / "train.rec", recs)
+    got = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        run_tool(f"--input={tmp_path / 'train.rec'}", f"--output={out}", "--shards=3", f"--workers={workers}")
+        m = json.loads((out / "manifest.json").read_text())
+        assert (m["num_images"], m["num_classes"], m["skipped"]) == (20, 4, [])
+        got[workers] = sorted((e["source"], e["label"], e["jpeg"]) for e in all_examples(out))
+    assert len(got[2]) == 20 and got[2] == got[1]
 
 
 def test_corrupt_recordio_fails_with_file_and_offset(tmp_path):

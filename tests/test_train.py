@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import lfw_style_heldout
+
 from mobiface_tf import train as tr
 from mobiface_tf.data.synthetic import write_synthetic_tfrecords
 
@@ -20,24 +22,6 @@ def synth(tmp_path_factory):
     d = tmp_path_factory.mktemp("synth")
     write_synthetic_tfrecords(d, num_identities=6, images_per_identity=8, seed=0, shards=4)
     return d
-
-
-def lfw_style_heldout(root: Path) -> Path:
-    """4 held-out synthetic identities as <Name>/<Name>_NNNN.jpg + an LFW-format pairs.txt (2 folds x 3 + 3)."""
-    from mobiface_tf.data.synthetic import render_identity
-    from mobiface_tf.data.tfrecord import encode_jpeg
-
-    names = [f"held{i}" for i in range(4)]
-    for i, n in enumerate(names):
-        (root / n).mkdir(parents=True)
-        for k, img in enumerate(render_identity(seed=9, identity=i, num_images=3), start=1):
-            (root / n / f"{n}_{k:04d}.jpg").write_bytes(encode_jpeg(img))
-    lines = ["2\t3"]
-    for f in range(2):
-        lines += [f"{names[(f + j) % 4]}\t1\t{2 + j % 2}" for j in range(3)]
-        lines += [f"{names[j]}\t1\t{names[(j + 1 + f) % 4]}\t2" for j in range(3)]
-    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def run_cli(*args, timeout=300):
@@ -113,7 +97,7 @@ def test_bad_flags_one_line_error(synth, tmp_path):
     (dict(margin_m2=4.0), "0 <= m2 < pi"),
     (dict(lr=0.0), "--lr must be > 0, got 0.0"),
     (dict(lr_boundaries=[60, 40]), "increasing"),
-    (dict(backbone="resnet"), "unknown --backbone 'resnet'"),
+    (dict(backbone="resnet"), "--backbone/--head: unknown network 'resnet'"),
     (dict(batch_size=0), "--batch_size must be >= 1, got 0"),
     (dict(val_lfw_dir="x"), "go together"),
 ])
@@ -201,3 +185,96 @@ def test_corrupt_shard_names_it_or_is_skipped(synth, tmp_path):
     r = run_cli(*common, f"--model_dir={tmp_path / 'b'}", "--skip_corrupt")
     assert r.returncode == 0, r.stderr[-3000:]
     assert shard.name in r.stderr  # the warning names it
+
+
+def heldout_bin(path: Path, num_ids: int = 10, seed: int = 7) -> Path:
+    """An InsightFace-format .bin of synthetic identities never trained on (another seed): 30 same-identity and
+    30 different-identity pairs, alternating."""
+    import pickle
+
+    from mobiface_tf.data.synthetic import render_identity
+    from mobiface_tf.data.tfrecord import encode_jpeg
+
+    faces = [render_identity(seed, i, 4) for i in range(num_ids)]
+    rng = np.random.default_rng(0)
+    images, issame = [], []
+    for k in range(30):
+        i, (a, b) = k % num_ids, rng.choice(4, 2, replace=False)
+        j = (i + 1 + k // num_ids) % num_ids
+        images += [encode_jpeg(faces[i][a]), encode_jpeg(faces[i][b]), encode_jpeg(faces[i][a]), encode_jpeg(faces[j][b])]
+        issame += [True, False]
+    path.write_bytes(pickle.dumps((images, issame)))
+    return path
+
+
+@pytest.mark.slow
+def test_learns_on_synthetic_identities(tmp_path):
+    """Learning, without ../shared/data: 60 ArcFace steps (batch 16) on 8 synthetic identities. The loss falls
+    (last 10 steps below half the first 10), and held-out verification on 12 synthetic identities never trained
+    on (another seed; all 2,145 pairs of 72 images) rises above the same network's untrained value: ROC AUC up
+    (observed 0.83 -> 0.86-0.90) and the same-minus-different mean cosine at least doubled (observed 0.12 ->
+    0.5-0.6). A trainer whose updates do nothing, or go the wrong way, fails. Also runs --val_bin during training.
+    ~55 s on 2 busy cores."""
+    import json
+
+    import keras
+
+    from mobiface_tf import evaluate as ev
+    from mobiface_tf.data.synthetic import render_identity
+
+    data = tmp_path / "train"
+    write_synthetic_tfrecords(data, num_identities=8, images_per_identity=16, seed=0, shards=2)
+    faces = np.concatenate([render_identity(11, i, 6) for i in range(12)]).astype(np.float32)
+    same = np.equal.outer(np.repeat(np.arange(12), 6), np.repeat(np.arange(12), 6))[np.triu_indices(72, 1)]
+
+    def heldout(model):
+        """(ROC AUC, mean cosine of same-identity pairs minus that of different-identity pairs)."""
+        e = np.array(model(faces, training=False), np.float64)
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        scores = (e @ e.T)[np.triu_indices(72, 1)]
+        fpr, tpr = ev.roc_curve(scores, same)
+        return float(np.trapezoid(tpr, fpr)), float(scores[same].mean() - scores[~same].mean())
+
+    keras.utils.set_random_seed(0)  # the initial weights train() starts from (same seed, same builder)
+    auc0, gap0 = heldout(tr.build_backbone("mobiface", 64, "gdc"))
+    val = heldout_bin(tmp_path / "heldout.bin")
+    summary = tr.train(str(data), str(tmp_path / "m"), backbone="mobiface", head="gdc", embedding_dim=64, seed=0,
+                       batch_size=16, steps=60, lr=0.1, warmup_steps=5, lr_boundaries=[], log_every=10,
+                       shuffle_buffer=256, val_bin=str(val), val_every=60)
+    auc, gap = heldout(keras.models.load_model(summary["embedding_model"]))
+    losses = np.array(summary["losses"])
+    print(f"loss {losses[:10].mean():.2f} -> {losses[-10:].mean():.2f}; held-out AUC {auc0:.3f} -> {auc:.3f}, "
+          f"cosine gap {gap0:.3f} -> {gap:.3f}")
+    assert np.isfinite(losses).all() and losses[-10:].mean() < 0.5 * losses[:10].mean()
+    assert auc > auc0 + 0.01 and gap > 2 * gap0
+    # --val_bin during training: scored at step 60 and logged to the learning curve next to the checkpoints.
+    history = [json.loads(line) for line in (tmp_path / "m" / tr.VAL_HISTORY).read_text().splitlines()]
+    assert [(h["step"], h["dataset"]) for h in history] == [(60, "bin")]
+    assert history[0]["accuracy"] == summary["val_bin_accuracy"] > 0.5
+
+
+def test_network_names_resolve_once_and_head_is_honoured():
+    """--backbone takes builder or zoo names through models.zoo.resolve (the resolver to_tflite, bench and compare
+    use); --head is honoured for every builder, MobileFaceNet included, and a head contradicting a zoo name fails."""
+    names = lambda m: {l.name for l in m.layers}  # noqa: E731
+    gdc, gap = tr.build_backbone("mobilefacenet", 128, "gdc"), tr.build_backbone("mobilefacenet", 128, "gap")
+    assert "embedding_gdc_conv" in names(gdc) and "embedding_gdc_conv" not in names(gap)
+    assert gdc.count_params() == 1_022_720 != gap.count_params()  # gdc: MobileFaceNet's own head (pinned count)
+    cases = [(dict(), ("mobiface", "gdc", 512)),
+             (dict(backbone="mobilefacenet"), ("mobilefacenet", "gdc", 128)),  # the zoo's: Chen et al.'s 128-d
+             (dict(backbone="mobilefacenet", head="fc"), ("mobilefacenet", "fc", 128)),
+             (dict(backbone="mobilenet_v1", head="gap"), ("mobilenet_v1", "gap", 512)),  # builder name: 512-d
+             (dict(backbone="mobiface_fc"), ("mobiface_fc", "fc", 512)),
+             (dict(backbone="mobilefacenet", embedding_dim=64), ("mobilefacenet", "gdc", 64)),
+             (dict(backbone="mobiface_gdc", embedding_dim=128), ("mobiface_gdc", "gdc", 128)),
+             (dict(backbone="mobilefacenet_512", head="gdc"), ("mobilefacenet_512", "gdc", 512))]
+    for settings, want in cases:
+        cfg = tr.TrainConfig(data="x", model_dir="y", **settings)
+        cfg.validate()
+        assert (cfg.backbone, cfg.head, cfg.embedding_dim) == want, settings
+    with pytest.raises(ValueError, match="--backbone/--head: network 'mobiface_gdc' has head 'gdc', not 'fc'"):
+        tr.TrainConfig(data="x", model_dir="y", backbone="mobiface_gdc", head="fc").validate()
+    with pytest.raises(ValueError, match="unknown network 'resnet'"):
+        tr.TrainConfig(data="x", model_dir="y", backbone="resnet").validate()
+    s1 = tr.build_backbone("mobilenet_v1_fc_s1", None, None)  # a zoo entry beyond head/dim: final_stride=1
+    assert s1.count_params() == 28_921_024 and s1.get_layer("block11_dw_conv").strides == (1, 1)

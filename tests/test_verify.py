@@ -16,7 +16,7 @@ import pytest
 from mobiface_tf import verify as ver
 from mobiface_tf.faces import (DEFAULT_THRESHOLD, FaceError, load_face, load_model, prepare_aligned,
                                resolve_threshold)
-from test_identify import person, save_tiny_model, write_png
+from conftest import person, save_tiny_model, write_png
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -30,8 +30,9 @@ def tiny(tmp_path_factory):
 def test_threshold_flag_then_sidecar_then_default(tmp_path):
     model = tmp_path / "m.tflite"
     model.write_bytes(b"x")
-    assert resolve_threshold(model) == (DEFAULT_THRESHOLD, resolve_threshold(model)[1])
-    assert "default" in resolve_threshold(model)[1]
+    t, source = resolve_threshold(model)  # no sidecar, no flag: the documented default and where it came from
+    assert t == DEFAULT_THRESHOLD == 0.275
+    assert source.startswith("default 0.275") and "tools/evaluate.py" in source
     (tmp_path / "m.tflite.eval.json").write_text(json.dumps({"threshold": 0.42, "accuracy": 0.99, "dataset": "x",
                                                              "num_positive": 10, "num_negative": 10}))
     t, source = resolve_threshold(model)

@@ -14,9 +14,11 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from mobiface_tf import quiet  # first: TensorFlow's start-up log is filtered out unless --verbose
 
-from absl import app, flags
+quiet.install(sys.argv)
+
+from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "results, checkpoints and exports go here", required=True)
@@ -67,4 +69,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    quiet.define_verbose_flag()
     app.run(main)

@@ -26,8 +26,8 @@ flags.DEFINE_bool("progress", True, "print a timed line on stderr as each step s
 flags.DEFINE_string("model", None, "trained embedding model (.keras) to export")
 flags.DEFINE_string("backbone", None, "instead of --model: a fresh random-init network, a zoo name (e.g. mobiface_gdc) "
                     "or a builder name (mobiface, mobilefacenet, mobilenet_v1) with --head/--embedding_dim")
-flags.DEFINE_enum("head", None, ["fc", "gdc", "gap"], "head for a builder-name --backbone")
-flags.DEFINE_integer("embedding_dim", None, "embedding size for a builder-name --backbone", lower_bound=1)
+flags.DEFINE_enum("head", None, ["fc", "gdc", "gap"], "head for --backbone (a zoo name fixes its own)")
+flags.DEFINE_integer("embedding_dim", None, "embedding size for --backbone (overrides a zoo name's)", lower_bound=1)
 flags.DEFINE_string("output", None, "output .tflite path", required=True)
 flags.DEFINE_enum("quantize", "none", ["none", "float16", "dynamic", "int8"], "conversion mode")
 flags.DEFINE_string("calibration", None, "int8 representative set: directory of aligned face images or TFRecord glob")
@@ -55,22 +55,14 @@ def _build_model():
         path = Path(FLAGS.model)
         if not path.is_file():
             raise ValueError(f"--model={FLAGS.model!r} does not exist; pass a .keras file written by training")
-        import mobiface_tf.models  # noqa: F401  (custom layers, if any, register on import)
         return keras.models.load_model(path, compile=False)
-    from mobiface_tf.models import BUILDERS, build
-    from mobiface_tf.models.zoo import CONFIGS, build_config
+    from mobiface_tf.models.zoo import build_config
 
     keras.utils.set_random_seed(FLAGS.seed)
-    if FLAGS.backbone in CONFIGS:
-        if FLAGS.head or FLAGS.embedding_dim:
-            raise ValueError(f"--backbone={FLAGS.backbone!r} is a zoo name that fixes head and embedding size; "
-                             f"use a builder name ({sorted(BUILDERS)}) with --head/--embedding_dim")
-        return build_config(FLAGS.backbone)
-    if FLAGS.backbone in BUILDERS:
-        kwargs = {k: v for k, v in (("head", FLAGS.head), ("embedding_dim", FLAGS.embedding_dim)) if v}
-        return build(FLAGS.backbone, **kwargs)
-    raise ValueError(f"unknown --backbone={FLAGS.backbone!r}; expected a zoo name {sorted(CONFIGS)} "
-                     f"or a builder name {sorted(BUILDERS)}")
+    try:  # the one network resolver (models.zoo.resolve): unknown names and a contradicting --head fail here
+        return build_config(FLAGS.backbone, head=FLAGS.head, embedding_dim=FLAGS.embedding_dim)
+    except ValueError as e:
+        raise ValueError(f"--backbone={FLAGS.backbone!r}: {e}") from None
 
 
 def _step(t0: float, message: str) -> None:

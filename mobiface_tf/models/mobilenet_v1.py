@@ -11,13 +11,14 @@ import keras
 from mobiface_tf.models.layers import conv_bn, embedding_head, normalize
 
 # Table 1 of Howard et al.: each row is a depthwise-separable unit (3x3 depthwise, then 1x1 pointwise).
-#       pointwise filters, depthwise stride
+# `final` marks the unit whose stride is `final_stride` (the 1024-channel stage, Table 1's "Conv dw / s2").
+#       pointwise filters, depthwise stride, final
 TABLE_1 = [
-    (64, 1),
-    (128, 2), (128, 1),
-    (256, 2), (256, 1),
-    (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1),
-    (1024, 2), (1024, 1),
+    (64, 1, False),
+    (128, 2, False), (128, 1, False),
+    (256, 2, False), (256, 1, False),
+    (512, 2, False), (512, 1, False), (512, 1, False), (512, 1, False), (512, 1, False), (512, 1, False),
+    (1024, 2, True), (1024, 1, False),
 ]
 
 
@@ -35,9 +36,8 @@ def MobileNetV1(input_shape=(112, 112, 3), embedding_dim=512, head="gdc", final_
     inputs = keras.Input(shape=input_shape, name="image")
     x = normalize(inputs)
     x = conv_bn(x, int(32 * alpha), 3, 2, "stem", act="relu")
-    for i, (filters, stride) in enumerate(TABLE_1):
-        if i == 11:
-            stride = final_stride
+    for i, (filters, stride, final) in enumerate(TABLE_1):
+        stride = final_stride if final else stride
         x = conv_bn(x, None, 3, stride, f"block{i}_dw", act="relu", depthwise=True)
         x = conv_bn(x, int(filters * alpha), 1, 1, f"block{i}_pw", act="relu")
     outputs = embedding_head(x, head, embedding_dim)

@@ -2,7 +2,7 @@
 
 One place defines what "mobiface_gdc" or "mobilenet_v1_fc" means, so every table agrees.
 """
-from mobiface_tf.models import build, count_macs
+from mobiface_tf.models import BUILDERS, build, count_macs
 
 #  short name           builder          kwargs
 CONFIGS = {
@@ -17,11 +17,39 @@ CONFIGS = {
 }
 
 
-def build_config(short_name):
-    """Build one of CONFIGS by its short name."""
-    if short_name not in CONFIGS:
-        raise ValueError(f"unknown network {short_name!r}; expected one of {sorted(CONFIGS)}")
-    builder, kwargs = CONFIGS[short_name]
+def resolve(name, head=None, embedding_dim=None):
+    """The one network-name resolver every CLI uses (train, to_tflite, bench, compare).
+
+    Args:
+      name: a zoo name (CONFIGS, e.g. "mobiface_gdc") or a builder name (models.BUILDERS, e.g. "mobiface").
+      head: "fc" | "gdc" | "gap" or None (the zoo entry's head, else the builder's default). A zoo name
+        fixes its head: a different one is an error, not silently replaced.
+      embedding_dim: overrides the zoo entry's embedding size when given (None: the entry's, else the
+        builder's default).
+    Returns (builder name, builder kwargs), for `models.build(builder, **kwargs)`.
+    Raises ValueError naming the value and the accepted names.
+    """
+    if name in CONFIGS:
+        builder, kwargs = CONFIGS[name]
+        kwargs = dict(kwargs)
+        if head is not None and head != kwargs.get("head", head):
+            raise ValueError(f"network {name!r} has head {kwargs['head']!r}, not {head!r}; drop the head setting "
+                             f"or use the builder name {builder!r} with it")
+    elif name in BUILDERS:
+        builder, kwargs = name, {}
+    else:
+        raise ValueError(f"unknown network {name!r}; expected a zoo name ({', '.join(sorted(CONFIGS))}) or a "
+                         f"builder name ({', '.join(sorted(BUILDERS))})")
+    if head is not None:
+        kwargs["head"] = head
+    if embedding_dim is not None:
+        kwargs["embedding_dim"] = int(embedding_dim)
+    return builder, kwargs
+
+
+def build_config(short_name, **overrides):
+    """Build a network by zoo or builder name (see `resolve`); the model is named after `short_name`."""
+    builder, kwargs = resolve(short_name, **overrides)
     return build(builder, name=short_name, **kwargs)
 
 
