@@ -174,3 +174,12 @@ def lfw_style_heldout(root: Path) -> Path:
         lines += [f"{names[j]}\t1\t{names[(j + 1 + f) % 4]}\t2" for j in range(3)]
     (root / "pairs.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def checkpoint_float_vars(ckpt_prefix) -> dict:
+    """{name: array} of every floating variable in a checkpoint (weights, BN statistics, optimizer slots)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(ckpt_prefix))
+    return {n: reader.get_tensor(n) for n, d in reader.get_variable_to_dtype_map().items()
+            if d.is_floating and not n.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_onnx_embedder, onnx_reference
+from conftest import checkpoint_float_vars, make_onnx_embedder, onnx_reference
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -323,14 +323,6 @@ def _distill_data(root):
     return root
 
 
-def _float_vars(prefix):
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(prefix)
-    return {n: reader.get_tensor(n) for n, d in reader.get_variable_to_dtype_map().items()
-            if d.is_floating and not n.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
-
-
 @pytest.mark.slow
 def test_distillation_sigkill_resume_matches_uninterrupted(tmp_path):
     import tensorflow as tf
@@ -359,8 +351,8 @@ def test_distillation_sigkill_resume_matches_uninterrupted(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err[-3000:]
-    a = _float_vars(tf.train.latest_checkpoint(str(full / "checkpoints")))
-    b = _float_vars(tf.train.latest_checkpoint(str(killed / "checkpoints")))
+    a = checkpoint_float_vars(tf.train.latest_checkpoint(str(full / "checkpoints")))
+    b = checkpoint_float_vars(tf.train.latest_checkpoint(str(killed / "checkpoints")))
     assert a.keys() == b.keys() and any(n.startswith("projection/") for n in a) and any("centres" in n for n in a)
     for n in a:
         np.testing.assert_allclose(a[n], b[n], atol=1e-5, err_msg=n)
@@ -382,7 +374,6 @@ MIRRORED = textwrap.dedent("""
         s = tr.train(data, out + "/" + name, strategy_obj=strategy, **common)
         w = s["backbone"].weights + s["projection"].weights
         res[name] = dict(kd=s["distill_losses"], replicas=s["replicas"], w=[v.numpy().tolist() for v in w[-3:]])
-        init = tr.build_backbone("mobiface", 16, "gdc")  # same seed -> same initial weights as the run
     print("RESULT", json.dumps(res))
 """)
 

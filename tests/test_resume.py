@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import checkpoint_float_vars as float_vars
 from mobiface_tf.data.synthetic import write_synthetic_tfrecords
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,12 +22,6 @@ def cmd(data, model_dir):
     return [sys.executable, "-m", "mobiface_tf.train", f"--data={data}", f"--model_dir={model_dir}",
             "--backbone=mobiface", "--head=gdc", "--embedding_dim=64", "--batch_size=4", f"--steps={STEPS}",
             "--lr=0.05", "--ckpt_every=2", "--log_every=1", "--deterministic", "--seed=3", "--shuffle_buffer=64"]
-
-
-def float_vars(ckpt_prefix):
-    reader = tf.train.load_checkpoint(ckpt_prefix)
-    return {n: reader.get_tensor(n) for n, d in reader.get_variable_to_dtype_map().items()
-            if d.is_floating and not n.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
 
 
 @pytest.mark.slow
