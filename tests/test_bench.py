@@ -110,7 +110,10 @@ def test_bench_end_to_end_small(tmp_path, lfw_dir):
         assert row["litert_benchmark"]["num_runs"] == 3
     fp32, int8 = data["rows"]
     assert data["meta"]["peak_gflops_by_threads"]["1"] == fp32["peak_gflops"] > 0
-    assert fp32["fraction_of_peak"] > 0 and int8["fraction_of_peak"] is None
+    # A fraction of the sgemm peak, or (on a busy machine, where the row beat the peak) the "under load" note.
+    assert (fp32["fraction_of_peak"] is not None and 0 < fp32["fraction_of_peak"] <= 1) or \
+        (fp32["fraction_of_peak"] is None and fp32["fraction_of_peak_note"] == bench.PEAK_UNDER_LOAD)
+    assert int8["fraction_of_peak"] is None
     assert "real faces" in int8["calibration"]
     assert data["ratios"] == [{"model": "mobilefacenet", "threads": 1, "int8_vs_fp32": int8["p50_vs_fp32"],
                                "int8_vs_fp32_paired": data["ratios"][0]["int8_vs_fp32_paired"]}]

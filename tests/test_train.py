@@ -278,3 +278,40 @@ def test_network_names_resolve_once_and_head_is_honoured():
         tr.TrainConfig(data="x", model_dir="y", backbone="resnet").validate()
     s1 = tr.build_backbone("mobilenet_v1_fc_s1", None, None)  # a zoo entry beyond head/dim: final_stride=1
     assert s1.count_params() == 28_921_024 and s1.get_layer("block11_dw_conv").strides == (1, 1)
+
+
+def test_resume_with_changed_settings(tmp_path):
+    """A new --batch_size resumes (weights, optimizer, step restored; a fresh data iterator, said in the log);
+    a setting that defines the network stops with one line naming it; flags.txt keeps the first run's settings
+    and appends what changed (case resume-changed-batch-misleading)."""
+    import subprocess
+    import sys
+
+    from mobiface_tf.data.synthetic import write_synthetic_tfrecords
+
+    data = tmp_path / "data"
+    write_synthetic_tfrecords(data, 8, 4, 0, 1)
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "mobiface_tf.train", f"--data={data}", f"--model_dir={run}", "--head=gdc",
+            "--embedding_dim=32", "--ckpt_every=2", "--log_every=1", "--shuffle_buffer=32"]
+    repo = Path(__file__).resolve().parents[1]
+
+    def train(*extra):
+        return subprocess.run(base + list(extra), capture_output=True, text=True, cwd=repo, timeout=300)
+
+    first = train("--batch_size=16", "--steps=2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    flags_before = (run / "flags.txt").read_text()
+    second = train("--batch_size=8", "--steps=4")
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-3000:]
+    assert "at step 2 with a fresh data iterator" in out and "batch_size 16 -> 8" in out, out[-3000:]
+    assert "done at step 4" in out
+    flags = (run / "flags.txt").read_text()
+    assert flags.startswith(flags_before) and "--batch_size=16" in flags_before
+    assert "# resumed at step 2 with: --batch_size=8" in flags
+    third = train("--batch_size=8", "--steps=6", "--embedding_dim=64")
+    assert third.returncode != 0 and "Traceback" not in third.stderr
+    line = third.stderr.strip().splitlines()[-1]
+    assert "--embedding_dim was 32" in line and "is 64 now" in line and "--model_dir" in line, line
+    assert (run / "flags.txt").read_text() == flags  # nothing written by the refused run
