@@ -183,3 +183,22 @@ def checkpoint_float_vars(ckpt_prefix) -> dict:
     reader = tf.train.load_checkpoint(str(ckpt_prefix))
     return {n: reader.get_tensor(n) for n, d in reader.get_variable_to_dtype_map().items()
             if d.is_floating and not n.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
+
+
+def kill_after_first_checkpoint(cmd, model_dir, env, timeout: float = 240):
+    """Start the training command `cmd` (whose --model_dir is `model_dir`) and SIGKILL it as soon as its first
+    checkpoint is indexed; returns the newest checkpoint prefix it left (None if it wrote none)."""
+    import signal
+    import subprocess
+    import time
+
+    import tensorflow as tf
+
+    victim = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    index = Path(model_dir) / "checkpoints" / "checkpoint"
+    deadline = time.time() + timeout
+    while not index.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    return tf.train.latest_checkpoint(str(Path(model_dir) / "checkpoints"))

@@ -2,17 +2,15 @@
 (fold exclusion, --folds), and distillation in the trainer (learning, mirror targets, resume, Mirrored)."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import checkpoint_float_vars, make_onnx_embedder, onnx_reference
+from conftest import checkpoint_float_vars, kill_after_first_checkpoint, make_onnx_embedder, onnx_reference
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -338,14 +336,7 @@ def test_distillation_sigkill_resume_matches_uninterrupted(tmp_path):
 
     full, killed = tmp_path / "full", tmp_path / "killed"
     ref = subprocess.Popen(cmd(full), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
-    victim = subprocess.Popen(cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    index = killed / "checkpoints" / "checkpoint"
-    deadline = time.time() + 240
-    while not index.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    at_kill = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+    at_kill = kill_after_first_checkpoint(cmd(killed), killed, ENV)
     assert at_kill is not None and int(at_kill.rsplit("-", 1)[1]) < steps
     resumed = subprocess.run(cmd(killed), capture_output=True, text=True, env=ENV, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -1,17 +1,15 @@
 """Exact resume: a real training process SIGKILLed after a checkpoint, resumed to N steps, ends with the same
 weights (model, margin head, optimizer slots) as an uninterrupted N-step run, within 1e-5 (op determinism on)."""
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import checkpoint_float_vars as float_vars
+from conftest import checkpoint_float_vars as float_vars, kill_after_first_checkpoint
 from mobiface_tf.data.synthetic import write_synthetic_tfrecords
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +30,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     # The uninterrupted reference runs at the same time as the run we kill (2 cores, saves wall time).
     ref = subprocess.Popen(cmd(data, full), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    victim = subprocess.Popen(cmd(data, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    index = killed / "checkpoints" / "checkpoint"
-    deadline = time.time() + 240
-    while not index.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    at_kill = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+    at_kill = kill_after_first_checkpoint(cmd(data, killed), killed, env)
     assert at_kill is not None, "the victim was killed before writing any checkpoint"
     k = int(at_kill.rsplit("-", 1)[1])
     assert k < STEPS and not (killed / "embedding.keras").exists(), f"the victim finished before the kill (ckpt {k})"
