@@ -137,6 +137,7 @@ def export_student(embedding: Path, out_dir: Path, calibration, parity_images, l
 
 # ------------------------------------------------------------------------------------------------ outputs
 def markdown(rows: list, meta: dict) -> str:
+    """The results table as Markdown (one line per row of `rows`) followed by the budget, protocol and CPU notes from `meta`."""
     head = ("| network | form | params | MACs | size | p50 1 thread (ms) | held-out acc | Δ vs Keras | train |\n"
             "|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
@@ -165,6 +166,7 @@ def markdown(rows: list, meta: dict) -> str:
 
 
 def plot(rows: list, path: Path, title: str) -> Path:
+    """PNG of held-out accuracy (%) against 1-thread TFLite p50 latency (ms), one colour per network, one marker per form; returns `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,7 +213,9 @@ def make_synthetic_setup(root: Path, num_train_ids: int = 12, num_heldout_ids: i
     data = root / "train"
     if not (data / "manifest.json").is_file():
         synthetic.write_synthetic_tfrecords(data, num_train_ids, images, seed=0, shards=2)
-    if "teacher" not in json.loads((data / "manifest.json").read_text()):
+    from mobiface_tf.data.manifest import read_manifest
+
+    if "teacher" not in read_manifest(data):
         add_teacher(data, teacher, progress=False)
     lfw = root / "lfw"
     pairs = root / "pairs.txt"

@@ -50,6 +50,7 @@ def check_finite_embeddings(emb: np.ndarray, where: str) -> np.ndarray:
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows of `x` [N, D] divided by their L2 norm (at least `eps`), as float32."""
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norm, eps)).astype(np.float32)
 

@@ -49,6 +49,7 @@ def best_threshold(scores, issame) -> tuple[float, float]:
 
 
 def accuracy_at(scores, issame, threshold: float) -> float:
+    """Fraction of pairs where (score > threshold) equals issame; scores and issame are 1-D of the same length."""
     return float(np.mean((np.asarray(scores) > threshold) == np.asarray(issame, bool)))
 
 
@@ -131,6 +132,7 @@ def roc_curve(scores, issame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_roc_png(scores, issame, path, title: str) -> Path:
+    """Write the ROC curve (TAR against FAR, log x axis) of these pairs to `path` as a PNG titled `title`; returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")

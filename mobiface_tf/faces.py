@@ -164,6 +164,7 @@ def load_face(path, aligner: FaceAligner | None, max_pixels: int = DEFAULT_MAX_P
 
 
 def file_sha256(path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks); the key of embedding caches and indexes."""
     h = hashlib.sha256()
     with open(os.fspath(path), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

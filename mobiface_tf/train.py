@@ -203,6 +203,7 @@ def make_optimizer(lr_schedule, momentum: float, mixed_precision: str = "none", 
 
 
 def current_lr(optimizer) -> float:
+    """The optimizer's learning rate at its current iteration, as a float (inside a LossScaleOptimizer too)."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return float(inner.learning_rate.numpy()) if hasattr(inner.learning_rate, "numpy") else float(inner.learning_rate)
 
@@ -459,6 +460,7 @@ class TrainConfig:
             raise ValueError("--val_folds needs --val_pairs and --val_lfw_dir")
 
     def schedule(self):
+        """The learning-rate schedule these settings ask for: CosineWithWarmup or PiecewiseWithWarmup (the paper's)."""
         if self.lr_schedule == "cosine":
             return CosineWithWarmup(self.lr, self.steps, self.warmup_steps)
         return PiecewiseWithWarmup(self.lr, self.lr_boundaries, self.lr_decay, self.warmup_steps)
@@ -512,6 +514,7 @@ def check_flagfile_paths(cfg: TrainConfig, argv) -> None:
 
 
 def config_from_flags(fl) -> TrainConfig:
+    """A TrainConfig filled from parsed absl flags (one attribute per field); not yet validated."""
     return TrainConfig(**{f.name: getattr(fl, f.name) for f in dataclasses.fields(TrainConfig)})
 
 

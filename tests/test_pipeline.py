@@ -175,3 +175,34 @@ def test_no_files_and_manifest(shards, tmp_path):
     assert m["num_images"] == 60 and m["num_classes"] == N_IDS and m["synthetic"] is True
     assert read_manifest(str(shards / "*.tfrecord")) == m
     assert len(match_files(shards)) == SHARDS
+
+
+def test_manifest_has_one_owner_and_checks_its_invariants(tmp_path):
+    """Every writer goes through mobiface_tf.data.manifest, which refuses a manifest that breaks the schema."""
+    import json
+
+    import pytest
+
+    from mobiface_tf.data import manifest as mf
+    from mobiface_tf.data.synthetic import write_synthetic_tfrecords
+
+    m = write_synthetic_tfrecords(tmp_path / "d", 3, 2, seed=0, shards=2)
+    assert mf.read_manifest(tmp_path / "d") == m == mf.read_manifest(tmp_path / "d" / "train-00000-of-00002.tfrecord")
+    bad = dict(m, num_images=m["num_images"] + 1)
+    with pytest.raises(mf.ManifestError, match="shards hold 6 examples but num_images is 7"):
+        mf.write_manifest(tmp_path / "d", bad)
+    assert json.loads((tmp_path / "d" / mf.MANIFEST).read_text()) == m  # nothing written
+    (tmp_path / "d" / mf.MANIFEST).write_text(json.dumps(dict(m, class_counts=[2, 2, 1])))
+    with pytest.raises(ValueError, match="class_counts"):
+        mf.read_manifest(tmp_path / "d")
+    (tmp_path / "d" / mf.MANIFEST).write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read"):
+        mf.read_manifest(tmp_path / "d")
+    # No module other than the owner writes or parses manifest.json itself.
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for path in [*root.glob("mobiface_tf/**/*.py"), *root.glob("tools/*.py")]:
+        text = path.read_text()
+        if path.name != "manifest.py":
+            assert "write_json_atomic(manifest_path" not in text and "MANIFEST), {" not in text, path

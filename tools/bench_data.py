@@ -27,7 +27,8 @@ flags.DEFINE_float("seconds", 5.0, "Timed seconds per setting (after a warm-up).
 
 def _write_shards(out_dir: str, num_images: int) -> str:
     from mobiface_tf.data.synthetic import write_synthetic_tfrecords
-    from mobiface_tf.data.tfrecord import MANIFEST, AtomicShardWriter, make_example, shard_name, write_json_atomic
+    from mobiface_tf.data.manifest import write_manifest
+    from mobiface_tf.data.tfrecord import AtomicShardWriter, make_example, shard_name
     lfw = Path(FLAGS.lfw_dir)
     if not lfw.is_dir():
         write_synthetic_tfrecords(out_dir, max(1, num_images // 16), 16, seed=0, shards=8)
@@ -40,8 +41,8 @@ def _write_shards(out_dir: str, num_images: int) -> str:
     for i, f in enumerate(files):
         writers[i % 8].write(make_example(f.read_bytes(), i % 1000, f.name))
     shards = [{"file": shard_name(s, 8), "num_images": w.count, "bytes": w.commit()} for s, w in enumerate(writers)]
-    write_json_atomic(os.path.join(out_dir, MANIFEST), {"num_images": len(files), "num_classes": 1000,
-                                                        "class_names": [], "skipped": [], "shards": shards})
+    write_manifest(out_dir, {"num_images": len(files), "num_classes": 1000, "class_names": [], "skipped": [],
+                             "shards": shards})
     return f"LFW 112x112 JPEGs ({len(files)} from {lfw})"
 
 

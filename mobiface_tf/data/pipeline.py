@@ -21,7 +21,8 @@ import sys
 
 import tensorflow as tf
 
-from mobiface_tf.data.tfrecord import MANIFEST, parse_example
+from mobiface_tf.data.manifest import MANIFEST, read_manifest  # noqa: F401  (re-exported)
+from mobiface_tf.data.tfrecord import parse_example
 
 AUTOTUNE = tf.data.AUTOTUNE
 log = logging.getLogger(__name__)
@@ -41,19 +42,6 @@ def match_files(file_pattern) -> list[str]:
     if not files:
         raise ValueError(f"data pattern matched no files: {file_pattern!r}. Run tools/prepare_data.py first")
     return files
-
-
-def read_manifest(dir_or_pattern) -> dict:
-    """manifest.json next to the shards (num_images, num_classes, class_names, skipped, shards, ...)."""
-    path = str(dir_or_pattern)
-    if not tf.io.gfile.isdir(path):
-        path = os.path.dirname(path) if not isinstance(dir_or_pattern, (list, tuple)) else \
-            os.path.dirname(str(dir_or_pattern[0]))
-    path = os.path.join(path, MANIFEST)
-    if not tf.io.gfile.exists(path):
-        raise ValueError(f"no {MANIFEST} at '{path}'. Run tools/prepare_data.py to write shards and manifest")
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
 
 
 def _expected_counts(files: list[str], skip_corrupt: bool) -> list[int]:

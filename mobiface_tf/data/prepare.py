@@ -26,6 +26,7 @@ from pathlib import Path
 from mobiface_tf.align import FaceAligner
 from mobiface_tf.images import (CROP_SIZE, DEFAULT_MAX_PIXELS, ImageError, decode_image_rgb, image_header,
                                 list_images, read_image_bytes)
+from mobiface_tf.data.manifest import read_manifest, write_manifest
 from mobiface_tf.data.sources import (RecordIOError, RecordIOReader, check_label, label_limit, list_image_folder,
                                       recordio_class_names)
 
@@ -387,7 +388,7 @@ def _prepare(input_path: str, output: str, align: str = "auto", shards: int | No
     if sum(manifest["class_counts"]) != num_images:
         raise RuntimeError(f"internal accounting error: class counts sum to {sum(manifest['class_counts'])}, "
                            f"not {num_images} images")
-    write_json_atomic(manifest_path, manifest)
+    write_manifest(out, manifest)
     if teacher:
         manifest = add_teacher(out, teacher, preprocess=teacher_preprocess, num_threads=teacher_threads,
                                progress=progress)
@@ -444,7 +445,7 @@ def add_teacher(output, teacher, preprocess: str | None = None, num_threads: int
     manifest_path = out / MANIFEST
     if not manifest_path.is_file():
         raise ValueError(f"no {MANIFEST} in '{out}': run tools/prepare_data.py --input=... --output={out} first")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(out)
     teacher = Path(teacher)
     if not teacher.exists():
         raise ValueError(f"teacher model not found: '{teacher}'. Pass --teacher=PATH (.tflite, .onnx, .keras or "
@@ -503,5 +504,5 @@ def add_teacher(output, teacher, preprocess: str | None = None, num_threads: int
     else:
         info["images_per_s"] = (manifest.get("teacher") or {}).get("images_per_s", float("nan"))
     manifest["teacher"] = info
-    write_json_atomic(manifest_path, manifest)
+    write_manifest(out, manifest)
     return manifest

@@ -143,6 +143,7 @@ class RecordIOReader:
         self._file = open(self.rec_path, "rb")
 
     def close(self):
+        """Close the .rec file."""
         self._file.close()
 
     def __enter__(self):
@@ -181,6 +182,7 @@ class RecordIOReader:
                 return _MAGIC_BYTES.join(parts)
 
     def read(self, key: int) -> tuple[IRHeader, bytes]:
+        """(IRHeader, image bytes) of the record at `key` of the .idx; RecordIOError naming the file and offset when it is malformed."""
         if key not in self.index:
             raise KeyError(f"key {key} not in {self.idx_path}")
         offset = self.index[key]

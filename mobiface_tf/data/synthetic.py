@@ -86,6 +86,7 @@ def render_identity(seed: int, identity: int, num_images: int, image_seed: int |
 
 
 def class_name(identity: int) -> str:
+    """The folder / class name of synthetic identity `identity`: 'synthetic_id0007'."""
     return f"synthetic_id{identity:04d}"
 
 
@@ -109,8 +110,8 @@ def write_synthetic_tfrecords(out_dir, num_identities: int, images_per_identity:
 
     Image i of identity c goes to shard (c * images_per_identity + i) % shards, as prepare_data assigns inputs.
     """
-    from mobiface_tf.data.tfrecord import (MANIFEST, AtomicShardWriter, encode_jpeg, make_example, shard_name,
-                                           write_json_atomic)
+    from mobiface_tf.data.manifest import write_manifest
+    from mobiface_tf.data.tfrecord import AtomicShardWriter, encode_jpeg, make_example, shard_name
     if shards < 1 or num_identities < 1 or images_per_identity < 1:
         raise ValueError(f"need shards, num_identities, images_per_identity >= 1, got "
                          f"{shards}, {num_identities}, {images_per_identity}")
@@ -131,5 +132,5 @@ def write_synthetic_tfrecords(out_dir, num_identities: int, images_per_identity:
         "class_names": [class_name(c) for c in range(num_identities)],
         "class_counts": [images_per_identity] * num_identities, "skipped": [], "shards": shard_info,
     }
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    write_manifest(out_dir, manifest)
     return manifest

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from mobiface_tf.data.manifest import MANIFEST  # noqa: F401  (re-exported; the owner is data.manifest)
 from mobiface_tf.images import CROP_SIZE
 
 FEATURE_IMAGE = "image/encoded"
@@ -19,15 +20,16 @@ FEATURE_LABEL = "image/class/label"
 FEATURE_SOURCE = "image/source"
 FEATURE_TEACHER = "teacher/embedding"            # float32 [D]: the teacher's L2-normalised embedding of the crop
 FEATURE_TEACHER_FLIP = "teacher/embedding_flip"  # float32 [D]: ... of the crop's horizontal mirror
-MANIFEST = "manifest.json"
 JPEG_QUALITY = 95  # high enough that re-encoding the crops costs no accuracy, ~5 KB per 112x112 face
 
 
 def shard_name(index: int, num_shards: int, prefix: str = "train") -> str:
+    """'train-00003-of-00008.tfrecord' for shard index 3 of 8 (prepare_data's naming)."""
     return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """JPEG bytes of an RGB uint8 image [H, W, 3] at `quality` (1-100). Raises ValueError when OpenCV cannot encode it."""
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError(f"JPEG encoding failed for an array of shape {rgb.shape}")
@@ -35,6 +37,7 @@ def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 
 
 def make_example(jpeg: bytes, label: int, source: str = "") -> bytes:
+    """A serialized tf.train.Example with the JPEG crop, its int64 label and its source path (the shard format)."""
     feat = {
         FEATURE_IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
         FEATURE_LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
@@ -103,21 +106,25 @@ class AtomicShardWriter:
         self.count = 0
 
     def write(self, serialized: bytes) -> None:
+        """Append one serialized example to the temp file."""
         self._writer.write(serialized)
         self.count += 1
 
     def commit(self) -> int:
+        """Close the temp file and rename it onto the shard's name; returns the shard's size in bytes."""
         self._writer.close()
         os.replace(self.tmp, self.path)
         return os.path.getsize(self.path)
 
     def abort(self) -> None:
+        """Close and delete the temp file; the shard's final name is never touched."""
         self._writer.close()
         if os.path.exists(self.tmp):
             os.remove(self.tmp)
 
 
 def write_json_atomic(path, obj) -> None:
+    """Write `obj` as JSON to a temp file beside `path`, then rename it onto `path` (never a half-written file)."""
     path = str(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
