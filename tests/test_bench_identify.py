@@ -257,3 +257,17 @@ def test_bad_sources_fail_with_one_line(tmp_path, megaface_root):
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_identify.py"), f"--megaface={tmp_path}"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: MegaFace layout")
+
+
+def test_progress_bar_on_by_default_and_off_with_noprogress(megaface_root, tiny_model, tmp_path):
+    """Embedding real distractors shows a progress bar on stderr unless --noprogress."""
+    def run(*extra):
+        cmd = [sys.executable, str(REPO / "tools" / "bench_identify.py"), f"--model={tiny_model}",
+               f"--probes={megaface_root / 'facescrub_images'}", f"--distractors={megaface_root / 'megaface_images'}",
+               "--nocompare_random", *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr
+
+    assert "embedding megaface_images" in run(f"--cache_dir={tmp_path / 'c1'}")
+    assert "embedding" not in run(f"--cache_dir={tmp_path / 'c2'}", "--noprogress")

@@ -42,6 +42,7 @@ flags.DEFINE_string("model", str(_DATA / "models" / "mobilefacenet_insightface_f
                     "embedding model (.keras, SavedModel dir, .tflite or .onnx)")
 flags.DEFINE_string("preprocess", None, "pixel convention of --model (default: what the model states, else raw)")
 flags.DEFINE_boolean("flip", False, "flip test: embed each face and its mirror")
+flags.DEFINE_boolean("progress", True, "progress bars on stderr while embedding and searching (--noprogress: off)")
 flags.DEFINE_string("probes", str(_DATA / "lfw" / "lfw-112x112"),
                     "probe source: image folder (one sub-folder per identity), TFRecord shards or X.npy features")
 flags.DEFINE_string("distractors", None, "distractor source: image folder, TFRecord shards, X.npy features, or "
@@ -104,7 +105,7 @@ def _search(emb, labels, distractors, num_distractors=None):
     peak = sgemm_gflops(threads=FLAGS.threads)
     res = ident.megaface_search(emb, labels, distractors, fars=_fars(), max_rank=FLAGS.max_rank,
                                 chunk_size=FLAGS.chunk_size, num_distractors=num_distractors, threads=FLAGS.threads,
-                                progress=sys.stderr.isatty())
+                                progress=FLAGS.progress)
     peak_after = sgemm_gflops(threads=FLAGS.threads)
     sgemm = max(peak, peak_after)
     res.update(sgemm_gflops=sgemm, sgemm_gflops_before=peak, sgemm_gflops_after=peak_after,
@@ -189,7 +190,7 @@ def _random_mode() -> dict:
 
 def _real_mode() -> dict:
     embedder = _embedder()
-    progress = sys.stderr.isatty()
+    progress = FLAGS.progress
     same = Path(FLAGS.distractors).resolve() == Path(FLAGS.probes).resolve()
     if same:  # one tree: embed it whole once, then pick the probes from it
         probes_all = ident.load_source(FLAGS.probes, embedder, FLAGS.cache_dir, progress)
@@ -238,7 +239,7 @@ def _megaface_mode() -> dict:
     layout = ident.read_megaface_layout(FLAGS.megaface, FLAGS.facescrub_images, FLAGS.megaface_images,
                                         FLAGS.remove_noise)
     embedder = _embedder()
-    progress = sys.stderr.isatty()
+    progress = FLAGS.progress
     probes = ident.embed_image_files(embedder, layout.probe_root, layout.probe_paths, FLAGS.cache_dir,
                                      progress=progress)
     names = sorted(set(layout.probe_ids))
