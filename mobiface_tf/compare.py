@@ -142,10 +142,8 @@ def markdown(rows: list, meta: dict) -> str:
             "|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     for r in rows:
-        keras_acc = next((x["heldout_accuracy"] for x in rows if x["model"] == r["model"] and x["form"] == "keras"),
-                         None)
-        delta = "" if keras_acc is None or r["form"] == "keras" or r["heldout_accuracy"] is None else \
-            f"{100 * (r['heldout_accuracy'] - keras_acc):+.2f} pt"
+        drop = r.get("accuracy_drop_vs_keras")
+        delta = "" if drop is None else f"{-100 * drop:+.2f} pt"
         lines.append("| {model} | {form} | {params} | {macs} | {size} | {lat} | {acc} | {delta} | {train} |".format(
             model=r["model"], form=r["form"],
             params=f"{r['params'] / 1e6:.2f} M" if r.get("params") else "n/a",
@@ -219,27 +217,8 @@ def make_synthetic_setup(root: Path, num_train_ids: int = 12, num_heldout_ids: i
         add_teacher(data, teacher, progress=False)
     lfw = root / "lfw"
     pairs = root / "pairs.txt"
-    if not pairs.is_file():
-        lfw.mkdir(parents=True, exist_ok=True)
-        names = [f"heldout_{i:02d}" for i in range(num_heldout_ids)]
-        from mobiface_tf.data.tfrecord import encode_jpeg
-
-        for i, name in enumerate(names):
-            (lfw / name).mkdir(exist_ok=True)
-            for k, img in enumerate(synthetic.render_identity(7, 1000 + i, images)):
-                (lfw / name / f"{name}_{k + 1:04d}.jpg").write_bytes(encode_jpeg(img))
-        rng = np.random.default_rng(0)
-        folds, per = 3, 4
-        lines = [f"{folds}\t{per}"]
-        for _ in range(folds):
-            for _ in range(per):
-                n = names[rng.integers(len(names))]
-                a, b = rng.choice(images, 2, replace=False) + 1
-                lines.append(f"{n}\t{a}\t{b}")
-            for _ in range(per):
-                x, y = rng.choice(len(names), 2, replace=False)
-                lines.append(f"{names[x]}\t{rng.integers(images) + 1}\t{names[y]}\t{rng.integers(images) + 1}")
-        pairs.write_text("\n".join(lines) + "\n")
+    if not pairs.is_file():  # other people than the training ones: another seed
+        synthetic.write_synthetic_lfw(lfw, pairs, num_heldout_ids, images, num_folds=3, pairs_per_class=4, seed=1)
     return {"data": data, "teacher": teacher, "lfw_dir": lfw, "pairs": pairs, "folds": [1, 2, 3]}
 
 

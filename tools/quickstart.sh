@@ -18,34 +18,15 @@ mkdir -p "$OUT"
 step "1/6 synthetic identities: 50 for training (12 images each), 20 held-out (6 images each) + LFW-style pairs"
 "$PY" - <<'EOF'
 from pathlib import Path
-import numpy as np
 from mobiface_tf.data import synthetic
-from mobiface_tf.data.tfrecord import encode_jpeg
 
 out = Path("quickstart_out")
 synthetic.write_synthetic_folder(out / "train_images", num_identities=50, images_per_identity=12, seed=0)
 # Held-out identities come from another seed, so they are different people from the training ones.
 held = out / "heldout"
-held.mkdir()
-(held / "SYNTHETIC.txt").write_text(synthetic.NOTE)
-names = [f"heldout_{i:03d}" for i in range(20)]
-for i, name in enumerate(names):
-    (held / name).mkdir()
-    for k, img in enumerate(synthetic.render_identity(seed=1, identity=i, num_images=6), start=1):
-        (held / name / f"{name}_{k:04d}.jpg").write_bytes(encode_jpeg(img))
-# LFW View 2 format: "folds per_class", then per fold per_class same-person and per_class different-person lines.
-rng = np.random.default_rng(0)
 folds, per_class = 10, 30
-lines = [f"{folds}\t{per_class}"]
-for _ in range(folds):
-    for _ in range(per_class):
-        n = names[rng.integers(len(names))]
-        i, j = rng.choice(np.arange(1, 7), 2, replace=False)
-        lines.append(f"{n}\t{i}\t{j}")
-    for _ in range(per_class):
-        a, b = rng.choice(len(names), 2, replace=False)
-        lines.append(f"{names[a]}\t{rng.integers(1, 7)}\t{names[b]}\t{rng.integers(1, 7)}")
-(out / "heldout_pairs.txt").write_text("\n".join(lines) + "\n")
+synthetic.write_synthetic_lfw(held, out / "heldout_pairs.txt", num_identities=20, images_per_identity=6,
+                              num_folds=folds, pairs_per_class=per_class, seed=1, pairs_seed=0)
 print(f"wrote {out}/train_images (50 ids x 12), {held} (20 ids x 6), {out}/heldout_pairs.txt "
       f"({folds * 2 * per_class} pairs)")
 EOF

@@ -104,6 +104,40 @@ def write_synthetic_folder(root, num_identities: int, images_per_identity: int, 
     return root
 
 
+def write_synthetic_lfw(root, pairs_file, num_identities: int, images_per_identity: int, num_folds: int,
+                        pairs_per_class: int, seed: int = 1, pairs_seed: int = 0) -> list[str]:
+    """Held-out synthetic people in the LFW layout plus a View 2 style pairs.txt; returns the identity names.
+
+    Writes root/SYNTHETIC.txt and root/heldout_NNN/heldout_NNN_KKKK.jpg (K from 1), drawn with `seed` (use a
+    seed other than the training data's so these are different people), and `pairs_file`: the header
+    "num_folds pairs_per_class", then per fold pairs_per_class same-person lines and as many different-person
+    lines, drawn with `pairs_seed`.
+    """
+    from mobiface_tf.data.tfrecord import encode_jpeg
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "SYNTHETIC.txt").write_text(NOTE)
+    names = [f"heldout_{i:03d}" for i in range(num_identities)]
+    for i, name in enumerate(names):
+        (root / name).mkdir(exist_ok=True)
+        for k, img in enumerate(render_identity(seed=seed, identity=i, num_images=images_per_identity), start=1):
+            (root / name / f"{name}_{k:04d}.jpg").write_bytes(encode_jpeg(img))
+    rng = np.random.default_rng(pairs_seed)
+    n = images_per_identity
+    lines = [f"{num_folds}\t{pairs_per_class}"]
+    for _ in range(num_folds):
+        for _ in range(pairs_per_class):
+            name = names[rng.integers(len(names))]
+            i, j = rng.choice(np.arange(1, n + 1), 2, replace=False)
+            lines.append(f"{name}\t{i}\t{j}")
+        for _ in range(pairs_per_class):
+            a, b = rng.choice(len(names), 2, replace=False)
+            lines.append(f"{names[a]}\t{rng.integers(1, n + 1)}\t{names[b]}\t{rng.integers(1, n + 1)}")
+    Path(pairs_file).write_text("\n".join(lines) + "\n")
+    return names
+
+
 def write_synthetic_tfrecords(out_dir, num_identities: int, images_per_identity: int, seed: int = 0,
                               shards: int = 4) -> dict:
     """Writes shards + manifest.json in tools/prepare_data.py's format ("synthetic": true); returns the manifest.
