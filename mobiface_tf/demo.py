@@ -91,6 +91,9 @@ class _Synthetic:
 def make_demo(output, data="../shared/data") -> dict:
     """Write the demo photos, galleries and model link under `output`; returns {name: path} of what it made.
 
+    "model.tflite" is the link (absolute target) and "model.source" the model it points at, as given (relative
+    to the working directory when `data` is), so printed paths do not depend on where the checkout lives.
+
     Uses the LFW crops and reference model in `data` when present, else synthetic faces (see module docstring).
     """
     out = Path(output)
@@ -137,6 +140,7 @@ def make_demo(output, data="../shared/data") -> dict:
     if target.is_file():
         link.symlink_to(target.resolve())
         made["model.tflite"] = link
+        made["model.source"] = target
     return made
 
 
@@ -159,7 +163,7 @@ def main(argv):
     print(f"demo in {FLAGS.output}/ from {'LFW (' + FLAGS.data + ')' if real else 'SYNTHETIC faces'}: "
           f"{len(photos)} photos, gallery/ (5 identities), gallery_90/ (90 identities)")
     if "model.tflite" in made:
-        print(f"model: {made['model.tflite']} -> {made['model.tflite'].resolve()}")
+        print(f"model: {made['model.tflite']} -> {made['model.source']}")
     else:
         print(f"no model linked: {FLAGS.data}/{REFERENCE_MODEL} is absent; run `make quickstart` to make "
               f"{QUICKSTART_MODEL}, then rerun this command", file=sys.stderr)
