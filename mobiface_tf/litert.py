@@ -25,11 +25,13 @@ MIN_RUNS = 50
 # ---------------------------------------------------------------------------------------------
 # Interpreter, (de)quantisation, batched invoke
 # ---------------------------------------------------------------------------------------------
-def make_interpreter(model_content: bytes | None = None, model_path=None, num_threads: int | None = 1):
+def make_interpreter(model_content: bytes | None = None, model_path=None, num_threads: int | None = 1,
+                     preserve_all_tensors: bool = False):
     """A LiteRT Interpreter with tensors allocated; on CPU XNNPACK is applied by default.
 
     Pass exactly one of `model_content` (flatbuffer bytes) or `model_path` (.tflite file).
-    num_threads: interpreter threads (None: LiteRT's default). Raises ValueError when both or neither
+    num_threads: interpreter threads (None: LiteRT's default). preserve_all_tensors: keep every
+    intermediate tensor readable after invoke (LiteRT then runs without XNNPACK; for inspection). Raises ValueError when both or neither
     source is given, FileNotFoundError for a missing path, and LiteRT's ValueError for a broken model.
     """
     from ai_edge_litert.interpreter import Interpreter
@@ -39,7 +41,7 @@ def make_interpreter(model_content: bytes | None = None, model_path=None, num_th
     if model_path is not None and not Path(model_path).is_file():
         raise FileNotFoundError(f"TFLite model not found: {str(model_path)!r}")
     interp = Interpreter(model_content=model_content, model_path=None if model_path is None else str(model_path),
-                         num_threads=num_threads)
+                         num_threads=num_threads, experimental_preserve_all_tensors=preserve_all_tensors)
     interp.allocate_tensors()
     return interp
 

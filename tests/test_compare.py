@@ -30,7 +30,7 @@ def test_compare_synthetic_end_to_end_and_resume(tmp_path):
     rows = res["rows"]
     students = ("mobiface_gdc", "mobilefacenet", "mobilenet_v1_gdc")
     assert [(r["model"], r["form"]) for r in rows if not r["model"].startswith("teacher")] == \
-        [(m, f) for m in students for f in ("keras", "none", "float16", "int8")]
+        [(m, f) for m in students for f in ("keras", "none", "float16", "int8", "int8_minmax")]
     assert any(r["model"].startswith("teacher:") for r in rows)
     for r in rows:
         assert set(FIELDS) <= set(r), (r["model"], r["form"], set(FIELDS) - set(r))
@@ -46,6 +46,8 @@ def test_compare_synthetic_end_to_end_and_resume(tmp_path):
     sizes = {(r["model"], r["form"]): r["size_bytes"] for r in rows}
     for m in students:  # int8 < fp16 < fp32 TFLite
         assert sizes[(m, "int8")] < sizes[(m, "float16")] < sizes[(m, "none")]
+    ranges = {(r["model"], r["form"]): r.get("activation_ranges") for r in rows}
+    assert all(ranges[(m, "int8")] == "mse" and ranges[(m, "int8_minmax")] == "minmax" for m in students), ranges
     assert res["budget"]["steps"] == 2 and res["synthetic"] and res["cpu"]["isa"] is not None
     assert "SYNTHETIC" in (out / "results.md").read_text()
     assert (out / "accuracy_vs_latency.png").stat().st_size > 1000
@@ -56,6 +58,19 @@ def test_compare_synthetic_end_to_end_and_resume(tmp_path):
     assert "[compare] training" not in again and "[compare] exporting" not in again and \
         "[compare] scoring" not in again, again[-2000:]
     assert json.loads((out / "results.json").read_text())["rows"] == rows
+
+    # An int8 file made with other activation ranges (e.g. before MSE ranges were the default) is exported again
+    # (here to the same bytes, so its row stands); a changed file is scored again; nothing else is redone.
+    report = out / "tflite" / "mobilenet_v1_gdc_int8.tflite.parity.json"
+    old = json.loads(report.read_text())
+    old.pop("activation_ranges")
+    report.write_text(json.dumps(old))
+    (out / "tflite" / "mobilefacenet_int8.tflite").write_bytes(
+        (out / "tflite" / "mobilefacenet_int8_minmax.tflite").read_bytes())
+    third = run(out)
+    redone = sorted(line for line in third.splitlines() if line.startswith("[compare] ") and "timing" not in line)
+    assert redone == ["[compare] exporting mobilenet_v1_gdc as int8",
+                      "[compare] scoring mobilefacenet int8 on folds [1, 2, 3]"], third[-2000:]
 
 
 def test_compare_refuses_unknown_networks_and_missing_inputs(tmp_path):

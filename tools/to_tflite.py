@@ -35,6 +35,9 @@ flags.DEFINE_integer("num_calibration", 100, "images used for int8 calibration",
 flags.DEFINE_bool("allow_few_calibration", False, "accept a --calibration set with fewer than --num_calibration "
                   "faces (activation ranges from few faces may clip others)")
 flags.DEFINE_enum("int8_io", "float", ["float", "int8"], "int8 mode: float32 or int8 model input/output")
+flags.DEFINE_enum("activation_ranges", "mse", ["mse", "minmax"],
+                  "int8 activation ranges: mse = clipped to the least quantisation error on the calibration faces "
+                  "(default), minmax = the converter's min/max (see README, int8)")
 flags.DEFINE_string("parity_images", None, "real aligned faces for the parity report (image dir or TFRecord glob; "
                     "default: --calibration)")
 flags.DEFINE_integer("num_parity", 50, "faces used for the parity report", lower_bound=1)
@@ -97,7 +100,8 @@ def main(argv):
         rewrite = {"auto": None, "on": True, "off": False}[FLAGS.prelu_rewrite]
         _step(t0, f"converting to TFLite ({FLAGS.quantize}) and measuring parity on {len(faces)} faces "
                   "(tens of seconds on a CPU)")
-        report = ex.export(model, FLAGS.output, FLAGS.quantize, calib, faces, FLAGS.int8_io, rewrite=rewrite)
+        report = ex.export(model, FLAGS.output, FLAGS.quantize, calib, faces, FLAGS.int8_io, rewrite=rewrite,
+                           activation_ranges=FLAGS.activation_ranges)
     except (ValueError, FileNotFoundError, ex.ParityError) as e:
         sys.exit(f"error: {e}")
     _step(t0, "done")
