@@ -51,6 +51,12 @@ def warp_to_template(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- detection
 @dataclasses.dataclass
 class AlignResult:
+    """What aligning one photo gave: the ArcFace-template crop of the kept face, or why there is none.
+
+    crop: 112x112x3 uint8 RGB, or None with `reason` saying why; landmarks ([5, 2]) and box ([x1, y1, x2, y2]):
+    float32 in the input image's pixels, None when no face; num_faces: faces MTCNN found before picking one.
+    """
+
     crop: np.ndarray | None          # 112x112x3 uint8 RGB, None when no face was found
     reason: str | None               # why crop is None
     landmarks: np.ndarray | None     # [5, 2] float32 in the input image's pixels

@@ -154,6 +154,10 @@ def define_flags():
 
 
 def main(argv):
+    """CLI: write the README demo's photos, galleries and model link under --output; returns the exit status.
+
+    1 on positional arguments or when no model could be linked, else 0. Flags: the module-level `define_flags()`.
+    """
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 1

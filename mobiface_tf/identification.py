@@ -49,6 +49,12 @@ import numpy as np
 
 @dataclass
 class IdentificationResult:
+    """What `megaface_identification` measured (MegaFace Challenge 1 protocol, see the module docstring).
+
+    Rank-1 and CMC are fractions of trials; TAR@FAR with its threshold, or None with `reason`; the counts of
+    probes, identities, distractors and pairs; the search's wall and CPU seconds and its GFLOP/s.
+    """
+
     rank1: float                 # fraction of successful rank-1 trials (see module docstring)
     num_rank1_trials: int
     far: float                   # target FAR
@@ -69,6 +75,7 @@ class IdentificationResult:
     per_far: dict | None = None  # {far: {"tar", "threshold", "achieved_far", "reason"}} for every FAR asked
 
     def to_dict(self) -> dict:
+        """All fields as a plain dict (`dataclasses.asdict`), ready for json.dumps."""
         return asdict(self)
 
 

@@ -54,6 +54,12 @@ class IndexCorrupt(Exception):
 
 @dataclasses.dataclass
 class Gallery:
+    """An enrolled gallery: one unit-norm template per identity folder, plus what enrolment did.
+
+    templates: [K, D] float32, row k for names[k]; image_embeddings / image_labels: [N, D] and [N] per usable
+    photo; embedded / reused / removed / skipped: index bookkeeping of this run.
+    """
+
     names: list[str]            # identity folder names, sorted
     templates: np.ndarray       # [K, D] float32, unit rows
     num_images: list[int]       # photos behind each template
@@ -67,6 +73,7 @@ class Gallery:
     image_labels: np.ndarray | None = None      # [N] index into `names` of each of those photos
 
     def summary(self) -> str:
+        """One line: identities, images, what was embedded / reused / removed / skipped, and the index path."""
         return (f"gallery: {len(self.names)} identities, {sum(self.num_images)} images "
                 f"(embedded {self.embedded} new, reused {self.reused}, removed {self.removed}, "
                 f"skipped {len(self.skipped)}); index {self.index_path}")
@@ -399,6 +406,10 @@ def define_flags():
 
 
 def main(argv):
+    """CLI: list the closest gallery identities for each --query photo; returns the exit status (0 ok, 1 error).
+
+    Flags are defined by the module-level `define_flags()`; positional arguments are refused (exit 1).
+    """
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}; pass photos with --query=IMG", file=sys.stderr)
         return 1

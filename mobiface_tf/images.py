@@ -153,6 +153,12 @@ def find_image(folder, stem: str) -> Path | None:
 
 # ----------------------------------------------------------------------------------------------- decoding
 class ImageHeader(NamedTuple):
+    """What an image file's header says, read without decoding its pixels.
+
+    width, height: upright pixels (EXIF orientation applied); format / mode: Pillow's names as stored;
+    orientation: EXIF Orientation 1..8 (1 when absent or invalid).
+    """
+
     width: int        # upright width in pixels, after the EXIF orientation is applied
     height: int       # upright height in pixels
     format: str       # Pillow format name: JPEG, PNG, ...

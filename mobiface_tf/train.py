@@ -904,6 +904,11 @@ def _train(cfg: TrainConfig, *, schedule, files, num_classes, teacher_dim, flags
 
 # ============================================================================ command line
 def main(argv):
+    """CLI: train from the flags (a TrainConfig), saving the embedding model in --model_dir; returns None (exit 0).
+
+    Exits 1 with one "error: ..." line on bad settings or data, divergence, a signal or a full disk.
+    Flags are defined by the module-level `define_flags()`.
+    """
     from absl import flags
 
     del argv

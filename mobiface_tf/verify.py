@@ -31,6 +31,12 @@ from mobiface_tf.faces import (FaceError, check_model_path, face_from_image, loa
 
 @dataclasses.dataclass
 class Verdict:
+    """The answer to "same person?" for two photos.
+
+    similarity: cosine of the two embeddings; same: similarity > threshold; threshold_source: where the
+    threshold came from (flag, sidecar or default); faces_found: faces seen per photo; model: the model path.
+    """
+
     image_a: str
     image_b: str
     similarity: float
@@ -41,12 +47,14 @@ class Verdict:
     model: str
 
     def to_json(self) -> dict:
+        """The fields as a JSON-ready dict, plus "verdict": "same" or "different" (faces_found as a list)."""
         d = dataclasses.asdict(self)
         d["verdict"] = "same" if self.same else "different"
         d["faces_found"] = list(self.faces_found)
         return d
 
     def to_text(self) -> str:
+        """The CLI's text output: a note per photo with several faces, the similarity and threshold, the verdict."""
         notes = "".join(f"note: {n} faces in {img}; compared the largest, most central one\n"
                         for n, img in zip(self.faces_found, (self.image_a, self.image_b)) if n > 1)
         return (f"{notes}similarity {self.similarity:.4f}  threshold {self.threshold:.4f} ({self.threshold_source})\n"
@@ -107,6 +115,10 @@ def define_flags():
 
 
 def main(argv):
+    """CLI: say whether the two photos IMG_A IMG_B show the same person; returns the exit status (0 ok, 1 error).
+
+    Flags are defined by the module-level `define_flags()`.
+    """
     return run(FLAGS.model, argv[1:], FLAGS.threshold, FLAGS.aligned, FLAGS.json)
 
 

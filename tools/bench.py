@@ -57,6 +57,10 @@ flags.DEFINE_bool("static", False, "only print params, MACs and sizes (no conver
 
 
 def main(argv):
+    """CLI: print the TFLite latency / size / MACs table and write it under --output_dir (--static: no timing).
+
+    Returns None (exit 0); exits 1 with one "error: ..." line on bad input. Flags are defined at module level.
+    """
     del argv
     from mobiface_tf import bench as bench_lib
 

@@ -61,6 +61,10 @@ def _time(pattern: str, threads: int) -> tuple[float, float]:
 
 
 def main(argv):
+    """CLI: time the training input pipeline per --threads setting and print a Markdown table; returns None.
+
+    Flags are defined at module level.
+    """
     del argv
     with tempfile.TemporaryDirectory() as tmp:
         what = _write_shards(tmp, FLAGS.num_images)

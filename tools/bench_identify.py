@@ -291,6 +291,10 @@ def _bench() -> int:
 
 
 def main(argv):
+    """CLI: run the MegaFace-style identification benchmark (or the random-vector speed test) and report it.
+
+    Returns 0, or 2 after one "error: ..." line on bad input. Flags are defined at module level.
+    """
     del argv
     try:
         return _bench()

@@ -42,6 +42,10 @@ flags.DEFINE_integer("threads", 0, "TF intra-op threads for training (0: TF's de
 
 
 def main(argv):
+    """CLI: train, score, export and time the compared networks (mobiface_tf.compare.run), print results.md.
+
+    Returns None (exit 0); exits 1 with one "error: ..." line on bad input. Flags are defined at module level.
+    """
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     logging.getLogger("mobiface_tf.train").setLevel(logging.INFO)

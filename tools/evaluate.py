@@ -114,6 +114,11 @@ def _evaluate():
 
 
 def main(argv):
+    """CLI: score --model on LFW View 2 pairs and/or a .bin, writing the report, ROC PNG and threshold sidecar.
+
+    Returns 0, or 2 after one "error: ..." line on bad input (missing flags: a usage error, exit 1).
+    Flags are defined at module level.
+    """
     del argv
     try:
         return _evaluate()

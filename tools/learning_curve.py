@@ -53,6 +53,11 @@ def plot_curve(history: list, output, title: str, teacher=None, teacher_label="t
 
 
 def main(argv):
+    """CLI: plot held-out accuracy against training minutes from MODEL_DIR/val_history.jsonl and print it.
+
+    Returns None (exit 0); exits 1 with one "error: ..." line when there is no history to plot.
+    Flags are defined at module level.
+    """
     del argv
     path = Path(FLAGS.model_dir) / "val_history.jsonl"
     if not path.is_file():

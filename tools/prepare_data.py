@@ -52,6 +52,11 @@ flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
 
 def main(argv):
+    """CLI: write aligned TFRecord shards and manifest.json from --input (or add teacher embeddings to them).
+
+    Returns None (exit 0); exits 1 with one "prepare_data: error: ..." line on bad input or a full disk, and
+    with a usage error on missing or mismatched flags. Flags are defined at module level.
+    """
     del argv
     try:
         if FLAGS.add_teacher:

@@ -75,6 +75,11 @@ def _step(t0: float, message: str) -> None:
 
 
 def main(argv):
+    """CLI: export --model or a fresh --backbone to --output .tflite and write its parity report beside it.
+
+    Returns None (exit 0); exits 1 with one "error: ..." line on bad input or failed parity.
+    Flags are defined at module level.
+    """
     del argv
     t0 = time.perf_counter()
     _step(t0, "loading TensorFlow and the model")

@@ -52,6 +52,12 @@ def list_image_folder(root) -> tuple[list[tuple[str, int]], list[str], list[tupl
 # ----------------------------------------------------------------------------------------------- RecordIO
 @dataclasses.dataclass(frozen=True)
 class IRHeader:
+    """InsightFace/MXNet RecordIO image-record header (MXNet's `recordio.IRHeader`), as `unpack_ir` reads it.
+
+    flag: count of extra float32 labels (0: one label in the fixed header); label: the labels, label[0] the
+    class (faces_emore's header record 0: [first identity-record key, end]); id, id2: uint64 record ids.
+    """
+
     flag: int
     label: tuple[float, ...]
     id: int

@@ -21,6 +21,8 @@ from mobiface_tf.images import IMAGE_EXTENSIONS, find_image, list_identity_tree
 
 
 class Pair(NamedTuple):
+    """One LFW View 2 pair: the two image paths, whether they show the same person, and its 0-based fold."""
+
     path_a: Path
     path_b: Path
     issame: bool
