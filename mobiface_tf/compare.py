@@ -348,10 +348,11 @@ def run(output_dir, *, data=None, teacher=None, lfw_dir=None, pairs=None, folds=
     keys = sorted(files)
     lat_path = output_dir / "latency.json"
     lat = _read(lat_path)
-    if lat is None or lat.get("keys") != keys or lat.get("rounds") != latency_rounds:
+    shas = {k: _sha256(files[k]) for k in keys}
+    if lat is None or lat.get("keys") != keys or lat.get("rounds") != latency_rounds or lat.get("sha256") != shas:
         log(f"[compare] timing {len(keys)} TFLite files, 1 thread, {latency_rounds} interleaved rounds")
         times = litert.time_interleaved_in_subprocess([files[k] for k in keys], 1, 5, latency_rounds)
-        lat = {"keys": keys, "rounds": latency_rounds, "threads": 1,
+        lat = {"keys": keys, "sha256": shas, "rounds": latency_rounds, "threads": 1,
                "p50_ms": {k: float(np.median(t)) for k, t in zip(keys, times)},
                "p90_ms": {k: float(np.percentile(t, 90)) for k, t in zip(keys, times)}}
         _write(lat_path, lat)

@@ -33,8 +33,9 @@ from mobiface_tf.litert import delegation, make_interpreter, op_counts, run_batc
 
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")  # the TFLite modes to_tflite implements
 INT8_IO = ("float", "int8")
-# How int8 activation ranges are set from the calibration faces (see `clip_activation_ranges`).
-ACTIVATION_RANGES = ("mse", "minmax")
+# How int8 activation ranges are set from the calibration faces: "mse" and "observed" as in
+# `clip_activation_ranges`, "minmax" the converter's own calibration.
+ACTIVATION_RANGES = ("mse", "observed", "minmax")
 # Parity on real faces (cosine similarity Keras vs TFLite embeddings): enforced minimum per mode.
 # int8 is only reported (the issue's aim is a mean >= 0.98).
 PARITY_MIN = {"none": 0.9999, "float16": 0.999}
@@ -277,14 +278,22 @@ def rewrite_prelu(model: keras.Model) -> tuple[keras.Model, dict]:
 # ---------------------------------------------------------------------------------------------
 # int8 activation ranges
 # ---------------------------------------------------------------------------------------------
-# TFLite's calibrator sets each activation tensor's int8 range to the min and max seen over the
-# calibration faces. A face network's activations are heavy-tailed (measured on the distilled MobiFace:
-# range / std of 12-34 per tensor), so a few extreme values stretch the 256 levels and the bulk of the
-# values gets coarse steps; more calibration faces make it worse (extremes only grow). That, not the
-# weights (already per channel) nor the PReLU rewrite, cost the distilled MobiFace 1.4 LFW points.
-# Clipping each range to the one that minimises the mean squared quantisation error over the
-# calibration activations (the "MSE" calibrator of TensorRT and AIMET; Nagel et al. 2021, "A White
-# Paper on Neural Network Quantization", sec. 3.5) trades rare clipped outliers for a finer grid.
+# Each activation tensor of a full-int8 graph has one range (per tensor), 256 levels across it.
+# TFLite's converter sets it to the min and max its calibrator logged over the calibration faces, which
+# cost the distilled MobiFace 1.4 LFW points (README, "int8 that keeps the accuracy"). Two reasons,
+# both measured on that student:
+#  1. The calibrator logs each op's inputs again after the op ran; an ADD or MUL that works in place
+#     has by then overwritten its input with its output, so the input's range swallows the output's
+#     (43 of 125 tensors wider than anything they held, up to 2.6x).
+#  2. A face network's activations are heavy-tailed (range / std of 12-34 per tensor), so a few
+#     extreme values stretch the 256 levels and the bulk of the values gets coarse steps; more
+#     calibration faces make it worse (the extremes only grow).
+# The fix runs the calibrated float graph on the calibration faces itself, reads every activation,
+# and sets each range to the one with the least mean squared quantisation error over those values
+# (the "MSE" calibrator of TensorRT and AIMET; Nagel et al. 2021, "A White Paper on Neural Network
+# Quantization", sec. 3.5): rare clipped outliers are traded for a finer grid. "observed" (the true
+# min/max, no clipping) isolates reason 1.
+ACTIVATION_RANGE_METHODS = ("mse", "observed", "calibrator")  # see clip_activation_ranges
 CLIP_FRACTIONS = np.linspace(1.0, 0.2, 33)  # candidate ends, as fractions of the observed min / max
 CLIP_SAMPLES_PER_TENSOR = 1 << 18  # activation values kept per tensor for the search (random subset)
 
@@ -321,51 +330,98 @@ def mse_range(values: np.ndarray, lo: float, hi: float, fractions=CLIP_FRACTIONS
     return lo * float(f_lo), hi * float(f_hi)
 
 
-def clip_activation_ranges(calibrated: bytes, images, seed: int = 0) -> tuple[bytes, dict]:
-    """Replace the min/max ranges of a calibrated (not yet quantised) TFLite model by `mse_range` ones.
+def clip_activation_ranges(calibrated: bytes, images, method: str = "mse", seed: int = 0) -> tuple[bytes, dict]:
+    """Set the activation ranges of a calibrated (not yet quantised) TFLite model from its real activations.
 
     Args:
       calibrated: the converter's output with `_experimental_calibrate_only` (float graph whose
-        activation tensors carry the calibration min/max).
-      images: the same calibration faces, [N, H, W, 3] raw RGB 0-255; the float graph is run on them
-        with every intermediate tensor kept, and a random subset of each tensor's values is searched.
-    Returns (model bytes with the new ranges, {"tensors": how many carry a range, "clipped": how many
-    were narrowed, "range_kept_fraction_median": median of new width / old width, "seconds": wall time}).
-    The model inputs keep their range (0..255 raw pixels are exact at scale 1).
+        activation tensors carry the calibrator's min/max).
+      images: the calibration faces, [N, H, W, 3] raw RGB 0-255. The float graph is run on them with
+        every intermediate tensor kept; each tensor's exact min/max and a random subset of its values
+        (at most CLIP_SAMPLES_PER_TENSOR) are recorded.
+      method: "mse": `mse_range` searched from the exact min/max; "observed": the exact min/max;
+        "calibrator": the calibrator's ranges left as they are (the converter's own result; for tests).
+    Returns (model bytes with the new ranges, {"tensors": how many carry a range, "calibrator_wider": how
+    many calibrator ranges were wider than every value the tensor held, "range_kept_fraction_median":
+    median of new width / calibrator width, "seconds": wall time}). Model inputs keep their range (raw
+    0..255 pixels are exact at scale 1). Ops that need equal input and output scales (RESHAPE,
+    CONCATENATION, MAX_POOL_2D) are reconciled afterwards by the quantiser.
+    Raises ValueError for an unknown method.
     """
     import time
 
     from tensorflow.lite.tools import flatbuffer_utils
 
+    if method not in ACTIVATION_RANGE_METHODS:
+        raise ValueError(f"unknown range method {method!r}; expected one of {ACTIVATION_RANGE_METHODS}")
     start = time.perf_counter()
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     graph = model.subgraphs[0]
     inputs = set(int(i) for i in graph.inputs)
     ranged = [i for i, t in enumerate(graph.tensors) if i not in inputs and t.quantization is not None
               and t.quantization.min is not None and len(t.quantization.min) == 1]
+    if method == "calibrator":
+        return calibrated, {"tensors": len(ranged), "calibrator_wider": None, "range_kept_fraction_median": 1.0,
+                            "seconds": 0.0}
     interp = make_interpreter(calibrated, preserve_all_tensors=True)
     index = interp.get_input_details()[0]["index"]
     images = np.asarray(images, np.float32)
     per_image = max(1, CLIP_SAMPLES_PER_TENSOR // max(1, len(images)))
     rng = np.random.default_rng(seed)
     samples = {i: [] for i in ranged}
+    seen = {i: [np.inf, -np.inf] for i in ranged}
     for image in images:
         interp.set_tensor(index, image[None])
         interp.invoke()
         for i in ranged:
             v = interp.get_tensor(i).reshape(-1)
-            samples[i].append(v if v.size <= per_image else rng.choice(v, per_image, replace=False))
-    kept = []
+            seen[i] = [min(seen[i][0], float(v.min())), max(seen[i][1], float(v.max()))]
+            if method == "mse":
+                samples[i].append(v if v.size <= per_image else rng.choice(v, per_image, replace=False))
+    kept, wider = [], 0
     for i in ranged:
         q = graph.tensors[i].quantization
-        lo, hi = min(float(q.min[0]), 0.0), max(float(q.max[0]), 0.0)
-        new_lo, new_hi = mse_range(np.concatenate(samples[i]), lo, hi)
-        kept.append((new_hi - new_lo) / (hi - lo) if hi > lo else 1.0)
-        q.min[0], q.max[0] = new_lo, new_hi
+        cal_lo, cal_hi = min(float(q.min[0]), 0.0), max(float(q.max[0]), 0.0)
+        lo, hi = min(seen[i][0], 0.0), max(seen[i][1], 0.0)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            continue  # leave a tensor that held NaN/Inf to the calibrator (the parity report will show it)
+        wider += (cal_hi - cal_lo) > 1.0001 * (hi - lo)
+        if method == "mse":
+            lo, hi = mse_range(np.concatenate(samples[i]), lo, hi)
+        kept.append((hi - lo) / (cal_hi - cal_lo) if cal_hi > cal_lo else 1.0)
+        q.min[0], q.max[0] = lo, hi
     out = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-    return out, {"tensors": len(ranged), "clipped": int(sum(k < 1.0 for k in kept)),
+    return out, {"tensors": len(ranged), "calibrator_wider": int(wider),
                  "range_kept_fraction_median": float(np.median(kept)) if kept else 1.0,
                  "seconds": round(time.perf_counter() - start, 1)}
+
+
+def quantize_calibrated(converter, images, int8_io: str = "float", method: str = "mse", stats: dict | None = None
+                        ) -> bytes:
+    """Full-int8 TFLite from a converter already set up for int8 (optimizations, representative dataset,
+    TFLITE_BUILTINS_INT8), with the activation ranges of `clip_activation_ranges(method)`.
+
+    The converter's own two steps, split where tf.lite.experimental.QuantizationDebugger splits them
+    (calibrate only, then the MLIR quantiser; private API of the pinned TF). With method="calibrator"
+    the result equals `converter.convert()` (tested). `stats`, if a dict, receives the range statistics.
+    """
+    import warnings
+
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    with warnings.catch_warnings():  # both expected here: inspecting a calibrated float graph is the point
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected.*")
+        converter._experimental_calibrate_only = True
+        try:
+            calibrated = converter.convert()
+        finally:
+            converter._experimental_calibrate_only = False
+        calibrated, range_stats = clip_activation_ranges(calibrated, images, method)
+        if stats is not None:
+            stats.update(range_stats)
+        io_type = tf.int8 if int8_io == "int8" else tf.float32
+        return mlir_quantize(calibrated, input_data_type=io_type, output_data_type=io_type)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,9 +444,9 @@ def to_tflite(model, quantize: str = "none", representative_images=None, int8_io
       representative_images: for int8, an array [N, H, W, 3] of raw RGB 0-255 real aligned faces.
       int8_io: for int8, "float" keeps float32 input/output (quantize/dequantize inside the model);
         "int8" makes the model take and return int8 tensors.
-      activation_ranges: for int8, "mse" (default) clips each activation range to the one with the
-        least quantisation error on the calibration faces (`clip_activation_ranges`); "minmax" is
-        the converter's own min/max.
+      activation_ranges: for int8, "mse" (default) sets each activation range to the one with the
+        least quantisation error on the calibration faces, "observed" to their exact min/max (both
+        `clip_activation_ranges`); "minmax" is the converter's own calibration.
       stats: if a dict, the range statistics of "mse" are put in it.
     Raises ValueError for an unknown mode, or int8 without representative images.
     """
@@ -421,17 +477,8 @@ def to_tflite(model, quantize: str = "none", representative_images=None, int8_io
         if int8_io == "int8":
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-        if activation_ranges == "mse":
-            # Calibrate, move the ranges, then quantise: the converter's own two steps, split the way
-            # tf.lite.experimental.QuantizationDebugger splits them (private API, pinned TF).
-            from tensorflow.lite.python.convert import mlir_quantize
-
-            converter._experimental_calibrate_only = True
-            calibrated, clip_stats = clip_activation_ranges(converter.convert(), images)
-            if stats is not None:
-                stats.update(clip_stats)
-            io_type = tf.int8 if int8_io == "int8" else tf.float32
-            return mlir_quantize(calibrated, input_data_type=io_type, output_data_type=io_type)
+        if activation_ranges != "minmax":
+            return quantize_calibrated(converter, images, int8_io, activation_ranges, stats)
     return converter.convert()
 
 

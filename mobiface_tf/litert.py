@@ -31,7 +31,7 @@ def make_interpreter(model_content: bytes | None = None, model_path=None, num_th
 
     Pass exactly one of `model_content` (flatbuffer bytes) or `model_path` (.tflite file).
     num_threads: interpreter threads (None: LiteRT's default). preserve_all_tensors: keep every
-    intermediate tensor readable after invoke (LiteRT then runs without XNNPACK; for inspection). Raises ValueError when both or neither
+    intermediate tensor readable after invoke (for inspection; uses more memory). Raises ValueError when both or neither
     source is given, FileNotFoundError for a missing path, and LiteRT's ValueError for a broken model.
     """
     from ai_edge_litert.interpreter import Interpreter

@@ -33,6 +33,8 @@ _PLAIN_NOISE = (
     re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
     re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"),
     re.compile(r"^INFO: Initialized TensorFlow Lite runtime\.$"),
+    # printed by the converter's MLIR quantiser for every int8 export
+    re.compile(r"^fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+$"),
     re.compile(r"^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$"),
 )
 

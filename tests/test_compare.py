@@ -71,6 +71,7 @@ def test_compare_synthetic_end_to_end_and_resume(tmp_path):
     redone = sorted(line for line in third.splitlines() if line.startswith("[compare] ") and "timing" not in line)
     assert redone == ["[compare] exporting mobilenet_v1_gdc as int8",
                       "[compare] scoring mobilefacenet int8 on folds [1, 2, 3]"], third[-2000:]
+    assert "[compare] timing" in third  # a changed file is timed again too
 
 
 def test_compare_refuses_unknown_networks_and_missing_inputs(tmp_path):

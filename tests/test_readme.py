@@ -114,6 +114,7 @@ def _env():
     ("I0000 00:00:1795958536.678985   12675 cudart_stub.cc:31] Could not find cuda drivers on your machine", True),
     ("E0000 00:00:1795958537.559373   12675 cuda_platform.cc:52] failed call to cuInit: INTERNAL", True),
     ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", True),
+    ("fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, output_inference_type: FLOAT32", True),
     ("E0000 00:00:1795958537.559373   12675 op_kernel.cc:52] a real kernel error", False),
     ("W1129 13:24:16.396255 140526709775232 sidecar.py:107] ignoring threshold sidecar x", False),  # ours (Python)
     ("error: model not found: 'nope.tflite'", False),

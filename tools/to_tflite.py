@@ -35,9 +35,9 @@ flags.DEFINE_integer("num_calibration", 100, "images used for int8 calibration",
 flags.DEFINE_bool("allow_few_calibration", False, "accept a --calibration set with fewer than --num_calibration "
                   "faces (activation ranges from few faces may clip others)")
 flags.DEFINE_enum("int8_io", "float", ["float", "int8"], "int8 mode: float32 or int8 model input/output")
-flags.DEFINE_enum("activation_ranges", "mse", ["mse", "minmax"],
-                  "int8 activation ranges: mse = clipped to the least quantisation error on the calibration faces "
-                  "(default), minmax = the converter's min/max (see README, int8)")
+flags.DEFINE_enum("activation_ranges", "mse", ["mse", "observed", "minmax"],
+                  "int8 activation ranges: mse = the least quantisation error on the calibration faces (default), "
+                  "observed = their exact min/max, minmax = the converter's own calibration (see README, int8)")
 flags.DEFINE_string("parity_images", None, "real aligned faces for the parity report (image dir or TFRecord glob; "
                     "default: --calibration)")
 flags.DEFINE_integer("num_parity", 50, "faces used for the parity report", lower_bound=1)
