@@ -53,9 +53,10 @@ def load_faces(source, limit: int, seed: int = 0, size: int = 112) -> np.ndarray
     """Up to `limit` aligned faces as uint8 RGB [N, size, size, 3] from an image dir or TFRecords.
 
     `source` is a directory of images (walked recursively, e.g. ../shared/data/lfw/lfw-112x112), a
-    directory of *.tfrecord shards, or a TFRecord glob (the tools/prepare_data.py format). From an
-    image dir we take a seeded random sample of the sorted file list, so the set spans many
-    identities and is the same on every run. Images are listed and decoded by mobiface_tf.images (hidden
+    directory of *.tfrecord shards, or a TFRecord glob (the tools/prepare_data.py format). Either way
+    the faces are a seeded random sample (image dir: of the sorted file list; TFRecords: of the shards
+    read interleaved through a shuffle buffer), so the set spans many identities, is the same on every
+    run for one seed, and two seeds give (nearly) different faces, e.g. calibration vs parity faces. Images are listed and decoded by mobiface_tf.images (hidden
     files skipped, EXIF orientation applied). Raises ValueError when nothing usable is found.
     """
     from mobiface_tf.images import IMAGE_EXTENSIONS, list_images
@@ -70,7 +71,7 @@ def load_faces(source, limit: int, seed: int = 0, size: int = 112) -> np.ndarray
                              "pass a directory of aligned 112x112 face crops or a TFRecord glob")
         order = np.random.default_rng(seed).permutation(len(files))[:limit]
         return np.stack([_read_image(files[i], size) for i in sorted(order)])
-    return _read_tfrecord_faces(source, limit, size)
+    return _read_tfrecord_faces(source, limit, size, seed)
 
 
 MIN_CALIBRATION = 100  # int8 calibration faces; fewer give activation ranges that clip unseen faces
@@ -101,15 +102,26 @@ def _read_image(path, size):
     return rgb
 
 
-def _read_tfrecord_faces(pattern, limit, size):
+# Records are stored grouped by identity (prepare_data writes classes in order), so the first N of a shard
+# are a few people. Sampling reads every shard interleaved through a shuffle buffer of this many records per
+# face asked for (capped), so the sample spans the data without reading all of a large set.
+TFRECORD_SAMPLE_BUFFER_PER_FACE, TFRECORD_SAMPLE_BUFFER_MAX = 20, 100_000
+
+
+def _read_tfrecord_faces(pattern, limit, size, seed=0):
     # Imported lazily: the data package pulls in the aligner, which export from a directory never needs.
     from mobiface_tf.data.pipeline import match_files
     from mobiface_tf.data.tfrecord import parse_example
 
     path = Path(str(pattern))
     files = match_files(str(path / "*.tfrecord") if path.is_dir() else str(pattern))
+    files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
+    records = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=len(files), block_length=1, deterministic=True)
+    buffer = min(TFRECORD_SAMPLE_BUFFER_MAX, TFRECORD_SAMPLE_BUFFER_PER_FACE * limit)
+    records = records.shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
     images = []
-    for serialized in tf.data.TFRecordDataset(files).take(limit):
+    for serialized in records.take(limit):
         image, _ = parse_example(serialized)
         image = image.numpy()
         if image.shape[:2] != (size, size):

@@ -136,6 +136,22 @@ def test_load_faces_image_dir_and_tfrecords(tmp_path):
     from_tfr = ex.load_faces(str(tmp_path / "tfr" / "*.tfrecord"), 4)
     assert from_tfr.shape == (4, 112, 112, 3) and from_tfr.dtype == np.uint8
     assert ex.load_faces(tmp_path / "tfr", 100).shape[0] == 6  # a shard directory works too
+    # A seeded sample spanning the shards and identities (records are stored grouped by identity), the same for
+    # one seed and different for another: calibration (seed 0) and parity (seed 1) faces are not the same faces.
+    import tensorflow as tf
+    from mobiface_tf.data.tfrecord import parse_example
+
+    write_synthetic_tfrecords(tmp_path / "many", num_identities=20, images_per_identity=10, seed=0, shards=4)
+    label_of = {}
+    for serialized in tf.data.TFRecordDataset(sorted(str(f) for f in (tmp_path / "many").glob("*.tfrecord"))):
+        image, label = parse_example(serialized)
+        label_of[image.numpy().tobytes()] = int(label)
+    a, a2, b = (ex.load_faces(tmp_path / "many", 20, seed=s) for s in (0, 0, 1))
+    assert np.array_equal(a, a2) and not np.array_equal(a, b)
+    people = {label_of[f.tobytes()] for f in a}
+    assert len(people) >= 8, sorted(people)  # the first 20 records in storage order hold 2 people
+    shared = {f.tobytes() for f in a} & {f.tobytes() for f in b}
+    assert len(shared) <= 5, len(shared)
     (tmp_path / "img" / "a").mkdir(parents=True)
     rgb = np.zeros((112, 112, 3), np.uint8)
     rgb[..., 0] = 200  # red
