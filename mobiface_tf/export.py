@@ -54,9 +54,10 @@ def load_faces(source, limit: int, seed: int = 0, size: int = 112) -> np.ndarray
 
     `source` is a directory of images (walked recursively, e.g. ../shared/data/lfw/lfw-112x112), a
     directory of *.tfrecord shards, or a TFRecord glob (the tools/prepare_data.py format). Either way
-    the faces are a seeded random sample (image dir: of the sorted file list; TFRecords: of the shards
-    read interleaved through a shuffle buffer), so the set spans many identities, is the same on every
-    run for one seed, and two seeds give (nearly) different faces, e.g. calibration vs parity faces. Images are listed and decoded by mobiface_tf.images (hidden
+    the faces are a seeded random sample (image dir: of the sorted file list; TFRecords: of the first
+    records of the shards read interleaved, see TFRECORD_SAMPLE_BUFFER_*), so the set spans many
+    identities, is the same on every run for one seed (whatever TF's global seed), and two seeds give
+    (nearly) different faces, e.g. calibration vs parity faces. Images are listed and decoded by mobiface_tf.images (hidden
     files skipped, EXIF orientation applied). Raises ValueError when nothing usable is found.
     """
     from mobiface_tf.images import IMAGE_EXTENSIONS, list_images
@@ -103,8 +104,8 @@ def _read_image(path, size):
 
 
 # Records are stored grouped by identity (prepare_data writes classes in order), so the first N of a shard
-# are a few people. Sampling reads every shard interleaved through a shuffle buffer of this many records per
-# face asked for (capped), so the sample spans the data without reading all of a large set.
+# are a few people. Sampling reads the shards interleaved and draws from the first (this many per face asked
+# for, capped) records, so the sample spans the data without reading all of a large set.
 TFRECORD_SAMPLE_BUFFER_PER_FACE, TFRECORD_SAMPLE_BUFFER_MAX = 20, 100_000
 
 
@@ -115,13 +116,16 @@ def _read_tfrecord_faces(pattern, limit, size, seed=0):
 
     path = Path(str(pattern))
     files = match_files(str(path / "*.tfrecord") if path.is_dir() else str(pattern))
-    files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
-    records = tf.data.Dataset.from_tensor_slices(files).interleave(
+    # numpy does the drawing: a tf.data shuffle would also depend on TF's global seed, which training sets.
+    rng = np.random.default_rng(seed)
+    files = [files[i] for i in rng.permutation(len(files))]
+    stream = tf.data.Dataset.from_tensor_slices(files).interleave(
         tf.data.TFRecordDataset, cycle_length=len(files), block_length=1, deterministic=True)
     buffer = min(TFRECORD_SAMPLE_BUFFER_MAX, TFRECORD_SAMPLE_BUFFER_PER_FACE * limit)
-    records = records.shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
+    pool = [r.numpy() for r in stream.take(buffer)]
+    records = [pool[i] for i in sorted(rng.permutation(len(pool))[:limit])]
     images = []
-    for serialized in records.take(limit):
+    for serialized in records:
         image, _ = parse_example(serialized)
         image = image.numpy()
         if image.shape[:2] != (size, size):

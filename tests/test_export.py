@@ -146,7 +146,9 @@ def test_load_faces_image_dir_and_tfrecords(tmp_path):
     for serialized in tf.data.TFRecordDataset(sorted(str(f) for f in (tmp_path / "many").glob("*.tfrecord"))):
         image, label = parse_example(serialized)
         label_of[image.numpy().tobytes()] = int(label)
-    a, a2, b = (ex.load_faces(tmp_path / "many", 20, seed=s) for s in (0, 0, 1))
+    a, b = (ex.load_faces(tmp_path / "many", 20, seed=s) for s in (0, 1))
+    tf.random.set_seed(123)  # training sets TF's global seed; the sample must not depend on it
+    a2 = ex.load_faces(tmp_path / "many", 20, seed=0)
     assert np.array_equal(a, a2) and not np.array_equal(a, b)
     people = {label_of[f.tobytes()] for f in a}
     assert len(people) >= 8, sorted(people)  # the first 20 records in storage order hold 2 people
