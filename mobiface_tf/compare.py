@@ -32,13 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
+from mobiface_tf.identification import model_sha256  # the key of every cached row and of the timing run
+
 STUDENTS = ("mobiface_gdc", "mobilefacenet", "mobilenet_v1_gdc")
-FORMS = ("keras", "none", "float16", "int8", "int8_minmax")
-TFLITE_FORMS = ("none", "float16", "int8", "int8_minmax")
 # Each TFLite form: (export quantize mode, int8 activation ranges). "int8_minmax" is the converter's own
 # min/max calibration, kept as the baseline that shows what the MSE ranges of "int8" recover.
 TFLITE_EXPORT = {"none": ("none", None), "float16": ("float16", None), "int8": ("int8", "mse"),
                  "int8_minmax": ("int8", "minmax")}
+TFLITE_FORMS = tuple(TFLITE_EXPORT)
+FORMS = ("keras", *TFLITE_FORMS)
 INT8_MAX_DROP = 0.003  # the bar: int8 loses at most 0.3 points of held-out accuracy against Keras
 
 # The distillation recipe (README "Distillation"), shared by every student.
@@ -114,16 +116,6 @@ def heldout_accuracy(model_path, lfw_dir, pairs, folds, preprocess=None, threads
     emb = load_embedder(model_path, preprocess, batch_size=64, num_threads=threads)
     report = ev.evaluate_lfw(emb, pairs, lfw_dir, flip=True, folds=folds, progress=False)[0]
     return {k: report[k] for k in ("accuracy", "accuracy_std", "folds", "num_pairs", "threshold")}
-
-
-def _sha256(path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _row_cache(output_dir: Path, model: str, form: str) -> Path:
@@ -300,7 +292,7 @@ def run(output_dir, *, data=None, teacher=None, lfw_dir=None, pairs=None, folds=
             path = trained["embedding"] if form == "keras" else paths[form]
             cache = _row_cache(output_dir, name, form)
             row = _read(cache)
-            sha = _sha256(path)
+            sha = model_sha256(path)
             if row is None or row.get("steps") != steps or row.get("file_sha256") != sha:  # a re-export re-scores
                 log(f"[compare] scoring {name} {form} on folds {list(folds)}")
                 acc = heldout_accuracy(path, lfw_dir, pairs, list(folds), threads=2)
@@ -348,7 +340,7 @@ def run(output_dir, *, data=None, teacher=None, lfw_dir=None, pairs=None, folds=
     keys = sorted(files)
     lat_path = output_dir / "latency.json"
     lat = _read(lat_path)
-    shas = {k: _sha256(files[k]) for k in keys}
+    shas = {k: model_sha256(files[k]) for k in keys}
     if lat is None or lat.get("keys") != keys or lat.get("rounds") != latency_rounds or lat.get("sha256") != shas:
         log(f"[compare] timing {len(keys)} TFLite files, 1 thread, {latency_rounds} interleaved rounds")
         times = litert.time_interleaved_in_subprocess([files[k] for k in keys], 1, 5, latency_rounds)
