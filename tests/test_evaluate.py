@@ -304,27 +304,52 @@ def test_cli_bad_input_is_one_clear_line(tmp_path):
 
 def test_cli_from_repo_root_leaves_no_untracked_files_and_says_its_folds(tmp_path, reference_tflite, lfw_dir,
                                                                         lfw_pairs):
-    """Default outputs go to the git-ignored eval_out/ (the shared model folder is read-only, so the sidecar
-    too), and the summary names the folds it used (3 here), not always '10-fold'."""
+    """Default outputs go to the git-ignored eval_out/, and the summary names the folds it used (3 here), not
+    always '10-fold'. The sidecar goes beside the model when its folder is writable, else to eval_out/ too.
+
+    The test makes both conditions itself (a copy of the model in a folder with and without write bits), so it
+    does not depend on whether ../shared is read-only on this machine (it is in CI, not always elsewhere)."""
+    import shutil
+    import stat
+
     pairs = _mini_pairs(lfw_pairs, tmp_path / "pairs_mini.txt", 2)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "evaluate.py"), f"--model={reference_tflite}", f"--lfw_dir={lfw_dir}",
-         f"--pairs={pairs}", "--folds=1,2,3", "--noprogress"],
-        capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "(3-fold)" in proc.stdout and "(10-fold)" not in proc.stdout
-    report_path = REPO / re.search(r"report: (\S+)", proc.stdout).group(1)
-    report = json.loads(report_path.read_text())
-    written = [report_path, Path(report["roc_png"]), Path(report["sidecar"])]
+    writable, readonly = tmp_path / "writable", tmp_path / "readonly"
+    for folder in (writable, readonly):
+        folder.mkdir()
+        shutil.copy(reference_tflite, folder / f"eval_test_{folder.name}_{tmp_path.name}.tflite")
+    readonly.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
     try:
-        for f in written:
-            f = f if f.is_absolute() else REPO / f
-            assert f.is_file() and f.resolve().is_relative_to(REPO / "eval_out"), f
-            rel = str(f.resolve().relative_to(REPO))
-            assert subprocess.run(["git", "check-ignore", "-q", rel], cwd=REPO).returncode == 0, rel
+        for folder in (readonly, writable):
+            model = next(folder.glob("*.tflite"))
+            proc = subprocess.run(
+                [sys.executable, str(REPO / "tools" / "evaluate.py"), f"--model={model}", f"--lfw_dir={lfw_dir}",
+                 f"--pairs={pairs}", "--folds=1,2,3", "--noprogress"],
+                capture_output=True, text=True, timeout=300, cwd=REPO)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            assert "(3-fold)" in proc.stdout and "(10-fold)" not in proc.stdout
+            report_path = REPO / re.search(r"report: (\S+)", proc.stdout).group(1)
+            report = json.loads(report_path.read_text())
+            outputs = [report_path, Path(report["roc_png"])]
+            sidecar = Path(report["sidecar"])
+            sidecar = sidecar if sidecar.is_absolute() else REPO / sidecar
+            try:
+                for f in outputs:
+                    f = f if f.is_absolute() else REPO / f
+                    assert f.is_file() and f.resolve().is_relative_to(REPO / "eval_out"), f
+                    rel = str(f.resolve().relative_to(REPO))
+                    assert subprocess.run(["git", "check-ignore", "-q", rel], cwd=REPO).returncode == 0, rel
+                assert sidecar.is_file()
+                if folder is readonly:
+                    assert sidecar.resolve().is_relative_to(REPO / "eval_out"), sidecar
+                else:
+                    assert sidecar.resolve().parent == folder.resolve(), sidecar
+            finally:
+                for f in outputs:
+                    (f if f.is_absolute() else REPO / f).unlink(missing_ok=True)
+                if sidecar.resolve().is_relative_to(REPO / "eval_out"):
+                    sidecar.unlink(missing_ok=True)
     finally:
-        for f in written:
-            (f if f.is_absolute() else REPO / f).unlink(missing_ok=True)
+        readonly.chmod(stat.S_IRWXU)
 
 
 def test_cli_pairs_and_bin_together(tmp_path):
