@@ -143,28 +143,89 @@ def test_import_reference_tflite_matches_it_on_real_faces(reference_tflite, lfw_
     assert _cosines(ours, theirs).min() >= 0.9999
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("padding,convention", [("same", "graph"), ("symmetric", "bgr_minus1to1")])
-def test_import_onnx_built_with_onnx_helpers(tmp_path, padding, convention):
-    """An NCHW ONNX MobileFaceNet with unfolded BN and PRelu nodes (built from a Keras network's weights)
-    imports back to exactly those weights: kernels, BN statistics, slopes, the Gemm as the linear 1x1 conv,
-    and the input convention (in-graph Sub/Mul, or BGR (x-127.5)/127.5 stated in metadata)."""
+SAME_GRAPH, SYMMETRIC_BGR = ("same", "graph"), ("symmetric", "bgr_minus1to1")
+
+
+@pytest.fixture(scope="module")
+def onnx_import(request, tmp_path_factory):
+    """(original Keras network, its ONNX export, the imported model, report, saved .keras path)."""
     import keras
 
     from mobiface_tf import importer, models
 
+    padding, convention = request.param
+    tmp = tmp_path_factory.mktemp(f"onnx_{padding}")
     keras.utils.set_random_seed(3)
     original = _randomise(models.build("mobilefacenet", embedding_dim=64, padding=padding))
-    src = keras_to_onnx(original, tmp_path / "mfn.onnx", convention)
+    src = keras_to_onnx(original, tmp / "mfn.onnx", convention)
     model, report = importer.import_model(src, num_check=4)
-    assert report["padding"] == padding and report["source_preprocess"] == ("raw" if convention == "graph"
-                                                                             else convention)
+    model.save(tmp / "imported.keras")
+    return dict(original=original, convention=convention, padding=padding, model=model, report=report,
+                keras=tmp / "imported.keras")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("onnx_import", [SAME_GRAPH, SYMMETRIC_BGR], ids=["same-graph", "symmetric-bgr"],
+                         indirect=True)
+def test_import_onnx_built_with_onnx_helpers(onnx_import):
+    """An NCHW ONNX MobileFaceNet with unfolded BN and PRelu nodes (built from a Keras network's weights)
+    imports back to exactly those weights: kernels, BN statistics, slopes, the Gemm as the linear 1x1 conv,
+    and the input convention (in-graph Sub/Mul, or BGR (x-127.5)/127.5 stated in metadata)."""
+    from mobiface_tf import importer
+
+    original, model, report = onnx_import["original"], onnx_import["model"], onnx_import["report"]
+    assert report["padding"] == onnx_import["padding"]
+    assert report["source_preprocess"] == ("raw" if onnx_import["convention"] == "graph" else "bgr_minus1to1")
     assert report["cosine_min"] >= 0.9999
     for a, b in zip(original.weights, model.weights):
         assert a.shape == b.shape
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-5, err_msg=a.path)
     x = importer.synthetic_images(4, seed=9)
     assert _cosines(model.predict(x, verbose=0), original.predict(x, verbose=0)).min() >= 0.9999
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("onnx_import", [SAME_GRAPH], ids=["same-graph"], indirect=True)
+def test_imported_keras_runs_as_teacher_inside_the_training_step(onnx_import, tmp_path):
+    """Item 5: an imported .keras is a frozen teacher called in the same tf.function as the student; its targets
+    equal its own predictions, its weights do not move, and distilling from it lowers the student's loss."""
+    import keras
+    import tensorflow as tf
+
+    from mobiface_tf import importer
+    from mobiface_tf.teacher import load_teacher, teacher_targets
+
+    teacher = load_teacher(onnx_import["keras"])
+    assert teacher.trainable_weights == []
+    before = [w.numpy().copy() for w in teacher.weights]
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((112, 112, 3))
+    x = keras.layers.Rescaling(1 / 128, offset=-127.5 / 128)(inp)
+    x = keras.layers.AveragePooling2D(8)(x)
+    student = keras.Model(inp, keras.layers.Dense(teacher.output_shape[-1])(keras.layers.Flatten()(x)))
+    opt = keras.optimizers.SGD(0.5)
+    images = tf.constant(importer.synthetic_images(8, seed=4))
+
+    @tf.function
+    def step(batch):
+        with tf.GradientTape() as tape:
+            target = teacher_targets(teacher, batch)
+            emb = tf.math.l2_normalize(student(batch, training=True), axis=1)
+            loss = tf.reduce_mean(1.0 - tf.reduce_sum(emb * target, axis=1))
+        opt.apply(tape.gradient(loss, student.trainable_variables), student.trainable_variables)
+        return loss, target
+
+    losses = []
+    for _ in range(8):
+        loss, target = step(images)
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0], losses
+    ref = teacher.predict(images.numpy(), verbose=0)
+    np.testing.assert_allclose(target.numpy(), ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-5)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, teacher.weights))
+    (tmp_path / "t.tflite").write_bytes(b"TFL3")
+    with pytest.raises(ValueError, match="import it first"):
+        load_teacher(tmp_path / "t.tflite")
 
 
 def test_import_refuses_wrong_embedding_size_naming_the_layer(tmp_path):
