@@ -38,7 +38,19 @@ def activation(x, kind, name):
 
 
 def conv_bn(x, filters, kernel, stride, prefix, act="prelu", depthwise=False, padding="same"):
-    """Conv (or depthwise conv) -> BN -> activation. Bias-free: the BN shift replaces it."""
+    """Conv (or depthwise conv) -> BN -> activation. Bias-free: the BN shift replaces it.
+
+    padding: "same" (TensorFlow's SAME: for a stride-2 3x3 conv on an even map it pads 0 before and 1 after),
+    "valid", or "symmetric": an explicit ZeroPadding2D of kernel//2 on every side, then "valid" (what
+    MXNet / PyTorch / Caffe networks do, e.g. InsightFace's MobileFaceNet). For stride 1 and an odd kernel
+    "symmetric" equals "same"; they differ only on strided layers.
+    """
+    if padding == "symmetric":
+        if kernel != 1 and stride != 1:
+            x = layers.ZeroPadding2D(kernel // 2, name=f"{prefix}_pad")(x)
+            padding = "valid"
+        else:
+            padding = "same"
     if depthwise:
         x = layers.DepthwiseConv2D(kernel, stride, padding=padding, use_bias=False, name=f"{prefix}_conv")(x)
     else:
@@ -47,7 +59,7 @@ def conv_bn(x, filters, kernel, stride, prefix, act="prelu", depthwise=False, pa
     return activation(x, act, f"{prefix}_{act}") if act else x
 
 
-def bottleneck(x, expand, out, stride, prefix, act="prelu"):
+def bottleneck(x, expand, out, stride, prefix, act="prelu", padding="same"):
     """Inverted residual: 1x1 expand -> 3x3 depthwise (stride) -> 1x1 linear projection.
 
     MobiFace's Block is this with stride 2 and no shortcut; its RBlock is stride 1 with an identity
@@ -56,7 +68,7 @@ def bottleneck(x, expand, out, stride, prefix, act="prelu"):
     """
     in_channels = x.shape[-1]
     y = conv_bn(x, expand, 1, 1, f"{prefix}_expand", act)
-    y = conv_bn(y, expand, 3, stride, f"{prefix}_dw", act, depthwise=True)
+    y = conv_bn(y, expand, 3, stride, f"{prefix}_dw", act, depthwise=True, padding=padding)
     y = conv_bn(y, out, 1, 1, f"{prefix}_project", act=None)  # "Linear": no activation
     if stride == 1 and in_channels == out:
         y = layers.Add(name=f"{prefix}_add")([x, y])
