@@ -22,12 +22,18 @@ run on each gallery prints what the README shows.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m mobiface_tf.demo`: the demo command (see mobiface_tf/cli.py)
+    from mobiface_tf import cli
+
+    cli.demo()
+
+
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 GALLERY_5 = ("Colin_Powell", "Tony_Blair", "Serena_Williams", "Gerhard_Schroeder", "Ariel_Sharon")
@@ -173,12 +179,3 @@ def main(argv):
               f"{QUICKSTART_MODEL}, then rerun this command", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    from mobiface_tf import quiet
-
-    quiet.install(sys.argv)
-    define_flags()
-    quiet.define_verbose_flag()
-    app.run(main)

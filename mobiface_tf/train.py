@@ -38,12 +38,11 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__":  # before TensorFlow is imported: its start-up log is filtered unless --verbose
-    import sys
+if __name__ == "__main__":  # `python -m mobiface_tf.train`: the train command via mobiface_tf.cli,
+    # before TensorFlow is imported (quiet start-up)
+    from mobiface_tf import cli
 
-    from mobiface_tf import quiet
-
-    quiet.install(sys.argv)
+    cli.train()
 
 import keras
 import numpy as np
@@ -941,11 +940,3 @@ def main(argv):
         detail = " ".join(str(e.message).split())[:600]
         sys.exit(f"error: bad training data: {detail}. Re-run tools/prepare_data.py, or pass --skip_corrupt")
     log.info("done at step %d; embedding model: %s", summary["final_step"], summary["embedding_model"])
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    define_flags()
-    quiet.define_verbose_flag()
-    app.run(main)
