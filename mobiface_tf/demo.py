@@ -167,6 +167,9 @@ def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 1
+    from mobiface_tf.outputs import check_output_dir
+
+    check_output_dir(FLAGS.output, "--output")  # before any photo is made (ValueError: one line, exit 2)
     made = make_demo(FLAGS.output, FLAGS.data)
     real = (Path(FLAGS.data) / "lfw" / "lfw-112x112").is_dir()
     photos = sorted(k for k in made if k.endswith(".jpg"))
