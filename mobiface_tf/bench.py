@@ -22,6 +22,12 @@ This module imports TensorFlow only inside `bench()` (for the export); the runti
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m mobiface_tf.bench`: the bench command (see mobiface_tf/cli.py)
+    from mobiface_tf import cli
+
+    cli.bench()
+
+
 import json
 import os
 import re

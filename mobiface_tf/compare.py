@@ -26,6 +26,12 @@ DIR/results.md and DIR/accuracy_vs_latency.png.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m mobiface_tf.compare`: the compare command (see mobiface_tf/cli.py)
+    from mobiface_tf import cli
+
+    cli.compare()
+
+
 import json
 import time
 from pathlib import Path

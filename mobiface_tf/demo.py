@@ -22,12 +22,18 @@ run on each gallery prints what the README shows.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m mobiface_tf.demo`: the demo command (see mobiface_tf/cli.py)
+    from mobiface_tf import cli
+
+    cli.demo()
+
+
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
 GALLERY_5 = ("Colin_Powell", "Tony_Blair", "Serena_Williams", "Gerhard_Schroeder", "Ariel_Sharon")
@@ -161,6 +167,9 @@ def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 1
+    from mobiface_tf.outputs import check_output_dir
+
+    check_output_dir(FLAGS.output, "--output")  # before any photo is made (ValueError: one line, exit 2)
     made = make_demo(FLAGS.output, FLAGS.data)
     real = (Path(FLAGS.data) / "lfw" / "lfw-112x112").is_dir()
     photos = sorted(k for k in made if k.endswith(".jpg"))
@@ -173,12 +182,3 @@ def main(argv):
               f"{QUICKSTART_MODEL}, then rerun this command", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    from mobiface_tf import quiet
-
-    quiet.install(sys.argv)
-    define_flags()
-    quiet.define_verbose_flag()
-    app.run(main)

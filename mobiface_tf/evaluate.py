@@ -12,6 +12,12 @@ A pair is predicted "same" when score > threshold.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m mobiface_tf.evaluate`: the evaluate command (see mobiface_tf/cli.py)
+    from mobiface_tf import cli
+
+    cli.evaluate()
+
+
 import math
 from pathlib import Path
 

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import os
 
-if __name__ == "__main__":  # before TensorFlow is imported: its start-up log is filtered unless --verbose
-    import sys
+if __name__ == "__main__":  # `python -m mobiface_tf.identify`: the identify command via mobiface_tf.cli,
+    # before TensorFlow is imported (quiet start-up)
+    from mobiface_tf import cli
 
-    from mobiface_tf import quiet
-
-    quiet.install(sys.argv)
+    cli.identify()
 
 import dataclasses
 import errno
@@ -36,7 +35,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from mobiface_tf.embedder import EmbeddingError
 from mobiface_tf.faces import (FaceError, check_model_path, file_sha256, load_face, load_model, model_fingerprint,
@@ -415,9 +414,3 @@ def main(argv):
         return 1
     return run(FLAGS.model, FLAGS.gallery, FLAGS.query, FLAGS.top, FLAGS.threshold, FLAGS.aligned, FLAGS.index,
                FLAGS.rebuild_index, FLAGS.json, far=FLAGS.far, progress=FLAGS.progress)
-
-
-if __name__ == "__main__":
-    define_flags()
-    quiet.define_verbose_flag()
-    app.run(main)

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import os
 
-if __name__ == "__main__":  # before TensorFlow is imported: its start-up log is filtered unless --verbose
-    import sys
+if __name__ == "__main__":  # `python -m mobiface_tf.verify`: the verify command via mobiface_tf.cli,
+    # before TensorFlow is imported (quiet start-up)
+    from mobiface_tf import cli
 
-    from mobiface_tf import quiet
-
-    quiet.install(sys.argv)
+    cli.verify()
 
 import dataclasses
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from mobiface_tf.embedder import EmbeddingError
 from mobiface_tf.faces import (FaceError, check_model_path, face_from_image, load_model, read_photo,
@@ -120,9 +119,3 @@ def main(argv):
     Flags are defined by the module-level `define_flags()`.
     """
     return run(FLAGS.model, argv[1:], FLAGS.threshold, FLAGS.aligned, FLAGS.json)
-
-
-if __name__ == "__main__":
-    define_flags()
-    quiet.define_verbose_flag()
-    app.run(main)

@@ -209,3 +209,39 @@ def train_config(data, model_dir, **settings):
     from mobiface_tf.training.config import TrainConfig
 
     return TrainConfig(data=str(data), model_dir=str(model_dir), **settings)
+
+
+def interrupt_when(cmd, ready, env=None, cwd=None, timeout: float = 240):
+    """Ctrl-C as a terminal sends it: start `cmd` as a foreground job (its own process group, SIGINT at its
+    default), wait until `ready(proc)` is true, then send SIGINT to the whole group (workers included) and wait.
+    Returns (returncode, stdout, stderr, readied): readied is False when the command ended (or the timeout
+    passed) before `ready`, and then no signal was sent."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + timeout
+    readied = False
+    while proc.poll() is None and time.time() < deadline:
+        if ready(proc):
+            readied = True
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.05)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    return proc.returncode, out, err, readied
+
+
+def process_has_loaded(pid: int, library: str) -> bool:
+    """Whether the process `pid` has a shared library whose path contains `library` mapped (Linux /proc)."""
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False

@@ -198,7 +198,7 @@ def test_cli_subprocess_error_is_one_line(gallery, models, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mobiface_tf.identify", f"--model={tmp_path / 'missing.tflite'}",
                            f"--gallery={gallery}", f"--query={q}"], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: model not found")
 
 

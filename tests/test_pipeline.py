@@ -202,7 +202,7 @@ def test_manifest_has_one_owner_and_checks_its_invariants(tmp_path):
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    for path in [*root.glob("mobiface_tf/**/*.py"), *root.glob("tools/*.py")]:
+    for path in [*root.glob("mobiface_tf/**/*.py"), *root.glob("tools/**/*.py")]:
         text = path.read_text()
         if path.name != "manifest.py":
             assert "write_json_atomic(manifest_path" not in text and "MANIFEST), {" not in text, path

@@ -107,7 +107,7 @@ def test_cli_subprocess_missing_model(tmp_path):
     a = write_png(tmp_path / "a.png", person(0, 0))
     proc = subprocess.run([sys.executable, "-m", "mobiface_tf.verify", f"--model={tmp_path / 'no.keras'}",
                            str(a), str(a)], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: model not found")
 
 

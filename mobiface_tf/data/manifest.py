@@ -1,7 +1,7 @@
 """`manifest.json`, the one description of a shard directory: its schema, reader and writer.
 
 Every writer (tools/prepare_data.py through mobiface_tf.data.prepare, its `add_teacher`, the synthetic writer,
-tools/bench_data.py) and every reader (the tf.data pipeline, the trainer, compare) goes through this module.
+tools/research/bench_data.py) and every reader (the tf.data pipeline, the trainer, compare) goes through this module.
 
 Schema (keys every manifest has; writers may add more, e.g. "teacher", "excluded", "aligned_by"):
   num_images    int   examples written to the shards

@@ -20,6 +20,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -51,6 +52,23 @@ def _init_worker(cfg: dict) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:  # in-process (workers=1) after TF started: keep the caller's threads
         pass
+
+
+def _init_pool_worker(cfg: dict) -> None:
+    """A pool worker ignores Ctrl-C (SIGINT goes to the whole process group): the parent stops the pool and says
+    what was kept, in one line, instead of one traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(cfg)
+
+
+def _start_pool(workers: int, cfg: dict):
+    """A spawn pool whose workers ignore SIGINT from their first instruction: the parent ignores it while they
+    start (a spawned interpreter keeps an ignored SIGINT ignored), then restores its own handler."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return mp.get_context("spawn").Pool(workers, initializer=_init_pool_worker, initargs=(cfg,))
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _convert(task):
@@ -313,7 +331,7 @@ def _prepare(input_path: str, output: str, align: str = "auto", shards: int | No
                desc=f"prepare ({align}, {workers} workers)")
     pool = None
     if workers > 1 and work:
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg,))
+        pool = _start_pool(workers, cfg)
         results = pool.imap(_convert, work, chunksize=4)
     else:
         _init_worker(cfg)
@@ -352,6 +370,10 @@ def _prepare(input_path: str, output: str, align: str = "auto", shards: int | No
                 writer.abort()
                 raise
             infos[s] = info
+    except KeyboardInterrupt:  # Ctrl-C: finished shards stay (each has its done-file); the rerun skips them
+        kept = sum(info is not None for info in infos.values())
+        raise KeyboardInterrupt(f"{kept} of {num_shards} shards finished and kept in {out}; rerun the same "
+                                "command to resume") from None
     finally:
         bar.close()
         if pool is not None:

@@ -18,7 +18,8 @@ log = logging.getLogger("mobiface_tf.training")
 def main(argv):
     """CLI: train from the flags (a TrainConfig), saving the embedding model in --model_dir; returns None (exit 0).
 
-    Exits 1 with one "error: ..." line on bad settings or data, divergence, a signal or a full disk.
+    Exits 2 with one "error: ..." line on bad settings or data, divergence or a full disk; 130 with one
+    "interrupted: ..." line after SIGINT / SIGTERM (mobiface_tf.cli).
     Flags are defined by mobiface_tf.training.config.define_flags().
     """
     from absl import flags
@@ -37,8 +38,9 @@ def main(argv):
         # MultiWorkerMirroredStrategy must exist before TF runs any op, so it is made first.
         strategy = make_strategy(cfg.strategy)
         summary = train(cfg, strategy=strategy, flags_text=fl.flags_into_string())
-    except (ValueError, TrainingDiverged, TrainingInterrupted, OSError) as e:  # bad input, divergence, signal,
-        # a full disk: one line
+    except TrainingInterrupted as e:  # Ctrl-C / SIGTERM, checkpoint saved: one line and exit 130 (mobiface_tf.cli)
+        raise KeyboardInterrupt(str(e)) from None
+    except (ValueError, TrainingDiverged, OSError) as e:  # bad input, divergence, a full disk: one line, exit 2
         sys.exit(f"error: {e}")
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:  # a shard found corrupt mid-run
         detail = " ".join(str(e.message).split())[:600]

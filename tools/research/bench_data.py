@@ -1,6 +1,6 @@
 """Input-pipeline throughput: images/s per core for read + decode + flip + batch of 112x112 JPEG TFRecords.
 
-  python tools/bench_data.py [--lfw_dir=../shared/data/lfw/lfw-112x112] [--threads=1,2] [--seconds=5]
+  python tools/research/bench_data.py [--lfw_dir=../shared/data/lfw/lfw-112x112] [--threads=1,2] [--seconds=5]
 
 Writes up to --num_images real LFW crops (or SYNTHETIC faces when the LFW folder is absent) into a temporary
 TFRecord shard set, then times mobiface_tf.data.pipeline.make_dataset(training=True) with a tf.data private
@@ -17,7 +17,7 @@ from pathlib import Path
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("lfw_dir", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw" /
+flags.DEFINE_string("lfw_dir", str(Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "lfw" /
                                    "lfw-112x112"), "Folder of 112x112 JPEGs <identity>/<image>.")
 flags.DEFINE_integer("num_images", 4096, "Images written to the temporary shards.", lower_bound=64)
 flags.DEFINE_list("threads", ["1", "2"], "tf.data threadpool sizes to time.")
@@ -69,7 +69,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         what = _write_shards(tmp, FLAGS.num_images)
         rows = [(int(t), *_time(tmp, int(t))) for t in FLAGS.threads]
-    print(f"\n`{' '.join([os.path.basename(sys.executable), 'tools/bench_data.py'] + sys.argv[1:])}` "
+    print(f"\n`{' '.join([os.path.basename(sys.executable), 'tools/research/bench_data.py'] + sys.argv[1:])}` "
           f"on {os.cpu_count()} CPU cores; data: {what}; batch {FLAGS.batch_size}, training=True\n")
     print(f"1-min load average at the end (other jobs share the cores): {os.getloadavg()[0]:.1f}\n")
     print("| threads | img/s (wall) | img/s per core (wall) | vs 1 thread | img per CPU-second |")

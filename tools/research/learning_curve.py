@@ -1,7 +1,7 @@
 """Held-out accuracy against training minutes, from a training run's val_history.jsonl (written when the
 trainer runs with --val_every and --val_lfw_dir/--val_pairs [--val_folds]).
 
-    python tools/learning_curve.py --model_dir=runs/distill/mobiface_gdc --output=docs/distill_curve.png \
+    python tools/research/learning_curve.py --model_dir=runs/distill/mobiface_gdc --output=docs/distill_curve.png \
         [--teacher_accuracy=0.9933 --teacher_label="teacher (reference MobileFaceNet)"]
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@ and each of --seeds random sets of calibration faces, export full int8, measure 
 on other training faces, and score held-out LFW folds. One held-out figure moves by several tenths of a point
 when the embedding barely changes, so the mean and spread over calibration sets are what to compare.
 
-    python tools/int8_study.py --model=runs/distill/mobiface_gdc/embedding.keras --data=runs/distill/data \
+    python tools/research/int8_study.py --model=runs/distill/mobiface_gdc/embedding.keras --data=runs/distill/data \
         --lfw_dir=../shared/data/lfw/lfw-112x112 --pairs=../shared/data/lfw/pairs.txt --folds=1,2,3 \
         --seeds=4 --output_dir=runs/int8_study
 

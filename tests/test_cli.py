@@ -1,0 +1,221 @@
+"""The user commands as a user runs them (mobiface_tf/cli.py): output paths checked before any work, one line and
+exit 2 on bad input, Ctrl-C = one line and exit 130 (a real SIGINT to a real process group), `python -m
+mobiface_tf.<verb>` for each, and every console script's --help from a non-editable install in a fresh venv."""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, interrupt_when, process_has_loaded, write_png
+from mobiface_tf import cli
+from mobiface_tf.outputs import check_output_dir, check_output_file
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _run(args, cwd, timeout=300):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd,
+                          timeout=timeout)
+
+
+def _one_error_line(proc, *needles):
+    """Exit 2, and stderr is exactly one `error: ...` line holding every needle (no traceback)."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------- the output-path check itself
+def test_output_checks_each_kind_of_bad_place(tmp_path):
+    """Each bad place fails with ValueError naming the flag, and the check leaves nothing behind."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    a_file = tmp_path / "model.tflite"
+    a_file.write_bytes(b"x")
+    cases = {
+        "is a folder; pass a file name such as": lambda: check_output_file(folder, "--output", example="eval.json"),
+        "is an existing file; pass a folder": lambda: check_output_dir(a_file, "--output_dir"),
+        "does not exist; create it first": lambda: check_output_file(tmp_path / "no" / "x.json", "--output"),
+        "is not a folder": lambda: check_output_file(a_file / "x.json", "--output"),
+    }
+    if Path("/proc/self").is_dir():  # a place even root cannot create files in (not a permission bit)
+        cases["cannot write in '/proc'"] = lambda: check_output_file("/proc/mobiface_x.json", "--output")
+    for message, check in cases.items():
+        with pytest.raises(ValueError, match="--output") as info:
+            check()
+        assert message in str(info.value), (message, str(info.value))
+        assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite", "results"]
+    assert list(folder.iterdir()) == []
+    # Good places pass, and a tool's own default folder is made on request.
+    assert check_output_file(folder / "eval.json", "--output") == folder / "eval.json"
+    assert check_output_dir(tmp_path / "new", "--output_dir") == tmp_path / "new"
+    assert check_output_file(tmp_path / "eval_out" / "e.json", "--output", make_parent=True).parent.is_dir()
+    assert check_output_file(a_file, "--output") == a_file and a_file.read_bytes() == b"x"  # not truncated
+
+
+# --------------------------------------------------------------------- every writer checks before its work
+def _model_missing(tmp_path):
+    return tmp_path / "missing.tflite"  # if the command loaded its model first, it would complain about this
+
+
+def _commands(tmp_path):
+    """(tool, args, what the one error line must say) per writing command. Every one is also given a bad input
+    that its work would trip over first (a missing model or input, an unknown network), so the output's error
+    proves the check ran before the work."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    a_file = tmp_path / "model.bin"
+    a_file.write_bytes(b"x")
+    missing = _model_missing(tmp_path)
+    return {
+        "evaluate": (["tools/evaluate.py", f"--model={missing}", f"--lfw_dir={tmp_path}",
+                      f"--pairs={tmp_path / 'pairs.txt'}", f"--output={folder}"], ["--output", "is a folder"]),
+        "to_tflite": (["tools/to_tflite.py", f"--model={missing}", f"--output={folder}"], ["--output", "is a folder"]),
+        "bench": (["tools/bench.py", "--models=resnet50", f"--output_dir={a_file}"],
+                  ["--output_dir", "is an existing file"]),
+        "bench_identify": (["tools/bench_identify.py", f"--model={missing}", f"--probes={tmp_path / 'p'}",
+                            f"--distractors={tmp_path / 'd'}", f"--output={folder}"], ["--output", "is a folder"]),
+        "compare": (["tools/compare.py", "--models=resnet50", f"--output_dir={a_file}"],
+                    ["--output_dir", "is an existing file"]),
+        "prepare": (["-m", "mobiface_tf.prepare", f"--input={tmp_path / 'nowhere'}",
+                     f"--output={tmp_path / 'no' / 'shards'}"], ["--output", "does not exist; create it first"]),
+    }
+
+
+@pytest.mark.parametrize("tool", ["evaluate", "to_tflite", "bench", "bench_identify", "compare", "prepare"])
+def test_writers_check_output_paths_before_any_work(tool, tmp_path):
+    args, needles = _commands(tmp_path)[tool]
+    proc = _run(args, cwd=REPO)
+    _one_error_line(proc, *needles)
+    assert not (tmp_path / "no").exists()
+
+
+def test_evaluate_output_folder_fails_before_embedding_real_faces(tmp_path, reference_tflite, lfw_dir, lfw_pairs):
+    """The case evaluate-output-dir-traceback-after-run: a real model and LFW, --output an existing folder. One
+    line, exit 2, and nothing was written (no ROC PNG, no sidecar beside the model)."""
+    model = tmp_path / "model.tflite"
+    shutil.copy(reference_tflite, model)
+    (tmp_path / "results").mkdir()
+    proc = _run(["tools/evaluate.py", f"--model={model}", f"--lfw_dir={lfw_dir}", f"--pairs={lfw_pairs}",
+                 f"--output={tmp_path / 'results'}", "--noprogress"], cwd=REPO)
+    _one_error_line(proc, "is a folder", "results/eval.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite", "results"]
+
+
+# ------------------------------------------------------------------------------ one runner: codes and lines
+def test_bad_flags_and_help_exit_codes(tmp_path):
+    """An unknown flag or a missing required one: one line, exit 2. --help: the command's help on stdout, 0."""
+    proc = _run(["-m", "mobiface_tf.to_tflite", "--no_such_flag"], cwd=tmp_path)
+    _one_error_line(proc, "no_such_flag")
+    proc = _run(["-m", "mobiface_tf.to_tflite"], cwd=tmp_path)
+    _one_error_line(proc, "--output")
+    proc = _run(["tools/to_tflite.py", "--help"], cwd=REPO)
+    assert proc.returncode == 0 and "--quantize" in proc.stdout and "--[no]verbose" in proc.stdout, proc.stderr
+
+
+def test_error_line_is_one_line():
+    assert cli.error_line(ValueError("a\nb")) == "error: a b"
+    assert cli.error_line(ValueError("error: said")) == "error: said"
+    assert cli.error_line(PermissionError(13, "Permission denied", "/x/y")) == "error: Permission denied: '/x/y'"
+
+
+# ------------------------------------------------------------------------------------------------- Ctrl-C
+@pytest.mark.slow
+def test_ctrl_c_during_prepare_is_one_line_and_resumes(tmp_path):
+    """A real SIGINT to the process group (as a terminal's Ctrl-C) while 2 worker processes align faces: exit 130,
+    stderr is one line saying how many shards were kept and to rerun; the rerun resumes (the kept shard is not
+    rebuilt) and ends with every input accounted for."""
+    from conftest import person
+
+    src = tmp_path / "photos"
+    for i in range(6):
+        for k in range(40):  # 160x160: not a crop, so MTCNN runs on each (slow enough to interrupt)
+            import cv2
+
+            write_png(src / f"id{i}" / f"{k}.png", cv2.resize(person(i, k), (160, 160)))
+    out = tmp_path / "shards"
+    cmd = [sys.executable, "tools/prepare_data.py", f"--input={src}", f"--output={out}", "--align=mtcnn",
+           "--shards=4", "--workers=2", "--noprogress"]
+    first_done = out / "train-00000-of-00004.tfrecord.done.json"
+    rc, stdout, stderr, readied = interrupt_when(cmd, lambda p: first_done.exists(), env=ENV, cwd=REPO)
+    assert readied, f"the run ended before its first shard was done: {rc}\n{stderr[-3000:]}"
+    lines = stderr.strip().splitlines()
+    assert rc == 130, (rc, stderr[-3000:])
+    assert len(lines) == 1, stderr[-3000:]
+    assert lines[0].startswith("interrupted: ") and "of 4 shards finished and kept in" in lines[0], lines[0]
+    assert "rerun the same command" in lines[0]
+    kept = int(lines[0].split("interrupted: ")[1].split(" of ")[0])
+    assert 1 <= kept < 4, lines[0]
+    assert not (out / "manifest.json").exists() and not (out / ".prepare.lock").exists()
+    before = first_done.stat().st_mtime_ns
+    again = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "rebuilding" not in again.stderr and first_done.stat().st_mtime_ns == before
+    assert "of 240 inputs" in again.stdout, again.stdout
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    """SIGINT while a command is still importing TensorFlow: one line, exit 130, no traceback."""
+    cmd = [sys.executable, "-m", "mobiface_tf.train", f"--data={tmp_path / 'none'}", f"--model_dir={tmp_path / 'm'}"]
+    rc, stdout, stderr, readied = interrupt_when(cmd, lambda p: process_has_loaded(p.pid, "tensorflow"), env=ENV,
+                                                 cwd=tmp_path, timeout=120)
+    assert readied, f"train ended before TensorFlow was mapped (rc {rc}): {stderr[-2000:]}"
+    assert rc == 130, (rc, stderr[-3000:])
+    assert stderr.strip().splitlines() == ["interrupted"], stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------- one way to run each
+def test_every_command_has_a_python_m_form_and_a_console_script():
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    for verb, (module, script) in cli.COMMANDS.items():
+        assert scripts[script] == f"mobiface_tf.cli:{verb}", verb
+        assert (REPO / "mobiface_tf" / f"{verb}.py").is_file(), f"python -m mobiface_tf.{verb} has no module"
+        text = (REPO / "mobiface_tf" / f"{verb}.py").read_text()
+        assert f"cli.{verb}()" in text, verb
+        assert module.startswith("mobiface_tf.")
+    # Research scripts are kept apart from the user commands.
+    assert not [p.name for p in (REPO / "tools").glob("*.py") if p.stem in ("int8_study", "learning_curve",
+                                                                          "bench_data")]
+
+
+@pytest.mark.slow
+def test_console_scripts_help_from_a_non_editable_install(tmp_path):
+    """`pip install --no-deps .` of a copy of the project into a fresh venv (its other packages come from this
+    environment, nothing is downloaded), then every console script's --help, run outside the checkout."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "mobiface_tf", src / "mobiface_tf", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # This environment's packages (TensorFlow, ...) as a plain path entry: its editable mobiface_tf hook is a .pth
+    # file there, which a plain entry does not run, so only the installed copy can be imported.
+    Path(site, "zz_test_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    pip = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
+                          "--no-build-isolation", "--quiet", str(src)], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=600)
+    assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-3000:]
+    where = subprocess.run([str(python), "-c", "import mobiface_tf, sys; print(mobiface_tf.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout.strip()
+    assert where.startswith(site), where  # the installed copy, not the checkout
+    for verb, (module, script) in cli.COMMANDS.items():
+        proc = subprocess.run([str(venv / "bin" / script), "--help"], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=300)
+        assert proc.returncode == 0, (script, proc.stderr[-3000:])
+        assert "flags:" in proc.stdout and "--[no]verbose" in proc.stdout, (script, proc.stdout[-2000:])
+        assert "Traceback" not in proc.stderr, (script, proc.stderr[-3000:])
