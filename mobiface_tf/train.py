@@ -52,6 +52,7 @@ import tensorflow as tf
 from mobiface_tf import models
 from mobiface_tf.heads import MARGINS, MarginHead, margin_params
 from mobiface_tf.models.zoo import CONFIGS as NETWORKS, resolve as resolve_network
+from mobiface_tf.sidecar import drop_stale_sidecar
 
 log = logging.getLogger("mobiface_tf.train")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
@@ -535,6 +536,7 @@ def save_embedding_model(backbone, backbone_name: str, embedding_dim: int, head:
     try:
         clean.save(tmp)
         os.replace(tmp, path)
+        drop_stale_sidecar(path)  # the eval sidecar of the model this replaces (mobiface_tf.sidecar)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise OSError(e.errno, f"cannot write the embedding model {str(path)!r} ({e.strerror or e}); free space "
