@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import cv2
@@ -88,8 +87,8 @@ def resolve_threshold(model_path, override: float | None = None, warn=None) -> t
     """(threshold, where it came from): --threshold, else the model's eval sidecar, else DEFAULT_THRESHOLD.
 
     A sidecar measured on another model (its fingerprint differs), on too few pairs, or without pairs of both
-    kinds is not used: `warn(line)` gets one line naming it and why (default: "warning: ..." on stderr), and
-    the default applies. FaceError for an out-of-range --threshold or a sidecar that cannot be parsed.
+    kinds is not used: `warn(line)` gets one line naming it and why (default: a logged warning; the CLIs print
+    "warning: ..."), and the default applies. FaceError for an out-of-range --threshold or a sidecar that cannot be parsed.
     """
     from mobiface_tf.sidecar import read_threshold, sidecar_path
 
@@ -98,7 +97,7 @@ def resolve_threshold(model_path, override: float | None = None, warn=None) -> t
             raise FaceError(f"--threshold={override} is outside [-1, 1], the range of a cosine similarity")
         return float(override), "--threshold"
     try:
-        t = read_threshold(model_path, warn or (lambda m: print(f"warning: {m}", file=sys.stderr)))
+        t = read_threshold(model_path, warn)
     except ValueError as e:  # includes json.JSONDecodeError
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise FaceError(f"bad threshold sidecar {str(sidecar_path(model_path))!r} ({first}); fix or delete it, "
