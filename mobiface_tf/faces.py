@@ -88,7 +88,8 @@ def resolve_threshold(model_path, override: float | None = None, warn=None) -> t
 
     A sidecar measured on another model (its fingerprint differs), on too few pairs, or without pairs of both
     kinds is not used: `warn(line)` gets one line naming it and why (default: a logged warning; the CLIs print
-    "warning: ..."), and the default applies. FaceError for an out-of-range --threshold or a sidecar that cannot be parsed.
+    "warning: ..."), and the default applies. FaceError for an out-of-range --threshold or a sidecar that
+    cannot be parsed.
     """
     from mobiface_tf.sidecar import read_threshold, sidecar_path
 

@@ -213,8 +213,12 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
 
     root = Path(gallery_dir)
     merged = []
-    files, left_out = scan_gallery(root, on_merge=lambda name, folders: (merged.append((name, folders)),
-                                                                           warn(merge_message(name, folders))))
+
+    def on_merge(name, folders):  # NFC and NFD folders of one name: one identity, said once
+        merged.append((name, folders))
+        warn(merge_message(name, folders))
+
+    files, left_out = scan_gallery(root, on_merge=on_merge)
     index_path = Path(index_path) if index_path else root / INDEX_NAME
     left_out = _report_left_out(left_out, index_path, root, {f[0] for f in files}, warn)
     cached, failed_before = {}, {}
