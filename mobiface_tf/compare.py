@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobiface_tf.identification import model_sha256  # the key of every cached row and of the timing run
+from mobiface_tf.fingerprint import model_fingerprint  # the key of every cached row and of the timing run
 
 STUDENTS = ("mobiface_gdc", "mobilefacenet", "mobilenet_v1_gdc")
 # Each TFLite form: (export quantize mode, int8 activation ranges). "int8_minmax" is the converter's own
@@ -299,7 +299,7 @@ def run(output_dir, *, data=None, teacher=None, lfw_dir=None, pairs=None, folds=
             path = trained["embedding"] if form == "keras" else paths[form]
             cache = _row_cache(output_dir, name, form)
             row = _read(cache)
-            sha = model_sha256(path)
+            sha = model_fingerprint(path)
             if row is None or row.get("steps") != steps or row.get("file_sha256") != sha:  # a re-export re-scores
                 log(f"[compare] scoring {name} {form} on folds {list(folds)}")
                 acc = heldout_accuracy(path, lfw_dir, pairs, list(folds), threads=2)
@@ -347,7 +347,7 @@ def run(output_dir, *, data=None, teacher=None, lfw_dir=None, pairs=None, folds=
     keys = sorted(files)
     lat_path = output_dir / "latency.json"
     lat = _read(lat_path)
-    shas = {k: model_sha256(files[k]) for k in keys}
+    shas = {k: model_fingerprint(files[k]) for k in keys}
     if lat is None or lat.get("keys") != keys or lat.get("rounds") != latency_rounds or lat.get("sha256") != shas:
         log(f"[compare] timing {len(keys)} TFLite files, 1 thread, {latency_rounds} interleaved rounds")
         times = litert.time_interleaved_in_subprocess([files[k] for k in keys], 1, 5, latency_rounds)

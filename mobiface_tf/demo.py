@@ -145,6 +145,9 @@ def make_demo(output, data="../shared/data") -> dict:
         link.unlink()
     if target.is_file():
         link.symlink_to(target.resolve())
+        from mobiface_tf.sidecar import drop_stale_sidecar
+
+        drop_stale_sidecar(link)  # a demo/model.tflite.eval.json measured on the model linked before
         made["model.tflite"] = link
         made["model.source"] = target
     return made

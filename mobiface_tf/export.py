@@ -34,6 +34,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 # The LiteRT side (interpreter, (de)quantisation, delegation, op counts) lives in the TensorFlow-free
 # mobiface_tf.litert; re-exported here for callers of export.
 from mobiface_tf.litert import delegation, make_interpreter, op_counts, run_batched  # noqa: F401
+from mobiface_tf.sidecar import drop_stale_sidecar
 
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")  # the TFLite modes to_tflite implements
 INT8_IO = ("float", "int8")
@@ -546,6 +547,7 @@ def export(model, output, quantize="none", calibration_images=None, parity_image
     content = to_tflite(converted, quantize, calibration_images, int8_io, activation_ranges, range_stats)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(content)
+    drop_stale_sidecar(output)  # a threshold measured on the file just replaced must not outlive it
     interp = make_interpreter(content)
     report = {
         "model": model.name,

@@ -83,26 +83,14 @@ def load_model(path, preprocess: str | None = None, num_threads: int | None = No
         raise FaceError(f"cannot load model {str(path)!r}: {first[:300]}") from None
 
 
-def model_fingerprint(path) -> str:
-    """sha256 of the model's bytes (every file of a SavedModel dir, in sorted order).
+def resolve_threshold(model_path, override: float | None = None, warn=None) -> tuple[float, str]:
+    """(threshold, where it came from): --threshold, else the model's eval sidecar, else DEFAULT_THRESHOLD.
 
-    The gallery index is keyed by it: a retrained model written to the same path has other embeddings, which a
-    path + mtime key could miss (copies keep mtimes) and which a content hash cannot.
+    A sidecar measured on another model (its fingerprint differs), on too few pairs, or without pairs of both
+    kinds is not used: `warn(line)` gets one line naming it and why (default: a logged warning; the CLIs print
+    "warning: ..."), and the default applies. FaceError for an out-of-range --threshold or a sidecar that
+    cannot be parsed.
     """
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def resolve_threshold(model_path, override: float | None = None) -> tuple[float, str]:
-    """(threshold, where it came from): --threshold, else the model's eval sidecar, else DEFAULT_THRESHOLD."""
     from mobiface_tf.sidecar import read_threshold, sidecar_path
 
     if override is not None:
@@ -110,7 +98,7 @@ def resolve_threshold(model_path, override: float | None = None) -> tuple[float,
             raise FaceError(f"--threshold={override} is outside [-1, 1], the range of a cosine similarity")
         return float(override), "--threshold"
     try:
-        t = read_threshold(model_path)
+        t = read_threshold(model_path, warn)
     except ValueError as e:  # includes json.JSONDecodeError
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise FaceError(f"bad threshold sidecar {str(sidecar_path(model_path))!r} ({first}); fix or delete it, "

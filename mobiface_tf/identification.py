@@ -46,6 +46,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from mobiface_tf.fingerprint import model_fingerprint
+
 
 @dataclass
 class IdentificationResult:
@@ -297,23 +299,9 @@ class Features:
                         self.num_embedded, self.embed_seconds, self.img_per_s, self.cache_file)
 
 
-def model_sha256(path) -> str:
-    """sha256 of a model file, or of every file of a SavedModel directory (relative names included)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def embedder_cache_key(embedder) -> str:
     """The cache folder name of an embedder: its model's sha256 prefix, its preprocess and flip."""
-    return f"{model_sha256(embedder.path)[:16]}-{embedder.preprocess}{'-flip' if embedder.flip else ''}"
+    return f"{model_fingerprint(embedder.path)[:16]}-{embedder.preprocess}{'-flip' if embedder.flip else ''}"
 
 
 def source_kind(src) -> str:
@@ -437,12 +425,23 @@ def embed_image_files(embedder, root, relpaths, cache_dir=DEFAULT_CACHE_DIR, sou
                     str(npy))
 
 
+def _warn_skipped(folder: Path, skipped) -> None:
+    """One warning line when the listing left files out (mobiface_tf.images.image_reason decides), never silence."""
+    if skipped:
+        import logging
+
+        from mobiface_tf.images import skipped_summary
+
+        logging.getLogger("mobiface_tf.identification").warning("%s: %s", folder, skipped_summary(skipped, folder))
+
+
 def embed_image_folder(embedder, folder, cache_dir=DEFAULT_CACHE_DIR, progress: bool = False) -> Features:
     """Every image under `folder` (mobiface_tf.images.list_images), named by its path relative to `folder`."""
     from mobiface_tf.images import list_images
 
     folder = Path(folder)
-    images, _ = list_images(folder)
+    images, skipped = list_images(folder)
+    _warn_skipped(folder, skipped)
     if not images:
         raise ValueError(f"no images found under {str(folder)!r}")
     return embed_image_files(embedder, folder, [p.relative_to(folder) for p in images], cache_dir, str(folder),
@@ -542,7 +541,9 @@ def load_probes(src, embedder=None, cache_dir=DEFAULT_CACHE_DIR, min_per_identit
         from mobiface_tf.images import list_images
 
         folder = Path(src)
-        names = [p.relative_to(folder).as_posix() for p in list_images(folder)[0]]
+        images, skipped = list_images(folder)
+        _warn_skipped(folder, skipped)
+        names = [p.relative_to(folder).as_posix() for p in images]
         rows, labels = select_probe_rows(names, min_per_identity, max_per_identity, max_probes)
         return embed_image_files(embedder, folder, [names[i] for i in rows], cache_dir, str(src), progress), labels
     feats = load_source(src, embedder, cache_dir, progress)

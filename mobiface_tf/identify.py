@@ -38,9 +38,10 @@ import numpy as np
 from absl import flags
 
 from mobiface_tf.embedder import EmbeddingError
-from mobiface_tf.faces import (FaceError, check_model_path, file_sha256, load_face, load_model, model_fingerprint,
-                               read_photo, resolve_threshold)
-from mobiface_tf.images import IMAGE_EXTENSIONS, list_identity_tree
+from mobiface_tf.faces import (FaceError, check_model_path, file_sha256, load_face, load_model, read_photo,
+                               resolve_threshold)
+from mobiface_tf.fingerprint import model_fingerprint
+from mobiface_tf.images import IMAGE_EXTENSIONS, hidden_reason, identity_name, list_identity_tree, merge_message
 
 INDEX_NAME = ".mobiface_index.npz"
 INDEX_VERSION = 1
@@ -65,11 +66,15 @@ class Gallery:
     embedded: int               # photos embedded in this run
     reused: int                 # photos whose embedding came from the index
     removed: int                # index entries dropped because their photo is gone or changed
-    skipped: list[tuple[str, str]]  # (relative path, reason) of gallery photos without a usable face
+    skipped: list[tuple[str, str]]  # (relative path, reason): files that are not photos, photos without a face
     index_path: Path
     index_written: bool
     image_embeddings: np.ndarray | None = None  # [N, D] unit embedding of each usable gallery photo
     image_labels: np.ndarray | None = None      # [N] index into `names` of each of those photos
+    # [N] True for a photo whose bytes are also filed under another identity: left out of --far's impostor scores
+    far_excluded: np.ndarray | None = None
+    shared_photos: list[list[str]] = dataclasses.field(default_factory=list)  # relative paths of one content
+    merged: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)  # (identity, NFC-equal folders)
 
     def summary(self) -> str:
         """One line: identities, images, what was embedded / reused / removed / skipped, and the index path."""
@@ -142,11 +147,14 @@ def check_compatible(meta: dict, key: dict, index_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- enrolment
-def scan_gallery(gallery_dir) -> list[tuple[str, str, Path]]:
-    """[(identity, path relative to the gallery, path)] for photos in DIR/<identity>/ and its sub-folders, sorted.
+def scan_gallery(gallery_dir, on_merge=None) -> tuple[list[tuple[str, str, Path]], list[tuple[str, str]]]:
+    """([(identity, path relative to the gallery, path)], [(relative path, reason)] left out), both sorted.
 
-    Listed by mobiface_tf.images.list_identity_tree: hidden entries (.ipynb_checkpoints, ._x.jpg, __MACOSX) are
-    never identities or photos. Raises FaceError when DIR is missing or not a directory.
+    Listed by mobiface_tf.images.list_identity_tree, the one rule of what is a photo (Pillow reads it: .avif,
+    .jfif, .webp, .tif, .gif too) and what is an identity (folder names in Unicode NFC: an NFC and an NFD
+    folder of one name are one identity, reported through on_merge(name, folders)). Hidden entries
+    (.ipynb_checkpoints, ._x.jpg, __MACOSX) are never identities or photos. Raises FaceError when DIR is
+    missing or not a directory.
     """
     if not gallery_dir:
         raise FaceError("--gallery is required: a folder laid out as DIR/<identity>/<photo>")
@@ -154,8 +162,43 @@ def scan_gallery(gallery_dir) -> list[tuple[str, str, Path]]:
     if not root.is_dir():
         raise FaceError(f"gallery not found or not a directory: {str(root)!r}; pass --gallery=DIR laid out as "
                         "DIR/<identity>/<photo>")
-    identities, _ = list_identity_tree(root)
-    return [(name, f.relative_to(root).as_posix(), f) for name, files in identities for f in files]
+    identities, left_out = list_identity_tree(root, on_merge=on_merge)
+    files = [(name, f.relative_to(root).as_posix(), f) for name, found in identities for f in found]
+    return files, [(sk.path.relative_to(root).as_posix(), sk.reason) for sk in left_out]
+
+
+def _report_left_out(left_out, index_path: Path, root: Path, listed: set, warn) -> list[tuple[str, str]]:
+    """Warn about files the listing left out (one line each; one line for all hidden entries) and about
+    identity folders left with no photo; returns them, the index's own files excepted."""
+    ours = [(rel, why) for rel, why in left_out
+            if not (index_path.parent.resolve() == root.resolve() and rel.startswith(index_path.name))]
+    hidden = [rel for rel, _ in ours if any(hidden_reason(part) for part in rel.split("/"))]
+    for rel, why in ours:
+        if rel not in hidden:
+            warn(f"skipped gallery file {rel}: {why}")
+    if hidden:
+        warn(f"left out {len(hidden)} hidden or OS-litter entries ({', '.join(hidden[:3])}"
+             f"{', ...' if len(hidden) > 3 else ''})")
+    folders = {rel.split("/")[0] for rel, _ in ours if "/" in rel and rel not in hidden}
+    for name in sorted({identity_name(n) for n in folders} - listed):
+        warn(f"identity {name!r} has no usable photo and is left out of the gallery")
+    return ours
+
+
+def _shared_photos(files, hashes, warn) -> tuple[list[list[str]], set[str]]:
+    """Photos whose bytes are filed under two or more identities: a warning naming them, and their hashes."""
+    by_hash: dict[str, list[tuple[str, str]]] = {}
+    for (name, rel, _), h in zip(files, hashes):
+        by_hash.setdefault(h, []).append((name, rel))
+    shared, shared_hashes = [], set()
+    for h, where in by_hash.items():
+        if len({name for name, _ in where}) > 1:
+            shared.append([rel for _, rel in where])
+            shared_hashes.add(h)
+            warn(f"the same photo (sha256 {h[:12]}) is filed under {len({n for n, _ in where})} identities: "
+                 f"{' and '.join(rel for _, rel in where)}; it counts for each of their templates and is left out "
+                 "of --far's impostor scores. Remove the mis-filed copy")
+    return shared, shared_hashes
 
 
 def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebuild: bool = False,
@@ -168,8 +211,15 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
     from tqdm import tqdm
 
     root = Path(gallery_dir)
-    files = scan_gallery(root)
+    merged = []
+
+    def on_merge(name, folders):  # NFC and NFD folders of one name: one identity, said once
+        merged.append((name, folders))
+        warn(merge_message(name, folders))
+
+    files, left_out = scan_gallery(root, on_merge=on_merge)
     index_path = Path(index_path) if index_path else root / INDEX_NAME
+    left_out = _report_left_out(left_out, index_path, root, {f[0] for f in files}, warn)
     cached, failed_before = {}, {}
     meta_old = None
     if not rebuild:
@@ -191,6 +241,7 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
             hashes.append(file_sha256(path))
         except OSError as e:
             raise FaceError(f"cannot read gallery photo {str(path)!r} ({e.strerror})") from None
+    shared, shared_hashes = _shared_photos(files, hashes, warn)
 
     vectors: dict[str, np.ndarray] = {}
     failed: dict[str, str] = {}
@@ -224,10 +275,12 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
 
     # Templates: mean of unit embeddings, renormalised.
     per_id: dict[str, list[np.ndarray]] = {}
-    skipped = []
+    per_id_shared: dict[str, list[bool]] = {}
+    skipped = list(left_out)
     for (name, rel, _), h in zip(files, hashes):
         if h in vectors:
             per_id.setdefault(name, []).append(vectors[h])
+            per_id_shared.setdefault(name, []).append(h in shared_hashes)
         else:
             skipped.append((rel, failed[h]))
             warn(f"skipped gallery photo {rel}: {failed[h]}")
@@ -261,22 +314,28 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
     labels = np.array([names.index(n) for n in names for _ in per_id[n]], np.int64)
     return Gallery(names, templates, [len(per_id[n]) for n in names], embedded, reused, removed, skipped,
                    index_path, written, np.concatenate([np.stack(per_id[n]) for n in names]).astype(np.float32),
-                   labels)
+                   labels, np.array([x for n in names for x in per_id_shared[n]], bool), shared, merged)
 
 
 # ----------------------------------------------------------------------------------------------- open set
-def impostor_scores(gallery: Gallery) -> np.ndarray:
-    """[N] for each enrolled photo, its best score against the templates of the *other* identities.
+def impostor_scores(gallery: Gallery, exclude: np.ndarray | None = None) -> np.ndarray:
+    """[M] for each enrolled photo not excluded, its best score against the templates of the *other* identities.
 
     Each photo is a stand-in for a stranger: it is a false accept at threshold t when this score is > t. Its
     own identity's template is left out (it contains the photo), so no photo is scored against itself.
+    exclude: [N] bool mask of photos to leave out (default gallery.far_excluded: photos whose bytes are also
+    filed under another identity, which would be scored against a template holding themselves).
     """
     if gallery.image_embeddings is None or len(gallery.names) < 2:
         raise FaceError("--far needs a gallery of at least 2 identities (it scores each photo against the "
                         "other identities' templates)")
     scores = gallery.image_embeddings @ gallery.templates.T  # [N, K]
     scores[np.arange(len(scores)), gallery.image_labels] = -np.inf
-    return scores.max(axis=1)
+    exclude = gallery.far_excluded if exclude is None else exclude
+    keep = np.ones(len(scores), bool) if exclude is None else ~np.asarray(exclude, bool)
+    if not keep.any():
+        raise FaceError("--far has no impostor photo left: every gallery photo is filed under two identities")
+    return scores[keep].max(axis=1)
 
 
 def far_threshold(gallery: Gallery, far: float) -> tuple[float, float, int, int]:
@@ -338,7 +397,7 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
             raise FaceError(f"give --threshold ({threshold}) or --far ({far}), not both")
         if far is not None and not 0 < far < 1:
             raise FaceError(f"--far must be in (0, 1), got {far}")
-        t, source = resolve_threshold(model_path, threshold)
+        t, source = resolve_threshold(model_path, threshold, warn=lambda m: print(f"warning: {m}", file=err))
         scan_gallery(gallery_dir)  # fail on a bad --gallery before loading TF
         for q in queries:  # a typo in a query path fails before any work
             read_photo(q)
@@ -353,8 +412,10 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
         if far is not None:
             t, achieved, accepts, num = far_threshold(gallery, far)
             far_info = {"far": far, "far_achieved": achieved, "false_accepts": accepts, "impostor_queries": num}
+            left = int(gallery.far_excluded.sum()) if gallery.far_excluded is not None else 0
             source = (f"--far={far:g} on this gallery: each of its {num} photos scored against the other "
                       f"{len(gallery.names) - 1} identities; {accepts} above it, FAR {achieved:.2g}"
+                      + (f"; {left} photos filed under two identities left out" if left else "")
                       + (f"; {num} photos cannot resolve {far:g}, so this is the strictest" if far * num < 1 else ""))
         results = identify(gallery, embedder, queries, top, t, aligner)
     except (FaceError, EmbeddingError) as e:
@@ -367,9 +428,12 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
         out.write(json.dumps({"gallery": {"identities": len(gallery.names), "images": sum(gallery.num_images),
                                           "embedded": gallery.embedded, "reused": gallery.reused,
                                           "removed": gallery.removed, "skipped": gallery.skipped,
+                                          "shared_photos": gallery.shared_photos,
+                                          "merged_identities": [{"identity": n, "folders": f}
+                                                                for n, f in gallery.merged],
                                           "index": str(gallery.index_path)},
-                              "threshold": t, "threshold_source": source, **(far_info or {}),
-                              "results": results}) + "\n")
+                              "threshold": round(t, 4), "threshold_source": source, **(far_info or {}),
+                              "results": [_rounded(r) for r in results]}) + "\n")
     else:
         lines = [gallery.summary(), f"threshold {t:.4f} ({source})"]
         for r in results:
@@ -379,6 +443,14 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
             lines += [f"  {k}. {name}  {score:.4f}" for k, (name, score) in enumerate(r["top"], 1)]
         out.write("\n".join(lines) + "\n")
     return 1 if any("error" in r for r in results) else 0
+
+
+def _rounded(result: dict) -> dict:
+    """A result with its scores at 4 decimals, as the text output shows them: float32 sums differ in the last
+    bits between CPUs, so full precision would print a different number on another machine."""
+    if "error" in result:
+        return result
+    return {**result, "score": round(result["score"], 4), "top": [(n, round(s, 4)) for n, s in result["top"]]}
 
 
 FLAGS = flags.FLAGS

@@ -3,7 +3,12 @@
 The one owner of image listing and decoding. Every reader (prepare_data, verify, identify, evaluate, export,
 bench) goes through it, so a rule holds everywhere or nowhere:
 
-- Extensions: IMAGE_EXTENSIONS, in any letter case.
+- What is a photo is decided by Pillow, in one place (`image_reason`): a file whose extension is one of the
+  photo formats this Pillow build decodes (IMAGE_EXTENSIONS, any letter case: JPEG and its .jfif/.jpe names,
+  PNG, BMP, PGM/PPM, WebP, TIFF, GIF, AVIF, JPEG 2000, and HEIC/HEIF once pillow-heif is installed), or a file
+  with any other name whose header Pillow identifies (a JPEG saved without an extension). Everything else is
+  skipped with its reason, and every caller counts and reports what it skipped. `.heic`/`.heif` without
+  pillow-heif is skipped with "pip install pillow-heif".
 - Hidden entries are never identities or photos: names starting with '.' (`.ipynb_checkpoints`, `.DS_Store`,
   macOS `._x.jpg` resource forks) and OS litter folders (`__MACOSX`, Windows `$RECYCLE.BIN`, Synology `@eaDir`).
 - An identity is a folder directly under the root; photos in its sub-folders belong to it.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -35,7 +41,26 @@ CROP_SIZE = 112
 # ----------------------------------------------------------------------------------------------- policy
 # 40 Mpx is above any consumer photo (a 7000x5000 camera image is 35 Mpx) but stops decompression bombs early.
 DEFAULT_MAX_PIXELS = 40_000_000
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp")
+# Photo formats, in the order find_image tries them. Those this Pillow build can decode are IMAGE_EXTENSIONS.
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".jfif", ".jpe", ".tif", ".tiff",
+                    ".gif", ".avif", ".heic", ".heif", ".jp2", ".pbm", ".pnm")
+HEIF_EXTENSIONS = (".heic", ".heif")
+
+
+def _decodable_extensions() -> tuple[str, ...]:
+    """PHOTO_EXTENSIONS that Pillow (with pillow-heif when it is installed) registers a decoder for."""
+    from PIL import Image
+    try:  # an optional plugin: iPhones save HEIC; without it those photos are skipped with a clear reason
+        import pillow_heif
+        pillow_heif.register_heif_opener()
+    except ImportError:
+        pass
+    Image.init()
+    registered = Image.registered_extensions()
+    return tuple(e for e in PHOTO_EXTENSIONS if registered.get(e) in Image.OPEN)
+
+
+IMAGE_EXTENSIONS = _decodable_extensions()
 # Folders operating systems and tools leave in a tree; never identities, never photos.
 LITTER_NAMES = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information", "@eaDir", "Thumbs.db",
                           "desktop.ini"})
@@ -65,20 +90,61 @@ def hidden_reason(name: str) -> str | None:
 
 
 def is_image_name(name: str) -> bool:
-    """True for a visible file name with a supported image extension (any case)."""
+    """True for a visible file name with a decodable photo extension (any case); see image_reason for files."""
     return hidden_reason(name) is None and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _not_image_reason(path: Path) -> str:
-    ext = path.suffix or "none"
-    return f"not an image file (extension {ext}; supported: {', '.join(IMAGE_EXTENSIONS)})"
+def _pillow_identifies(path: Path) -> bool:
+    """True when Pillow recognises the file's header as an image format it can decode (no pixel is decoded)."""
+    from PIL import Image
+    try:
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(f) as im:
+                return im.format in Image.OPEN
+    except Exception:  # noqa: BLE001 - any failure to identify means "not an image"
+        return False
+
+
+def image_reason(path) -> str | None:
+    """The one rule of what is a photo: None for a file to read as one, else the one-line reason it is not.
+
+    A photo is a visible file with an extension in IMAGE_EXTENSIONS (any case), or any other file whose header
+    Pillow identifies as a format it decodes. HEIC/HEIF without pillow-heif, and a photo format this Pillow
+    build lacks, get a reason that says what to install or convert. Whether the pixels decode is checked when
+    the file is read (decode_image_rgb), and callers count those failures with their reasons too.
+    """
+    path = Path(path)
+    why = hidden_reason(path.name)
+    if why is not None:
+        return f"{why} file, not read"
+    ext = path.suffix.lower()
+    if ext in IMAGE_EXTENSIONS:
+        return None
+    if ext in HEIF_EXTENSIONS:
+        return (f"HEIC/HEIF photo ({ext}): this Pillow cannot read it; pip install pillow-heif (then it is read) "
+                "or convert it to JPEG")
+    if ext in PHOTO_EXTENSIONS:
+        return f"{ext} photo: this Pillow build has no decoder for it; convert it to JPEG or PNG"
+    if _pillow_identifies(path):
+        return None
+    return f"not an image Pillow can read (extension {path.suffix or 'none'})"
+
+
+def skipped_summary(skipped, root=None, limit: int = 3) -> str:
+    """One line for a list of Skipped entries: how many, and the first `limit` with their reasons."""
+    def name(p):
+        return Path(p).relative_to(root).as_posix() if root is not None else str(p)
+    shown = "; ".join(f"{name(sk.path)}: {sk.reason}" for sk in skipped[:limit])
+    return f"{len(skipped)} entries are not photos and were left out ({shown}{'; ...' if len(skipped) > limit else ''})"
 
 
 def list_images(folder) -> tuple[list[Path], list[Skipped]]:
     """Every photo under `folder`, recursively, sorted by relative path; plus what was left out and why.
 
     Hidden files and folders (see hidden_reason) are left out whole: a hidden folder is one Skipped entry and is
-    not walked. Files without a supported extension are Skipped too. Symlinked folders are followed once.
+    not walked. Files that are not photos by `image_reason` are Skipped with its reason. Symlinked folders are
+    followed once.
     Raises ValueError when `folder` is not a directory.
     """
     folder = Path(folder)
@@ -100,27 +166,46 @@ def list_images(folder) -> tuple[list[Path], list[Skipped]]:
                 skipped.append(Skipped(entry, f"{why} {'folder' if is_dir else 'file'}, not read"))
             elif is_dir:
                 walk(entry)
-            elif entry.suffix.lower() in IMAGE_EXTENSIONS:
+            elif (reason := image_reason(entry)) is None:
                 images.append(entry)
             else:
-                skipped.append(Skipped(entry, _not_image_reason(entry)))
+                skipped.append(Skipped(entry, reason))
 
     walk(folder)
     return images, skipped
 
 
-def list_identity_tree(root) -> tuple[list[tuple[str, list[Path]]], list[Skipped]]:
+def identity_name(folder_name: str) -> str:
+    """An identity's name: its folder name in Unicode NFC (macOS writes NFD, typed and Linux names are NFC)."""
+    return unicodedata.normalize("NFC", folder_name)
+
+
+def _log_merge(name: str, folders: list[str]) -> None:
+    import logging
+    logging.getLogger("mobiface_tf.images").warning(merge_message(name, folders))
+
+
+def merge_message(name: str, folders: list[str]) -> str:
+    """One line saying which identity folders were merged (names shown with escapes, since they print alike)."""
+    return (f"identity folders {' and '.join(ascii(f) for f in folders)} have the same name after Unicode NFC "
+            f"normalisation: merged into one identity {name!r}; rename one of them if they are different people")
+
+
+def list_identity_tree(root, on_merge=_log_merge) -> tuple[list[tuple[str, list[Path]]], list[Skipped]]:
     """`root/<identity>/[sub-folders/]<photo>` -> ([(identity, photos)] sorted by name, skipped entries).
 
     Each identity is a visible folder directly under `root`; photos in its sub-folders belong to it. Identity
-    folders without any photo are left out of the list (their files are in `skipped`). Files directly under
-    `root` are not inside an identity folder and are skipped (MARKER_FILES excepted: they are not inputs).
+    names are folder names in Unicode NFC (identity_name): folders whose names differ only in normalisation
+    (NFC and NFD spellings of "Renée") are one identity, their photos listed together, and
+    `on_merge(name, [folder names])` is called once per such identity (default: a logged warning).
+    Identity folders without any photo are left out of the list (their files are in `skipped`). Files directly
+    under `root` are not inside an identity folder and are skipped (MARKER_FILES excepted: they are not inputs).
     Hidden and litter entries are skipped at every level. Raises ValueError when `root` is not a directory.
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"not a directory: '{root}'")
-    identities: list[tuple[str, list[Path]]] = []
+    folders: dict[str, list[Path]] = {}
     skipped: list[Skipped] = []
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         why = hidden_reason(entry.name)
@@ -128,12 +213,20 @@ def list_identity_tree(root) -> tuple[list[tuple[str, list[Path]]], list[Skipped
         if why is not None:
             skipped.append(Skipped(entry, f"{why} {'folder' if is_dir else 'file'}, not an identity"))
         elif is_dir:
-            photos, left_out = list_images(entry)
-            skipped += left_out
-            if photos:
-                identities.append((entry.name, photos))
+            folders.setdefault(identity_name(entry.name), []).append(entry)
         elif entry.name not in MARKER_FILES:
             skipped.append(Skipped(entry, "not inside an identity folder (the layout is <identity>/<photo>)"))
+    identities: list[tuple[str, list[Path]]] = []
+    for name in sorted(folders):
+        photos: list[Path] = []
+        for folder in folders[name]:
+            found, left_out = list_images(folder)
+            photos += found
+            skipped += left_out
+        if len(folders[name]) > 1 and on_merge is not None:
+            on_merge(name, [f.name for f in folders[name]])
+        if photos:
+            identities.append((name, photos))
     return identities, skipped
 
 

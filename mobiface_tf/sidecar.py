@@ -3,14 +3,22 @@
     write_sidecar("m.tflite", report)   # -> m.tflite.eval.json (or fallback_dir/m.tflite.eval.json)
     read_threshold("m.tflite")          # -> float, or None without a usable sidecar
 
-A sidecar stores the deployment threshold (cosine similarity; "same" when score > threshold) and how it was
-measured (preprocess, flip). A threshold only means something when it was fit on pairs of both kinds, so:
+A sidecar stores the deployment threshold (cosine similarity; "same" when score > threshold), how it was
+measured (preprocess, flip), and the model's content fingerprint (mobiface_tf.fingerprint: every file the model
+reads, an ONNX model's external data included). A threshold belongs to one model and was fit on pairs of both
+kinds, so:
 
 - it is written only from a report with num_positive > 0 and num_negative > 0 and a finite threshold in
   [-1, 1] (the range of a cosine similarity); anything else raises SidecarError and nothing is written;
 - on reading, a threshold that is not a number in [-1, 1] raises SidecarError naming the file (the CLIs stop
-  with one line); a sidecar that does not record both pair counts > 0 (one from an older version, or from a
-  one-sided set) is ignored with a warning naming it, and the CLIs fall back to their default threshold.
+  with one line);
+- a sidecar is ignored, with one warning line naming it, and the CLIs fall back to their default threshold,
+  when it does not record both pair counts > 0, when it records no model fingerprint (an older version) or
+  another model's (the model was replaced: re-exported to the same path, trained further), or when it was fit
+  on fewer than MIN_PAIRS_PER_KIND same or different pairs (the warning says how many). `--threshold=T` is the
+  way to use such a threshold on purpose.
+- Tools that rewrite a model (to_tflite, train) call `drop_stale_sidecar(path)` after writing it, so no sidecar
+  of the old model stays beside the new one.
 """
 from __future__ import annotations
 
@@ -24,6 +32,10 @@ from pathlib import Path
 log = logging.getLogger("mobiface_tf.sidecar")
 _FIELDS = ("threshold", "threshold_method", "threshold_mean_of_folds", "accuracy", "accuracy_std", "dataset",
            "num_pairs", "num_positive", "num_negative", "flip", "preprocess", "realign", "model")
+# A threshold fit on fewer same (or different) pairs than this is not used in place of the documented default:
+# with 100 pairs of a kind one pair moves that kind's error rate by 1 point, and the threshold sits wherever the
+# few pairs nearest the boundary put it (an LFW View 2 fold has 300 of each, the whole protocol 3,000).
+MIN_PAIRS_PER_KIND = 100
 
 
 class SidecarError(ValueError):
@@ -64,7 +76,10 @@ def write_sidecar(model_path, report: dict, fallback_dir=None) -> Path | None:
         raise SidecarError(f"no threshold sidecar for {str(model_path)!r}: the set has {pos} same and {neg} "
                            "different pairs; a threshold needs both")
     check_threshold(report.get("threshold"), f"the report for {str(model_path)!r}")
+    from mobiface_tf.fingerprint import model_fingerprint
+
     payload = {k: report.get(k) for k in _FIELDS}
+    payload["model_sha256"] = model_fingerprint(model_path)
     payload["metric"] = "cosine similarity of L2-normalised embeddings; same person when score > threshold"
     targets = [sidecar_path(model_path)]
     if fallback_dir is not None:
@@ -84,11 +99,36 @@ def write_sidecar(model_path, report: dict, fallback_dir=None) -> Path | None:
     return None
 
 
-def read_sidecar(model_path) -> dict | None:
+def _ignored_because(data: dict, model_path) -> str | None:
+    """Why a parsed sidecar must not be used for `model_path` (one clause), or None when it may be."""
+    from mobiface_tf.fingerprint import model_fingerprint
+
+    pos, neg = data.get("num_positive"), data.get("num_negative")
+    if not (isinstance(pos, int) and isinstance(neg, int) and pos > 0 and neg > 0):
+        return (f"it does not record both same and different pairs (num_positive={pos}, num_negative={neg}); "
+                "re-run tools/evaluate.py to refresh it")
+    recorded = data.get("model_sha256")
+    if not isinstance(recorded, str):
+        return (f"it does not record which model it was measured on (written by an older version); re-run "
+                f"tools/evaluate.py --model={model_path} to refresh it")
+    actual = model_fingerprint(model_path)
+    if recorded != actual:
+        return (f"it was measured on another model (sha256 {recorded[:12]}, this model is {actual[:12]}: the "
+                f"model was replaced or retrained); re-run tools/evaluate.py --model={model_path}")
+    if min(pos, neg) < MIN_PAIRS_PER_KIND:
+        return (f"its threshold was fit on only {pos + neg} pairs ({pos} same, {neg} different), fewer than "
+                f"{MIN_PAIRS_PER_KIND} of each kind; evaluate on more pairs (LFW View 2: 6,000), or pass "
+                f"--threshold={float(data['threshold']):.4f} to use it anyway")
+    return None
+
+
+def read_sidecar(model_path, warn=None) -> dict | None:
     """The validated sidecar of `model_path` as a dict, or None when there is none or it is ignored.
 
     Raises SidecarError (naming the file) for unreadable JSON or a threshold that is not a number in
-    [-1, 1]. A sidecar without num_positive > 0 and num_negative > 0 is ignored with a logged warning.
+    [-1, 1]. A sidecar that lacks pairs of either kind, records no or another model's fingerprint, or was fit
+    on fewer than MIN_PAIRS_PER_KIND pairs of a kind is ignored: `warn(line)` is called with one line naming
+    it and why (default: a logged warning; pass `lambda m: None` to ignore it quietly).
     """
     path = sidecar_path(model_path)
     if not path.is_file():
@@ -102,25 +142,52 @@ def read_sidecar(model_path) -> dict | None:
     if not isinstance(data, dict):
         raise SidecarError(f"bad threshold sidecar {str(path)!r} (not a JSON object); delete it")
     check_threshold(data.get("threshold"), repr(str(path)))
-    pos, neg = data.get("num_positive"), data.get("num_negative")
-    if not (isinstance(pos, int) and isinstance(neg, int) and pos > 0 and neg > 0):
-        log.warning("ignoring threshold sidecar %s: it does not record both same and different pairs "
-                    "(num_positive=%s, num_negative=%s); re-run tools/evaluate.py to refresh it", path, pos, neg)
+    why = _ignored_because(data, model_path)
+    if why is not None:
+        (warn or log.warning)(f"ignoring threshold sidecar {path}: {why}")
         return None
     return data
 
 
-def read_threshold(model_path) -> float | None:
+def drop_stale_sidecar(model_path) -> Path | None:
+    """Remove the sidecar beside `model_path` unless it records this model's fingerprint; returns what it removed.
+
+    Called by the tools that write a model (to_tflite, train) right after the final file is in place: a sidecar
+    measured on the file they replaced would otherwise outlive it. A sidecar that cannot be parsed is left
+    for the CLIs to report. Never raises for a missing or unremovable file (it logs a warning instead).
+    """
+    from mobiface_tf.fingerprint import model_fingerprint
+
+    path = sidecar_path(model_path)
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text()).get("model_sha256")
+    except (ValueError, OSError, AttributeError):
+        return None
+    if recorded == model_fingerprint(model_path):
+        return None
+    try:
+        path.unlink()
+    except OSError as e:
+        log.warning("cannot remove the stale threshold sidecar %s (%s); the CLIs will ignore it", path, e)
+        return None
+    log.warning("removed threshold sidecar %s: it was measured on the model this run replaced", path)
+    return path
+
+
+def read_threshold(model_path, warn=None) -> float | None:
     """The threshold stored next to the model by tools/evaluate.py, or None without a usable sidecar
-    (see read_sidecar for what raises SidecarError and what is ignored)."""
-    data = read_sidecar(model_path)
+    (see read_sidecar for what raises SidecarError, what is ignored, and `warn`)."""
+    data = read_sidecar(model_path, warn)
     return None if data is None else float(data["threshold"])
 
 
 def read_sidecar_settings(model_path) -> dict:
     """How the sidecar's threshold was measured: {"preprocess": str, "flip": bool} (raw / no flip without one).
 
-    A threshold only fits scores computed the same way, so the verify/identify CLIs embed with these.
+    A threshold only fits scores computed the same way, so the verify/identify CLIs embed with these. An
+    ignored sidecar (see read_sidecar) gives the defaults, quietly: resolve_threshold reports it.
     """
-    data = read_sidecar(model_path) or {}
+    data = read_sidecar(model_path, warn=lambda m: None) or {}
     return {"preprocess": str(data.get("preprocess") or "raw"), "flip": bool(data.get("flip", False))}

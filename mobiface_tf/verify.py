@@ -46,8 +46,13 @@ class Verdict:
     model: str
 
     def to_json(self) -> dict:
-        """The fields as a JSON-ready dict, plus "verdict": "same" or "different" (faces_found as a list)."""
+        """The fields as a JSON-ready dict, plus "verdict": "same" or "different" (faces_found as a list).
+
+        similarity and threshold are rounded to 4 decimals, as the text shows them: float32 results differ in
+        the last bits between CPUs, so full precision would print another number on another machine.
+        """
         d = dataclasses.asdict(self)
+        d["similarity"], d["threshold"] = round(self.similarity, 4), round(self.threshold, 4)
         d["verdict"] = "same" if self.same else "different"
         d["faces_found"] = list(self.faces_found)
         return d
@@ -69,11 +74,14 @@ def similarity(embedder, crop_a, crop_b) -> float:
 
 
 def verify(model_path, image_a, image_b, threshold: float | None = None, aligned: bool = False,
-           embedder=None, aligner=None) -> Verdict:
-    """Library entry: FaceError on any bad input. Pass `embedder` / `aligner` to reuse them across calls."""
+           embedder=None, aligner=None, warn=None) -> Verdict:
+    """Library entry: FaceError on any bad input. Pass `embedder` / `aligner` to reuse them across calls.
+
+    warn(line) hears about a threshold sidecar that is not used (see faces.resolve_threshold).
+    """
     # Cheap checks first, so a typo in a path fails before TF and MTCNN load.
     check_model_path(model_path)
-    t, source = resolve_threshold(model_path, threshold)
+    t, source = resolve_threshold(model_path, threshold, warn)
     photos = [read_photo(image_a), read_photo(image_b)]
     if embedder is None:
         embedder = load_model(model_path)
@@ -92,7 +100,8 @@ def run(model_path, images, threshold=None, aligned=False, as_json=False, out=sy
     try:
         if len(images) != 2:
             raise FaceError(f"expected two images IMG_A IMG_B, got {len(images)}: {list(images)}")
-        v = verify(model_path, images[0], images[1], threshold, aligned)
+        v = verify(model_path, images[0], images[1], threshold, aligned,
+                   warn=lambda m: print(f"warning: {m}", file=err))
     except (FaceError, EmbeddingError) as e:  # EmbeddingError: a broken (NaN) model never answers
         print(f"error: {e}", file=err)
         return 1

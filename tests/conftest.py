@@ -70,10 +70,11 @@ def bin_file(shared_data) -> Path:
 
 
 def make_onnx_embedder(path, dim: int = 16, layout: str = "nchw", size: int = 112, seed: int = 0,
-                       preprocess: str | None = None, batch=None):
+                       preprocess: str | None = None, batch=None, external_data: bool = False):
     """A small ONNX face "embedder" built with the onnx helper API (nothing downloaded): 16x16 average pooling
     -> flatten (C, H, W order) -> MatMul with a seeded random [3 * (size/16)^2, dim] matrix. Returns (path, W)
-    so tests can compute the expected output with numpy (`onnx_reference`)."""
+    so tests can compute the expected output with numpy (`onnx_reference`). external_data=True keeps W in
+    `<path>.data` (ONNX external data), so two seeds give the same .onnx bytes and different weight files."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -96,7 +97,12 @@ def make_onnx_embedder(path, dim: int = 16, layout: str = "nchw", size: int = 11
     if preprocess:
         helper.set_model_props(model, {"preprocess": preprocess})
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    if external_data:
+        Path(str(path) + ".data").unlink(missing_ok=True)  # onnx appends to an existing data file
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=Path(path).name + ".data", size_threshold=0)
+    else:
+        onnx.save(model, str(path))
     return Path(path), w
 
 

@@ -115,7 +115,7 @@ def _assert_stored_equal_direct(out_dir, teacher, preprocess=None, atol=1e-5):
 
 def test_stored_teacher_embeddings_equal_direct_output_and_add_teacher_resumes(tmp_path):
     from mobiface_tf.data import synthetic
-    from mobiface_tf.data.prepare import model_sha256
+    from mobiface_tf.fingerprint import model_fingerprint
 
     src = synthetic.write_synthetic_folder(tmp_path / "photos", 4, 3, seed=3)
     teacher, _ = make_onnx_embedder(tmp_path / "teacher.onnx", dim=24, preprocess="arcface")
@@ -123,7 +123,8 @@ def test_stored_teacher_embeddings_equal_direct_output_and_add_teacher_resumes(t
     stdout = _prepare([f"--input={src}", f"--output={out}", "--shards=2", "--workers=1", f"--teacher={teacher}"])
     assert "teacher teacher.onnx: 24-d" in stdout
     m = _assert_stored_equal_direct(out, teacher)
-    assert m["teacher"]["sha256"] == model_sha256(teacher) and m["teacher"]["file"] == "teacher.onnx"
+    assert m["teacher"]["sha256"] == model_fingerprint(teacher) and m["teacher"]["file"] == "teacher.onnx"
+    assert m["version"] == 2
     assert m["teacher"]["images_per_s"] > 0
 
     # The same teacher again: nothing rewritten. Another teacher: every shard replaced, sizes in the manifest.

@@ -239,3 +239,22 @@ def test_calibrated_mobilenet_v1_int8_is_not_zero(faces, tmp_path):
     norms = np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert np.all((norms > 0.5) & (norms < 2.0)), norms
     assert report["parity"]["cosine_mean"] > 0.1
+
+
+def test_export_over_a_model_drops_its_stale_sidecar(tmp_path):
+    """stale-threshold-sidecar-after-model-replaced: to_tflite writing to a path whose old model had a threshold
+    sidecar removes it (the threshold belonged to the old model); a re-export of the same bytes keeps it."""
+    from conftest import person, save_tiny_model
+
+    from mobiface_tf.sidecar import sidecar_path, write_sidecar
+
+    out = tmp_path / "model.tflite"
+    out.write_bytes(b"the first, untrained export")
+    side = write_sidecar(out, {"threshold": -0.03, "num_positive": 300, "num_negative": 300})
+    tiny = keras.models.load_model(save_tiny_model(tmp_path / "tiny.keras", 16, 0), compile=False)
+    faces = np.stack([person(i, 0) for i in range(4)])
+    ex.export(tiny, out, "none", parity_images=faces)
+    assert not side.exists()
+    write_sidecar(out, {"threshold": 0.3, "num_positive": 300, "num_negative": 300})
+    ex.export(tiny, out, "none", parity_images=faces)  # the same bytes again: the sidecar still fits
+    assert sidecar_path(out).is_file()

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import person
+
 from mobiface_tf.images import (IMAGE_EXTENSIONS, ImageError, decode_image_rgb, find_image, image_header,
-                                image_size, list_identity_tree, list_images, load_image_rgb)
+                                image_reason, image_size, list_identity_tree, list_images, load_image_rgb)
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = (REPO / ".." / "shared" / "cases").resolve()
@@ -137,10 +139,69 @@ def test_identity_tree_hidden_entries_subfolders_and_strays(tmp_path):
                             "$RECYCLE.BIN", "@eaDir"}
     assert "hidden" in reasons[".ipynb_checkpoints"] and "not an identity" in reasons[".ipynb_checkpoints"]
     assert "litter" in reasons["__MACOSX"] and "hidden" in reasons["alice/._a.JPEG"]
-    assert "not an image file (extension .txt" in reasons["alice/notes.txt"]
+    assert "not an image Pillow can read (extension .txt)" in reasons["alice/notes.txt"]
     assert "not inside an identity folder" in reasons["stray.jpg"]
     files, left_out = list_images(tmp_path / "alice")
     assert [f.name for f in files] == ["a.JPEG"] and len(left_out) == 5
+
+
+# One rule for what is a photo (identify-drops-avif-jfif-photos): Pillow reads it, or it is skipped with a reason.
+PILLOW_FORMATS = [".avif", ".jfif", ".webp", ".tif", ".gif", ".jpe", ".JFIF"]
+
+
+@pytest.mark.parametrize("ext", PILLOW_FORMATS)
+def test_every_format_pillow_reads_is_a_photo(ext, tmp_path):
+    """.avif / .jfif / .webp / .tif / .gif photos are listed and decode to the picture (verify already read them)."""
+    face = person(3, 1)
+    path = tmp_path / "Serena" / f"photo{ext}"
+    path.parent.mkdir()
+    Image.fromarray(face).save(path, format={".jfif": "JPEG", ".jpe": "JPEG"}.get(ext.lower()))
+    ids, skipped = list_identity_tree(tmp_path)
+    assert ids == [("Serena", [path])] and skipped == []
+    assert image_reason(path) is None
+    decoded = load_image_rgb(path)
+    assert decoded.shape == face.shape
+    assert np.abs(decoded.astype(int) - face).mean() < 25  # lossy (AVIF, JPEG) or 256-colour (GIF) copies
+
+
+def test_heic_without_plugin_and_other_files_are_skipped_with_their_reason(tmp_path):
+    """A .heic (iPhone) names the plugin to install; a JPEG saved without an extension is read by its content;
+    text is not an image. Whatever is left out is in `skipped` with its reason: nothing vanishes silently."""
+    try:
+        import pillow_heif  # noqa: F401
+        has_heif = True
+    except ImportError:
+        has_heif = False
+    buf = io.BytesIO()
+    Image.fromarray(person(1, 0)).save(buf, "JPEG")
+    (tmp_path / "bob").mkdir()
+    (tmp_path / "bob" / "IMG_0001").write_bytes(buf.getvalue())          # no extension: Pillow identifies it
+    (tmp_path / "bob" / "a.jpg_large").write_bytes(buf.getvalue())      # a browser's name for a JPEG
+    (tmp_path / "bob" / "notes.txt").write_text("not a photo")
+    (tmp_path / "bob" / "phone.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    ids, skipped = list_identity_tree(tmp_path)
+    assert [p.name for p in ids[0][1]] == (["IMG_0001", "a.jpg_large", "phone.HEIC"] if has_heif else
+                                           ["IMG_0001", "a.jpg_large"])
+    reasons = {p.name: r for p, r in skipped}
+    assert "not an image Pillow can read (extension .txt)" in reasons["notes.txt"]
+    if not has_heif:
+        assert "pip install pillow-heif" in reasons["phone.HEIC"]
+    assert load_image_rgb(tmp_path / "bob" / "IMG_0001").shape == (112, 112, 3)
+
+
+def test_nfc_and_nfd_folders_are_one_identity(tmp_path):
+    """macOS writes folder names decomposed (NFD): 'Renée' in NFC and NFD is one identity, and the merge is said."""
+    import unicodedata
+
+    nfc = unicodedata.normalize("NFC", "Renée_Williams")
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfc != nfd
+    for folder, shot in ((nfc, 0), (nfc, 1), (nfd, 2), ("Tony", 0)):
+        _touch(tmp_path / folder / f"{shot}.jpg")
+    merges = []
+    ids, skipped = list_identity_tree(tmp_path, on_merge=lambda name, folders: merges.append((name, folders)))
+    assert [(n, len(f)) for n, f in ids] == [(nfc, 3), ("Tony", 1)] and skipped == []
+    assert merges == [(nfc, sorted([nfc, nfd]))]
 
 
 def test_find_image_every_extension_any_case(tmp_path):

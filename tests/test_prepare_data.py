@@ -295,3 +295,45 @@ def test_lst_absolute_paths_give_folder_names(tmp_path):
     run_tool(f"--input={d / 'train.rec'}", f"--output={tmp_path}", "--shards=1", "--workers=1")
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["class_names"] == ["Alice_Example", "Bob_Example", "Carol_Example"]
+
+
+# ----------------------------------------------------------------------------------------------- reliability
+def test_nfc_nfd_folders_are_one_class_and_every_pillow_format_is_read(tmp_path):
+    """identify-nfc-nfd-same-name-split and identify-drops-avif-jfif-photos, for training data: an identity folder
+    written in NFC and in NFD is one class (and the tool says it merged them); .avif / .jfif / .tif / .gif crops
+    are images (Pillow reads them); a .heic without pillow-heif is skipped with the plugin to install, counted."""
+    import unicodedata
+
+    from PIL import Image
+
+    nfc = unicodedata.normalize("NFC", "Renée_Williams")
+    nfd = unicodedata.normalize("NFD", nfc)
+    inp = tmp_path / "in"
+    faces = render_identity(0, 0, 4)
+    for (folder, name), face in zip(((nfc, "0.avif"), (nfc, "1.jfif"), (nfd, "2.tif"), ("Tony", "0.gif")), faces):
+        (inp / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(face).save(inp / folder / name, format="JPEG" if name.endswith(".jfif") else None)
+    (inp / "Tony" / "iphone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    out = tmp_path / "out"
+    proc = run_tool(f"--input={inp}", f"--output={out}", "--align=none", "--shards=1", "--workers=1")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["class_names"] == [nfc, "Tony"] and m["class_counts"] == [3, 1], m
+    assert m["version"] == 2 and m["num_inputs"] == 5
+    assert [s["path"] for s in m["skipped"]] == ["Tony/iphone.heic"]
+    assert "pip install pillow-heif" in m["skipped"][0]["reason"]
+    assert "merged into one identity" in proc.stderr and ascii(nfd) in proc.stderr
+
+
+def test_manifest_version_is_written_and_old_manifests_are_read(tmp_path):
+    """The manifest carries a version (2: the teacher's sha256 is mobiface_tf.fingerprint's); a manifest from
+    before the field existed is still read, and one from a newer version is refused with one line."""
+    from mobiface_tf.data.manifest import MANIFEST_VERSION, ManifestError, read_manifest, write_manifest
+
+    base = {"num_images": 0, "num_classes": 0, "class_names": [], "skipped": [], "shards": []}
+    write_manifest(tmp_path, dict(base))
+    assert read_manifest(tmp_path)["version"] == MANIFEST_VERSION == 2
+    (tmp_path / "manifest.json").write_text(json.dumps(base))  # an old manifest: no version
+    assert "version" not in read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps(dict(base, version=3)))
+    with pytest.raises(ManifestError, match="version 3"):
+        read_manifest(tmp_path)

@@ -204,7 +204,7 @@ def test_sidecar_threshold_range_and_counts(tmp_path, caplog):
 
     model = tmp_path / "m.tflite"
     model.write_bytes(b"x")
-    ok = {"threshold": 0.4, "num_positive": 3, "num_negative": 3}
+    ok = {"threshold": 0.4, "num_positive": 100, "num_negative": 100}  # sidecar.MIN_PAIRS_PER_KIND of each
     with pytest.raises(sidecar.SidecarError, match=r"not a number in \[-1, 1\]"):
         sidecar.write_sidecar(model, dict(ok, threshold=-1.17))
     assert sidecar.write_sidecar(model, ok) == sidecar.sidecar_path(model)

@@ -18,6 +18,9 @@ from mobiface_tf.faces import (DEFAULT_THRESHOLD, FaceError, load_face, load_mod
                                resolve_threshold)
 from conftest import person, save_tiny_model, write_png
 
+from mobiface_tf.fingerprint import model_fingerprint
+from mobiface_tf.sidecar import MIN_PAIRS_PER_KIND, drop_stale_sidecar, sidecar_path, write_sidecar
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
@@ -34,7 +37,8 @@ def test_threshold_flag_then_sidecar_then_default(tmp_path):
     assert t == DEFAULT_THRESHOLD == 0.275
     assert source.startswith("default 0.275") and "tools/evaluate.py" in source
     (tmp_path / "m.tflite.eval.json").write_text(json.dumps({"threshold": 0.42, "accuracy": 0.99, "dataset": "x",
-                                                             "num_positive": 10, "num_negative": 10}))
+                                                             "num_positive": 300, "num_negative": 300,
+                                                             "model_sha256": model_fingerprint(model)}))
     t, source = resolve_threshold(model)
     assert t == 0.42 and "eval.json" in source
     assert resolve_threshold(model, 0.1) == (0.1, "--threshold")
@@ -221,8 +225,68 @@ def test_cli_embeds_the_way_the_sidecar_threshold_was_measured(tiny, tmp_path):
     plain = load_model(model)
     assert (plain.preprocess, plain.flip) == ("raw", False)
     (tmp_path / "tiny.keras.eval.json").write_text(json.dumps({"threshold": 0.3, "flip": True, "preprocess": "bgr",
-                                                               "num_positive": 3, "num_negative": 3}))
+                                                               "num_positive": 300, "num_negative": 300,
+                                                               "model_sha256": model_fingerprint(model)}))
     tuned = load_model(model)
     assert (tuned.preprocess, tuned.flip) == ("bgr", True)
     x = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3)).astype(np.uint8)
     np.testing.assert_allclose(tuned.embed(x), plain.embed(x[..., ::-1], flip=True), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- reliability
+def _report(threshold=-0.0366, pos=300, neg=300):
+    return {"threshold": threshold, "accuracy": 0.9, "dataset": "lfw", "num_pairs": pos + neg,
+            "num_positive": pos, "num_negative": neg, "flip": False, "preprocess": "raw"}
+
+
+def test_sidecar_of_a_replaced_model_is_ignored_with_one_warning(tmp_path):
+    """stale-threshold-sidecar-after-model-replaced: the sidecar records the model's fingerprint; once another
+    model is written to the same path its threshold is not used, and one line names the sidecar and why."""
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"the untrained export")
+    written = write_sidecar(model, _report())
+    assert json.loads(written.read_text())["model_sha256"] == model_fingerprint(model)
+    warnings = []
+    assert resolve_threshold(model, warn=warnings.append) == (-0.0366, f"sidecar {written}") and warnings == []
+    model.write_bytes(b"the trained model, exported to the same path")
+    t, source = resolve_threshold(model, warn=warnings.append)
+    assert (t, source.startswith("default 0.275")) == (DEFAULT_THRESHOLD, True)
+    assert len(warnings) == 1 and str(written) in warnings[0] and "another model" in warnings[0]
+    assert "tools/evaluate.py" in warnings[0]
+
+
+def test_sidecar_without_fingerprint_or_from_few_pairs_is_not_used(tmp_path):
+    """An older sidecar (no fingerprint) is ignored with a warning; one fit on fewer than MIN_PAIRS_PER_KIND pairs
+    of a kind (the 20-pair .bin, 80 LFW pairs) says how many pairs it came from and the default applies."""
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"weights")
+    side = sidecar_path(model)
+    side.write_text(json.dumps({"threshold": 0.5, "num_positive": 3000, "num_negative": 3000}))
+    warnings = []
+    assert resolve_threshold(model, warn=warnings.append)[0] == DEFAULT_THRESHOLD
+    assert "does not record which model" in warnings[-1] and str(side) in warnings[-1]
+    few = MIN_PAIRS_PER_KIND - 1
+    write_sidecar(model, _report(0.5, pos=few, neg=40))
+    assert resolve_threshold(model, warn=warnings.append)[0] == DEFAULT_THRESHOLD
+    assert f"only {few + 40} pairs ({few} same, 40 different)" in warnings[-1] and "--threshold=0.5000" in warnings[-1]
+    write_sidecar(model, _report(0.5, pos=MIN_PAIRS_PER_KIND, neg=MIN_PAIRS_PER_KIND))
+    assert resolve_threshold(model, warn=warnings.append) == (0.5, f"sidecar {side}") and len(warnings) == 2
+
+
+def test_rewriting_a_model_drops_its_stale_sidecar(tmp_path):
+    """What to_tflite and train call after writing the final file: a sidecar of the old bytes goes, a current one
+    stays, a model without one is left alone."""
+    model = tmp_path / "embedding.keras"
+    model.write_bytes(b"step 1000")
+    assert drop_stale_sidecar(model) is None
+    side = write_sidecar(model, _report())
+    assert drop_stale_sidecar(model) is None and side.is_file()  # the same model: kept
+    model.write_bytes(b"step 2000")
+    assert drop_stale_sidecar(model) == side and not side.exists()
+
+
+def test_verify_json_similarity_has_4_decimals():
+    """The JSON shows the similarity as the text does: float32 results differ in the last bits between CPUs."""
+    v = ver.Verdict("a.jpg", "b.jpg", 0.1229703426361084, 0.275, "default", False, (1, 1), "m.tflite")
+    doc = json.loads(json.dumps(v.to_json()))
+    assert doc["similarity"] == 0.123 and doc["threshold"] == 0.275 and doc["verdict"] == "different"

@@ -29,6 +29,7 @@ import numpy as np
 from absl import flags
 
 from mobiface_tf import identification as ident
+from mobiface_tf.fingerprint import model_fingerprint
 from mobiface_tf.commands import SHARED_DATA as _DATA
 from mobiface_tf.outputs import check_output_dir, check_output_file
 from mobiface_tf.peak import sgemm_gflops
@@ -131,7 +132,7 @@ def _embed_line(what, feats) -> str:
 
 
 def _base_report(embedder) -> dict:
-    model = {} if embedder is None else dict(model=str(embedder.path), model_sha256=ident.model_sha256(embedder.path),
+    model = {} if embedder is None else dict(model=str(embedder.path), model_sha256=model_fingerprint(embedder.path),
                                              preprocess=embedder.preprocess, flip=bool(embedder.flip))
     return dict(**model, threads=FLAGS.threads,
                 chunk_size=FLAGS.chunk_size, fars=_fars(), max_rank=FLAGS.max_rank, cache_dir=FLAGS.cache_dir,

@@ -15,6 +15,7 @@ from absl import app, flags
 
 from mobiface_tf import embedder as embedder_lib
 from mobiface_tf import evaluate as ev
+from mobiface_tf.sidecar import MIN_PAIRS_PER_KIND
 from mobiface_tf.outputs import check_output_file
 
 FLAGS = flags.FLAGS
@@ -112,6 +113,12 @@ def _evaluate():
         elif written != ev.sidecar_path(model_path):
             print(f"note: {model_path.parent} is not writable; threshold sidecar written to {written} "
                   f"(pass --threshold={final['threshold']:.4f} to the verify/identify CLIs)")
+        few = min(final["num_positive"], final["num_negative"])
+        if written is not None and few < MIN_PAIRS_PER_KIND:
+            print(f"warning: the threshold in {written} was fit on {final['num_positive']} same and "
+                  f"{final['num_negative']} different pairs, fewer than {MIN_PAIRS_PER_KIND} of each: verify and "
+                  f"identify will not use it (pass --threshold={final['threshold']:.4f} to use it anyway)",
+                  file=sys.stderr)
     output.write_text(json.dumps(final, indent=2) + "\n")
     print(f"report: {output}  roc: {final['roc_png']}")
     return 0

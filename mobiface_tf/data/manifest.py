@@ -9,6 +9,12 @@ Schema (keys every manifest has; writers may add more, e.g. "teacher", "excluded
   class_names   list  label i -> identity name (empty when the writer has no names)
   skipped       list  [{path, reason}] inputs not written
   shards        list  [{file, num_images, bytes}] one per shard, in order
+  version       int   MANIFEST_VERSION, stamped by write_manifest. 1 (or no field: manifests written before it
+                      existed) hashed a SavedModel teacher's files without separators; 2: "teacher"."sha256" is
+                      mobiface_tf.fingerprint.model_fingerprint, the one model fingerprint (the same as identify's
+                      index and the threshold sidecar; an ONNX teacher's external data included). Old manifests are
+                      read as they are; a SavedModel or external-data teacher of a version-1 manifest is simply
+                      embedded again by a rerun of add_teacher. A version above MANIFEST_VERSION is refused.
 Invariants checked on write: sum(shards.num_images) == num_images; when present, sum(class_counts) ==
 num_images, len(class_counts) == num_classes, and num_images + len(skipped) == num_inputs.
 """
@@ -19,6 +25,7 @@ import os
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+MANIFEST_VERSION = 2
 REQUIRED = ("num_images", "num_classes", "class_names", "skipped", "shards")
 
 
@@ -41,6 +48,10 @@ def validate(manifest: dict, where: str = MANIFEST) -> dict:
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise ManifestError(f"{where} lacks {missing}; re-run tools/prepare_data.py")
+    version = manifest.get("version", 1)
+    if not isinstance(version, int) or not 1 <= version <= MANIFEST_VERSION:
+        raise ManifestError(f"{where} has version {version!r}; this mobiface_tf reads versions 1 to "
+                            f"{MANIFEST_VERSION}: update mobiface_tf, or re-run tools/prepare_data.py")
     n = int(manifest["num_images"])
     if sum(int(s["num_images"]) for s in manifest["shards"]) != n:
         raise ManifestError(f"{where}: the shards hold {sum(int(s['num_images']) for s in manifest['shards'])} "
@@ -72,10 +83,12 @@ def read_manifest(dir_or_pattern) -> dict:
 
 
 def write_manifest(out_dir, manifest: dict) -> Path:
-    """Validate and write `out_dir`/manifest.json atomically (temp file + rename); returns its path."""
+    """Validate and write `out_dir`/manifest.json atomically (temp file + rename), stamped with
+    "version": MANIFEST_VERSION (every writer now fingerprints its teacher the current way); returns its path."""
     from mobiface_tf.data.tfrecord import write_json_atomic
 
     path = Path(out_dir) / MANIFEST
+    manifest["version"] = MANIFEST_VERSION
     validate(manifest, str(path))
     write_json_atomic(path, manifest)
     return path

@@ -28,6 +28,7 @@ from mobiface_tf.align import FaceAligner
 from mobiface_tf.images import (CROP_SIZE, DEFAULT_MAX_PIXELS, ImageError, decode_image_rgb, image_header,
                                 list_images, read_image_bytes)
 from mobiface_tf.data.manifest import read_manifest, write_manifest
+from mobiface_tf.fingerprint import model_fingerprint
 from mobiface_tf.data.sources import (RecordIOError, RecordIOReader, check_label, label_limit, list_image_folder,
                                       recordio_class_names)
 
@@ -420,20 +421,6 @@ def _prepare(input_path: str, output: str, align: str = "auto", shards: int | No
 
 
 # ----------------------------------------------------------------------------------------------- teacher
-def model_sha256(path) -> str:
-    """sha256 of a model file; of every file (path-sorted, names included) for a SavedModel directory."""
-    h = hashlib.sha256()
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def teacher_embeddings(embedder, images):
     """(crop, mirror) L2-normalised embeddings, each float32 [N, D], of uint8 RGB crops [N, 112, 112, 3]."""
     return embedder.embed(images, flip=False), embedder.embed(images[:, :, ::-1], flip=False)
@@ -477,7 +464,7 @@ def add_teacher(output, teacher, preprocess: str | None = None, num_threads: int
     if tuple(emb.input_hwc[:2]) not in ((CROP_SIZE, CROP_SIZE), (None, None)):
         raise ValueError(f"teacher '{teacher}' takes {emb.input_hwc} inputs; a teacher must embed "
                          f"{CROP_SIZE}x{CROP_SIZE} aligned faces")
-    sha = model_sha256(teacher)
+    sha = model_fingerprint(teacher)
     info = {"file": teacher.name, "sha256": sha, "embedding_dim": int(emb.embedding_dim), "preprocess": preprocess}
     total = int(manifest["num_images"])
     bar = tqdm(total=total, unit="img", disable=not progress, file=sys.stderr, desc=f"teacher {teacher.name}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from mobiface_tf.sidecar import drop_stale_sidecar
 from mobiface_tf.training.errors import TrainingDiverged
 from mobiface_tf.training.model import build_backbone
 
@@ -29,6 +30,7 @@ def save_embedding_model(backbone, backbone_name: str, embedding_dim: int, head:
     try:
         clean.save(tmp)
         os.replace(tmp, path)
+        drop_stale_sidecar(path)  # the eval sidecar of the model this replaces (mobiface_tf.sidecar)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise OSError(e.errno, f"cannot write the embedding model {str(path)!r} ({e.strerror or e}); free space "
