@@ -33,6 +33,12 @@ class MeanColour(Embedder):
         return batch.mean(axis=(1, 2)) - 128.0
 
 
+def np_png(image) -> bytes:
+    import cv2
+
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
 def _solid(who, h, w):
     return np.broadcast_to(np.array(COLOURS[who], np.uint8), (h, w, 3)).copy()
 
@@ -125,6 +131,8 @@ def test_crop_cache_key_reuse_and_fallback(tmp_path):
     again = CropCache(tmp_path / "cache").crop_many([tmp_path / "b.png", (tmp_path / "a.png").read_bytes()])
     assert [c.aligned for c in again] == [False, False]
     assert len(list((tmp_path / "cache").rglob("*.fallback.png"))) == 1  # same bytes, one entry
+    other = cache.crop_many([np_png(255 - flat)])[0]  # other bytes: its own entry and crop
+    assert other.image[:, 10:100].max() <= 65 and len(list((tmp_path / "cache").rglob("*.fallback.png"))) == 2
 
 
 # ------------------------------------------------------------------ the real benchmark
