@@ -137,6 +137,33 @@ def roc_curve(scores, issame) -> tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
+def auc_eer(scores, issame) -> dict:
+    """Area under the ROC curve and the equal error rate, the figures CFP (Sengupta et al., 2016) asks for.
+
+    auc: trapezoidal area under (FAR, TAR) over every distinct threshold (ties count one half: the Mann-Whitney
+    statistic). eer: where the false accept rate equals the false reject rate (1 - TAR), linearly interpolated
+    between the two ROC points around the crossing; eer_threshold: the score there (interpolated likewise).
+    Returns {"auc", "eer", "eer_threshold"}; ValueError unless there are both same and different pairs.
+    """
+    scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
+    if issame.all() or not issame.any():
+        raise ValueError("AUC and EER need both same and different pairs")
+    fpr, tpr = roc_curve(scores, issame)
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    fnr = 1.0 - tpr
+    thresholds = np.r_[np.inf, np.unique(scores)[::-1]]  # ROC point k: "same" when score >= thresholds[k]
+    d = fpr - fnr  # rises from -1 at (0, 0) to +1 at (1, 1)
+    k = int(np.argmax(d >= 0))
+    if d[k] == 0 or k == 0:
+        eer, t = float(fpr[k]), float(thresholds[k])
+    else:
+        w = -d[k - 1] / (d[k] - d[k - 1])  # fraction of the way from point k-1 to point k
+        eer = float(fpr[k - 1] + w * (fpr[k] - fpr[k - 1]))
+        t_prev = thresholds[k - 1] if np.isfinite(thresholds[k - 1]) else thresholds[k]
+        t = float(t_prev + w * (thresholds[k] - t_prev))
+    return {"auc": auc, "eer": eer, "eer_threshold": t}
+
+
 def save_roc_png(scores, issame, path, title: str) -> Path:
     """Write the ROC curve (TAR against FAR, log x axis) of these pairs to `path` as a PNG titled `title`; returns the path."""
     import matplotlib
@@ -300,18 +327,77 @@ def evaluate_lfw(embedder, pairs_file, lfw_dir, flip=False, aligner=None, progre
     return report, scores, issame
 
 
-def evaluate_bin(embedder, bin_path, flip=False, aligner=None, progress=True, **meta):
-    """(report, scores, issame): ten-fold report on an InsightFace .bin (pairs (2k, 2k+1), contiguous folds as InsightFace splits them)."""
+def evaluate_bin(embedder, bin_path, flip=False, aligner=None, progress=True, num_folds: int = 10, **meta):
+    """(report, scores, issame): ten-fold report on an InsightFace .bin (pairs (2k, 2k+1), `num_folds` contiguous
+    folds as InsightFace splits them; a .bin from tools/make_bin.py keeps its protocol's folds in that order)."""
     from mobiface_tf.data.verification import read_bin
 
     encoded, issame = read_bin(bin_path)
     emb, failures = embed_encoded(embedder, encoded, flip, aligner, progress=progress)
     scores = cosine_scores(emb[0::2], emb[1::2])
-    report = verification_report(scores, issame, sequential_folds(len(issame)),
+    report = verification_report(scores, issame, sequential_folds(len(issame), num_folds),
                                  dataset=f"bin:{bin_path}", num_images=len(encoded),
                                  flip=flip, realign=aligner is not None, **meta)
     report["realign_failed"] = failures
     return report, scores, issame
+
+
+def cfp_crops(paths, crops=None, input_hwc=(112, 112, 3), progress=True) -> tuple[list, list]:
+    """(uint8 RGB crops, fallback flags) of CFP photo files, in order.
+
+    crops: a mobiface_tf.crop_cache.CropCache (MTCNN to the ArcFace template, cached; centre-square fallback
+    where MTCNN finds no face), or None for photos that are already aligned (only resized to the model input).
+    """
+    from mobiface_tf.images import load_image_rgb
+
+    if crops is not None:
+        got = crops.crop_many(paths, progress=progress)
+        return [_fit(c.image, input_hwc) for c in got], [not c.aligned for c in got]
+    return [_fit(load_image_rgb(p), input_hwc) for p in paths], [False] * len(paths)
+
+
+def evaluate_cfp(embedder, cfp_dir, protocols=("FP",), flip=False, crops=None, folds=None, progress=True, **meta):
+    """{protocol: (report, scores, issame)} on CFP's official FF and/or FP 10-fold protocols.
+
+    Each distinct photo of the protocols is aligned (`crops`, see cfp_crops) and embedded once. Per fold, the
+    threshold is fit on the other folds (CFP's README); the report adds CFP's AUC and EER to accuracy ± std and
+    TAR@FAR. Photos MTCNN could not align keep their pairs (scored on the fallback crop): "align" counts them
+    and the pairs they touch, so num_pairs is always every pair of the listed folds (7,000 for all ten).
+    folds: 1-based fold numbers to score alone (at least 2), as for LFW.
+    """
+    from mobiface_tf.data.verification import check_protocol, read_cfp_pairs
+
+    pairs_of = {}
+    for protocol in protocols:
+        pairs = read_cfp_pairs(cfp_dir, check_protocol(protocol))
+        pairs_of[check_protocol(protocol)] = select_folds(pairs, folds) if folds else pairs
+    unique = sorted({p for pairs in pairs_of.values() for pair in pairs for p in (pair.path_a, pair.path_b)})
+    index = {p: i for i, p in enumerate(unique)}
+    images, fallback = cfp_crops(unique, crops, embedder.input_hwc, progress)
+    emb, _ = _embed_loaded(embedder, images, lambda image, i: image, flip, None, 256, progress)
+    out = {}
+    for protocol, pairs in pairs_of.items():
+        ia, ib = [index[p.path_a] for p in pairs], [index[p.path_b] for p in pairs]
+        scores, issame = cosine_scores(emb[ia], emb[ib]), np.array([p.issame for p in pairs])
+        used = sorted({p.fold + 1 for p in pairs})
+        report = verification_report(scores, issame, [p.fold for p in pairs], dataset=f"cfp-{protocol.lower()}:{cfp_dir}",
+                                     num_images=len({*ia, *ib}), flip=flip, **meta)
+        report.update(auc_eer(scores, issame), folds=used, num_folds=len(used))
+        failed = sorted({unique[i] for i in (*ia, *ib) if fallback[i]})
+        report["align"] = {
+            "method": "none (photos used as given)" if crops is None else "MTCNN 5 points -> ArcFace 112x112 template",
+            "cache": None if crops is None else str(crops.dir),
+            "no_face_images": len(failed), "no_face_pairs": int(sum(fallback[a] or fallback[b] for a, b in zip(ia, ib))),
+            "fallback": None if crops is None else _fallback_text(),
+            "no_face_files": [str(p) for p in failed]}
+        out[protocol] = (report, scores, issame)
+    return out
+
+
+def _fallback_text():
+    from mobiface_tf.crop_cache import FALLBACK
+
+    return FALLBACK
 
 
 # ---------------------------------------------------------------- the threshold sidecar
