@@ -20,16 +20,65 @@ def naive_threshold(scores, far: float) -> float:
     return float(s[min(int(math.floor(far * len(s))), len(s) - 1)])
 
 
+def genuine_truth(gallery, queries) -> tuple[np.ndarray, np.ndarray]:
+    """(gallery index of each genuine query's person, the query rows whose person is enrolled)."""
+    g_names = {n: i for i, n in enumerate(gallery.names)}
+    rows = np.array([i for i, lab in enumerate(queries.image_labels) if queries.names[lab] in g_names])
+    return np.array([g_names[queries.names[queries.image_labels[i]]] for i in rows]), rows
+
+
 def outcomes(gallery, queries, strangers, t: float) -> dict:
     """Shares of genuine queries accepted as the right person and of strangers rejected at threshold t."""
-    g_names = {n: i for i, n in enumerate(gallery.names)}
-    truth = np.array([g_names[queries.names[lab]] for lab in queries.image_labels])
-    q_scores = queries.image_embeddings @ gallery.templates.T
+    truth, rows = genuine_truth(gallery, queries)
+    q_scores = queries.image_embeddings[rows] @ gallery.templates.T
     best, arg = q_scores.max(1), q_scores.argmax(1)
     s_best = (strangers.image_embeddings @ gallery.templates.T).max(1)
     return {"threshold": round(t, 4), "genuine_accepted_right": round(float(np.mean((arg == truth) & (best > t))), 4),
             "strangers_rejected": round(float(np.mean(s_best <= t)), 4),
             "strangers_accepted": int(np.sum(s_best > t))}
+
+
+def with_duplicate(g, q, person: str):
+    """A copy of gallery g with `person` enrolled a second time as '<person>_dup' from their first 2 query
+    photos (one person under two names, on real faces); None when they have < 2 query photos."""
+    k = q.names.index(person)
+    photos = q.image_embeddings[q.image_labels == k][:2]
+    if len(photos) < 2:
+        return None
+    t = photos.mean(0)
+    names = g.names + [person + "_dup"]
+    return ident.Gallery(names, np.concatenate([g.templates, (t / np.linalg.norm(t))[None]]).astype(np.float32),
+                         g.num_images + [2], 0, 0, 0, [], g.index_path, False,
+                         np.concatenate([g.image_embeddings, photos]).astype(np.float32),
+                         np.concatenate([g.image_labels, [len(g.names)] * 2]))
+
+
+def injection(g, q, s, far: float, trials: int) -> dict:
+    """One duplicate identity injected at a time (the first `trials` people, by name, with >= 2 query photos):
+    was it flagged, and the thresholds / outcomes before and after the fix. The injected person's queries are
+    left out of the genuine queries (two of them are enrolled now)."""
+    rows = []
+    for person in sorted(set(g.names) & set(q.names)):
+        if len(rows) == trials:
+            break
+        gd = with_duplicate(g, q, person)
+        if gd is None:
+            continue
+        near = ident.near_duplicates(gd)
+        flagged = [(a, b) for a, b, _ in near.pairs]
+        keep = np.array([q.names[lab] != person for lab in q.image_labels])
+        qk = ident.Gallery(q.names, q.templates, q.num_images, 0, 0, 0, [], q.index_path, False,
+                           q.image_embeddings[keep], q.image_labels[keep])
+        pair = [sc for a, b, sc in near.pairs if gd.names[b] == person + "_dup" and gd.names[a] == person]
+        sums, counts = open_set.identity_sums(gd.image_embeddings, gd.image_labels, len(gd.names))
+        score = float(sums[gd.names.index(person)] @ sums[-1]) / 4
+        before = naive_threshold(ident.impostor_scores(gd), far)
+        after = ident.far_threshold(gd, far, flagged)
+        rows.append({"person": person, "pair_score": round(score, 4), "flagged": bool(pair),
+                     "bound": round(near.bound, 4), "other_flags": len(near.pairs) - bool(pair),
+                     "before": outcomes(gd, qk, s, before),
+                     "after": {**outcomes(gd, qk, s, after.threshold), "far_method": after.method}})
+    return {"trials": len(rows), "flagged": sum(r["flagged"] for r in rows), "rows": rows}
 
 
 def montage(gallery, pairs, photo_root: Path, path: Path, num: int) -> None:
@@ -59,15 +108,15 @@ def montage(gallery, pairs, photo_root: Path, path: Path, num: int) -> None:
 def report(galleries, FLAGS, stem, out: Path) -> dict:
     """Print and write (OUT/<stem>.json) rank-1, acceptance and rejection before / after the fix at FARS."""
     g, q, s = galleries["gallery"], galleries["queries"], galleries["strangers"]
-    g_names = {n: i for i, n in enumerate(g.names)}
-    truth = np.array([g_names[q.names[lab]] for lab in q.image_labels])
-    rank1 = float(np.mean((q.image_embeddings @ g.templates.T).argmax(1) == truth))
+    truth, rows = genuine_truth(g, q)
+    rank1 = float(np.mean((q.image_embeddings[rows] @ g.templates.T).argmax(1) == truth))
     near = ident.near_duplicates(g)
     flagged = [(a, b) for a, b, _ in near.pairs]
     all_scores = ident.impostor_scores(g)
     kept_scores = ident.impostor_scores(g, flagged)
     doc = {"model": str(FLAGS.model), "identities": len(g.names), "gallery_photos": int(sum(g.num_images)),
-           "gallery_skipped": len(g.skipped), "genuine_queries": int(len(q.image_labels)),
+           "gallery_skipped": len(g.skipped), "genuine_queries": int(len(rows)),
+           "genuine_queries_not_enrolled": int(len(q.image_labels) - len(rows)),
            "queries_skipped": len(q.skipped), "strangers": int(len(s.image_labels)), "strangers_skipped": len(s.skipped),
            "rank1": round(rank1, 4), "near_duplicates": near.to_json(g.names),
            "impostor_scores_all": int(len(all_scores)), "impostor_scores_kept": int(len(kept_scores)),
@@ -81,6 +130,7 @@ def report(galleries, FLAGS, stem, out: Path) -> dict:
             "flags_only": outcomes(g, q, s, naive_threshold(kept_scores, far)),
             "after": {**outcomes(g, q, s, ft.threshold), **ft.to_json()},
         }
+    doc["injected_duplicates"] = injection(g, q, s, FLAGS.far, FLAGS.inject)
     print(json.dumps(doc, indent=1))
     path = Path(FLAGS.json_out) if FLAGS.json_out else out / f"{stem}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
