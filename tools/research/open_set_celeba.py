@@ -33,7 +33,7 @@ flags.DEFINE_string("out", "runs/open_set_celeba", "Work folder: photo copies, e
 flags.DEFINE_float("far", 1e-3, "Per-query false-accept rate for the threshold.")
 flags.DEFINE_integer("enrolled", 2, "Photos enrolled per person (people with >= enrolled + 1 photos).")
 flags.DEFINE_string("montage", None, "Write a montage PNG of the top flagged pairs here.")
-flags.DEFINE_integer("montage_pairs", 8, "Pairs in the montage.")
+flags.DEFINE_integer("montage_pairs", 10, "Pairs in the montage: the flagged ones, or the closest when none is.")
 flags.DEFINE_integer("inject", 20, "Single-duplicate trials: the first N people with >= 2 query photos, "
                      "each enrolled a second time from 2 of their query photos, one at a time.")
 flags.DEFINE_string("json_out", None, "Write the figures as JSON here (default OUT/<model stem>.json).")

@@ -81,28 +81,62 @@ def injection(g, q, s, far: float, trials: int) -> dict:
     return {"trials": len(rows), "flagged": sum(r["flagged"] for r in rows), "rows": rows}
 
 
-def montage(gallery, pairs, photo_root: Path, path: Path, num: int) -> None:
-    """One row per flagged pair: identity a's photos | identity b's photos, captioned with names and score."""
+def closest_pairs(g, num: int) -> list[tuple[int, int, float]]:
+    """The `num` identity pairs with the highest pair score (open_set's statistic), flagged or not."""
+    sums, counts = open_set.identity_sums(g.image_embeddings, g.image_labels, len(g.names))
+    means = sums / np.maximum(counts, 1)[:, None]
+    p = means @ means.T
+    a, b = np.triu_indices(len(g.names), 1)
+    top = np.argsort(-p[a, b])[:num]
+    return [(int(a[i]), int(b[i]), float(p[a[i], b[i]])) for i in top]
+
+
+def _tile(path):
     import cv2
 
     from mobiface_tf.images import load_image_rgb
 
+    return cv2.resize(load_image_rgb(path), (89, 109), interpolation=cv2.INTER_AREA)
+
+
+def montage(rows_spec, path: Path) -> None:
+    """One row per entry (caption, [photo groups]): groups side by side, a white gap between groups."""
+    import cv2
+
     rows = []
-    for a, b, score in pairs[:num]:
+    for caption, groups in rows_spec:
         tiles = []
-        for k in (a, b):
-            for p in sorted((photo_root / gallery.names[k]).iterdir()):
-                tiles.append(cv2.resize(load_image_rgb(p), (134, 164), interpolation=cv2.INTER_LINEAR))
-            tiles.append(np.full((164, 12, 3), 255, np.uint8))
+        for group in groups:
+            tiles += [_tile(p) for p in group] + [np.full((109, 8, 3), 255, np.uint8)]
         row = np.concatenate(tiles[:-1], axis=1)
-        cap = np.full((26, row.shape[1], 3), 255, np.uint8)
-        cv2.putText(cap, f"{gallery.names[a]} | {gallery.names[b]}  score {score:.3f}", (6, 19),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+        cap = np.full((20, row.shape[1], 3), 255, np.uint8)
+        cv2.putText(cap, caption, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
         rows.append(np.concatenate([cap, row], axis=0))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+
+
+def pair_montage(g, pairs, bound, photo_root: Path, path: Path) -> None:
+    """Identity a's photos | identity b's photos, per pair, captioned with names, score and flag."""
+    spec = [(f"{g.names[a]} | {g.names[b]}  score {sc:.3f} {'flagged' if sc > bound else '< bound'} {bound:.3f}",
+             [sorted((photo_root / g.names[k]).iterdir()) for k in (a, b)]) for a, b, sc in pairs]
+    montage(spec, path)
+
+
+def stranger_montage(g, s, t: float, out: Path, path: Path) -> list:
+    """Strangers accepted at threshold t: the stranger's photo | the matched identity's photos."""
+    scores = s.image_embeddings @ g.templates.T
+    best, arg = scores.max(1), scores.argmax(1)
+    hits = [int(i) for i in np.argsort(-best) if best[i] > t]
+    spec = [(f"stranger {s.names[s.image_labels[i]]} -> {g.names[arg[i]]}  score {best[i]:.3f}",
+             [sorted((out / "photos" / "strangers" / s.names[s.image_labels[i]]).iterdir()),
+              sorted((out / "photos" / "gallery" / g.names[arg[i]]).iterdir())]) for i in hits]
+    if spec:
+        montage(spec, path)
+    return [{"stranger": s.names[s.image_labels[i]], "matched": g.names[arg[i]], "score": round(float(best[i]), 4)}
+            for i in hits]
 
 
 def report(galleries, FLAGS, stem, out: Path) -> dict:
@@ -135,7 +169,12 @@ def report(galleries, FLAGS, stem, out: Path) -> dict:
     path = Path(FLAGS.json_out) if FLAGS.json_out else out / f"{stem}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {path}", file=sys.stderr)
-    if FLAGS.montage and near.pairs:
-        montage(g, near.pairs, out / "photos" / "gallery", Path(FLAGS.montage), FLAGS.montage_pairs)
-        print(f"wrote {FLAGS.montage}", file=sys.stderr)
+    if FLAGS.montage:
+        pairs = near.pairs[:FLAGS.montage_pairs] or closest_pairs(g, FLAGS.montage_pairs)
+        pair_montage(g, pairs, near.bound, out / "photos" / "gallery", Path(FLAGS.montage))
+        print(f"wrote {FLAGS.montage} ({'flagged' if near.pairs else 'closest, none flagged'})", file=sys.stderr)
+        t = doc["by_far"][f"{FLAGS.far:g}"]["after"]["threshold"]
+        spath = Path(FLAGS.montage).with_name(Path(FLAGS.montage).stem + "_strangers.png")
+        accepted = stranger_montage(g, s, t, out, spath)
+        print(f"wrote {spath}: {len(accepted)} strangers accepted at {t}: {accepted}", file=sys.stderr)
     return doc
