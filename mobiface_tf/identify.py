@@ -14,6 +14,11 @@ new or changed photos; deleted photos leave the index. The index is an .npz of p
 (no pickle), written to a temp file and renamed, so a crash never leaves half an index. An index that cannot
 be read is rebuilt with a warning; one built by another model or embedding size is an error (pass --index or
 --rebuild_index).
+
+After enrolment, identity pairs that look like one person (mean cross-photo cosine above the median genuine
+score of the gallery) are listed in one warning line each and in the JSON ("near_duplicates"); they are never
+merged. --far leaves them out of the impostor scores and, when the gallery has fewer than 10/far of those,
+sets the threshold from a generalized Pareto tail fit (mobiface_tf.open_set).
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
+from mobiface_tf import open_set
 from mobiface_tf.embedder import EmbeddingError
 from mobiface_tf.faces import (FaceError, check_model_path, file_sha256, load_face, load_model, read_photo,
                                resolve_threshold)
@@ -318,41 +324,55 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
 
 
 # ----------------------------------------------------------------------------------------------- open set
-def impostor_scores(gallery: Gallery, exclude: np.ndarray | None = None) -> np.ndarray:
-    """[M] for each enrolled photo not excluded, its best score against the templates of the *other* identities.
+def impostor_scores(gallery: Gallery, exclude_pairs=(), exclude: np.ndarray | None = None) -> np.ndarray:
+    """[N'] for each enrolled photo not excluded, its best score against the templates of the *other* identities.
 
     Each photo is a stand-in for a stranger: it is a false accept at threshold t when this score is > t. Its
-    own identity's template is left out (it contains the photo), so no photo is scored against itself.
+    own identity's template is left out (it contains the photo), so no photo is scored against itself, and so
+    are identity pairs in `exclude_pairs` (flagged near-duplicates; see mobiface_tf.open_set.impostor_scores).
     exclude: [N] bool mask of photos to leave out (default gallery.far_excluded: photos whose bytes are also
     filed under another identity, which would be scored against a template holding themselves).
     """
     if gallery.image_embeddings is None or len(gallery.names) < 2:
         raise FaceError("--far needs a gallery of at least 2 identities (it scores each photo against the "
                         "other identities' templates)")
-    scores = gallery.image_embeddings @ gallery.templates.T  # [N, K]
-    scores[np.arange(len(scores)), gallery.image_labels] = -np.inf
     exclude = gallery.far_excluded if exclude is None else exclude
-    keep = np.ones(len(scores), bool) if exclude is None else ~np.asarray(exclude, bool)
+    keep = np.ones(len(gallery.image_labels), bool) if exclude is None else ~np.asarray(exclude, bool)
     if not keep.any():
         raise FaceError("--far has no impostor photo left: every gallery photo is filed under two identities")
-    return scores[keep].max(axis=1)
+    return open_set.impostor_scores(gallery.image_embeddings[keep], np.asarray(gallery.image_labels)[keep],
+                                    gallery.templates, exclude_pairs)
 
 
-def far_threshold(gallery: Gallery, far: float) -> tuple[float, float, int, int]:
-    """(threshold, achieved FAR, false accepts, queries) for a per-query false-accept rate on this gallery.
+def near_duplicates(gallery: Gallery) -> open_set.NearDuplicates:
+    """Identity pairs of this gallery that look like one person (mobiface_tf.open_set.find_near_duplicates)."""
+    return open_set.find_near_duplicates(gallery.image_embeddings, gallery.image_labels, len(gallery.names))
 
-    The threshold is the (k+1)-th highest impostor score (k = floor(far * N), N enrolled photos), so at most
-    k photos score above it: the achieved FAR k'/N <= far. With N < 1/far, k = 0 and the threshold is the
-    highest impostor score (FAR 0 on the gallery; the requested rate cannot be resolved by so few photos).
-    The right threshold rises with the number of identities: each query meets more impostor templates.
+
+def far_threshold(gallery: Gallery, far: float, exclude_pairs=()) -> open_set.FarThreshold:
+    """The threshold for a per-query false-accept rate on this gallery (mobiface_tf.open_set.far_threshold).
+
+    From the impostor scores without the `exclude_pairs` identity pairs: empirical with N * far >= 10, else a
+    generalized Pareto tail estimate (N >= 100), else the highest score. The right threshold rises with the
+    number of identities: each query meets more impostor templates.
     """
     if not 0 < far < 1:
         raise FaceError(f"--far must be in (0, 1), got {far}")
-    imp = np.sort(impostor_scores(gallery))[::-1]
-    k = min(int(np.floor(far * len(imp))), len(imp) - 1)
-    t = float(imp[k])
-    accepts = int(np.sum(imp > t))
-    return t, accepts / len(imp), accepts, len(imp)
+    scores = impostor_scores(gallery, exclude_pairs)
+    if not len(scores):
+        raise FaceError("--far has no impostor scores: every identity pair is flagged as one person")
+    return open_set.far_threshold(scores, far)
+
+
+def warn_near_duplicates(near: open_set.NearDuplicates, names: list[str], warn, limit: int = 20) -> None:
+    """One warning line per flagged pair (both names and the score), at most `limit`, then a count."""
+    for a, b, score in near.pairs[:limit]:
+        warn(f"identities {names[a]!r} and {names[b]!r} look like one person: score {score:.4f} > bound "
+             f"{near.bound:.4f} ({near.quantile:.0%} quantile of the genuine scores of {near.num_genuine} "
+             "identities); kept apart, left out of each other's --far impostor scores")
+    if len(near.pairs) > limit:
+        warn(f"{len(near.pairs) - limit} more identity pairs look like one person (all in --json "
+             "'near_duplicates')")
 
 
 # ----------------------------------------------------------------------------------------------- queries
@@ -409,14 +429,17 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
             aligner = FaceAligner()
         gallery = enroll(gallery_dir, embedder, model_key(model_path, embedder, aligned), index, aligner, rebuild,
                          warn=lambda m: print(f"warning: {m}", file=err), progress=progress)
+        near = near_duplicates(gallery)
+        warn_near_duplicates(near, gallery.names, lambda m: print(f"warning: {m}", file=err))
         if far is not None:
-            t, achieved, accepts, num = far_threshold(gallery, far)
-            far_info = {"far": far, "far_achieved": achieved, "false_accepts": accepts, "impostor_queries": num}
+            ft = far_threshold(gallery, far, [(a, b) for a, b, _ in near.pairs])
+            t, far_info = ft.threshold, ft.to_json()
             left = int(gallery.far_excluded.sum()) if gallery.far_excluded is not None else 0
-            source = (f"--far={far:g} on this gallery: each of its {num} photos scored against the other "
-                      f"{len(gallery.names) - 1} identities; {accepts} above it, FAR {achieved:.2g}"
-                      + (f"; {left} photos filed under two identities left out" if left else "")
-                      + (f"; {num} photos cannot resolve {far:g}, so this is the strictest" if far * num < 1 else ""))
+            source = (f"--far={far:g} on this gallery: each of its photos scored against the other "
+                      f"{len(gallery.names) - 1} identities, "
+                      + (f"{len(near.pairs)} near-duplicate pair{'s' * (len(near.pairs) != 1)} left out; " if near.bound is not None
+                         else f"{near.rule()}; ")
+                      + (f"{left} photos filed under two identities left out; " if left else "") + ft.describe())
         results = identify(gallery, embedder, queries, top, t, aligner)
     except (FaceError, EmbeddingError) as e:
         print(f"error: {e}", file=err)
@@ -433,6 +456,7 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
                                                                 for n, f in gallery.merged],
                                           "index": str(gallery.index_path)},
                               "threshold": round(t, 4), "threshold_source": source, **(far_info or {}),
+                              "near_duplicates": near.to_json(gallery.names),
                               "results": [_rounded(r) for r in results]}) + "\n")
     else:
         lines = [gallery.summary(), f"threshold {t:.4f} ({source})"]
@@ -471,8 +495,10 @@ def define_flags():
     flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
     flags.DEFINE_float("far", None, "Instead of --threshold: the per-query false-accept rate to allow (e.g. 1e-3). "
                        "The threshold is set from the gallery's own impostor scores (each enrolled photo against the "
-                       "other identities' templates), so it rises with the gallery's size; it is printed with the "
-                       "FAR it gives.")
+                       "other identities' templates), so it rises with the gallery's size. Identity pairs that look "
+                       "like one person are left out of them; with fewer than 10/far scores the threshold is a "
+                       "generalized Pareto tail estimate. It is printed with the FAR it expects and how many "
+                       "impostor scores stand behind it.")
     flags.DEFINE_bool("progress", True, "Show a progress bar while enrolling new gallery photos (--noprogress: off).")
 
 
