@@ -83,12 +83,13 @@ def _train_seconds(record: dict, ckpt_dir: Path) -> float:
 
 def train_student(name: str, model_dir: Path, data, steps: int, embedding_dim: int, log=print, **overrides) -> dict:
     """Train (or resume, or skip when finished) one student; returns {"embedding", "train_seconds", "steps"}."""
-    from mobiface_tf import train as tr
+    from mobiface_tf.training.config import EMBEDDING_FILE, TrainConfig
+    from mobiface_tf.training.loop import train
 
     model_dir.mkdir(parents=True, exist_ok=True)
     timing_path = model_dir / "compare_train.json"
     record = _read(timing_path) or {"segments": []}
-    embedding = model_dir / tr.EMBEDDING_FILE
+    embedding = model_dir / EMBEDDING_FILE
     if record.get("done") and embedding.is_file() and record.get("steps") == steps:
         return {"embedding": embedding, "train_seconds": _train_seconds(record, model_dir / "checkpoints"),
                 "steps": steps}
@@ -100,7 +101,7 @@ def train_student(name: str, model_dir: Path, data, steps: int, embedding_dim: i
     record["steps"] = steps
     _write(timing_path, record)
     log(f"[compare] training {name} to step {steps} in {model_dir}")
-    tr.train(str(data), str(model_dir), **settings)
+    train(TrainConfig(data=str(data), model_dir=str(model_dir), **settings))
     record["segments"][-1]["end"] = time.time()
     record["done"] = True
     _write(timing_path, record)

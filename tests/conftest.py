@@ -202,3 +202,10 @@ def kill_after_first_checkpoint(cmd, model_dir, env, timeout: float = 240):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     return tf.train.latest_checkpoint(str(Path(model_dir) / "checkpoints"))
+
+
+def train_config(data, model_dir, **settings):
+    """A TrainConfig for `data` (shards) and `model_dir` with TrainConfig field overrides (not yet validated)."""
+    from mobiface_tf.training.config import TrainConfig
+
+    return TrainConfig(data=str(data), model_dir=str(model_dir), **settings)

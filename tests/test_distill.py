@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import checkpoint_float_vars, kill_after_first_checkpoint, make_onnx_embedder, onnx_reference
+from conftest import (checkpoint_float_vars, kill_after_first_checkpoint, make_onnx_embedder, onnx_reference,
+                      train_config)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -272,9 +273,9 @@ def test_distillation_alone_on_unlabelled_faces_learns(tmp_path):
     the student-teacher cosine rises well above its start."""
     import tensorflow as tf
 
-    from mobiface_tf import train as tr
     from mobiface_tf.data import synthetic
     from mobiface_tf.data.tfrecord import encode_jpeg, read_examples
+    from mobiface_tf.training.loop import train_model
 
     flat = tmp_path / "faces"
     flat.mkdir()
@@ -288,19 +289,20 @@ def test_distillation_alone_on_unlabelled_faces_learns(tmp_path):
     assert m["num_classes"] == 1 and m["num_images"] == 48 and m["source"] == "unlabelled_folder"
 
     with pytest.raises(ValueError, match="--margin=none trains on distillation alone"):
-        tr.train(str(tmp_path / "d"), str(tmp_path / "bad"), margin="none")
+        train_model(train_config(tmp_path / "d", tmp_path / "bad", margin="none"))
     with pytest.raises(ValueError, match="needs labelled data"):
-        tr.train(str(tmp_path / "d"), str(tmp_path / "bad"), margin="arcface", distill_weight=1.0)
+        train_model(train_config(tmp_path / "d", tmp_path / "bad", margin="arcface", distill_weight=1.0))
 
-    s = tr.train(str(tmp_path / "d"), str(tmp_path / "m"), backbone="mobiface", head="gdc", embedding_dim=16,
-                 margin="none", distill_weight=1.0, batch_size=16, steps=60, lr=0.1, lr_schedule="cosine",
-                 warmup_steps=5, nesterov=True, weight_decay=5e-5, log_every=10, ckpt_every=60, seed=0,
-                 shuffle_buffer=64)
-    assert s["projection"] is not None and s["head"] is None
+    result = train_model(train_config(tmp_path / "d", tmp_path / "m", backbone="mobiface", head="gdc",
+                                      embedding_dim=16, margin="none", distill_weight=1.0, batch_size=16, steps=60,
+                                      lr=0.1, lr_schedule="cosine", warmup_steps=5, nesterov=True, weight_decay=5e-5,
+                                      log_every=10, ckpt_every=60, seed=0, shuffle_buffer=64))
+    s, parts = result.metrics, result.parts
+    assert parts.projection is not None and parts.head is None
     ex = [e for f in sorted((tmp_path / "d").glob("*.tfrecord")) for e in read_examples(f)]
     x = np.stack([tf.io.decode_jpeg(e["jpeg"], channels=3).numpy() for e in ex]).astype(np.float32)
     t = np.stack([e["teacher"] for e in ex])
-    student = s["projection"](s["backbone"](x, training=False)).numpy()
+    student = parts.projection(parts.backbone(x, training=False)).numpy()
     cos = np.sum(student / np.linalg.norm(student, axis=1, keepdims=True) * t, axis=1)
     start = 1 - np.mean(s["distill_losses"][:3])
     print(f"student-teacher cosine: start {start:.3f}, after 60 steps {cos.mean():.3f}")
@@ -355,20 +357,23 @@ MIRRORED = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from mobiface_tf import train as tr
+    import keras
+    from mobiface_tf.training.config import TrainConfig
+    from mobiface_tf.training.loop import train_model
+    from mobiface_tf.training.model import build_backbone
     data, out = sys.argv[1], sys.argv[2]
     common = dict(embedding_dim=16, margin="none", distill_weight=1.0, batch_size=8, steps=1, lr=0.1, log_every=1,
                   ckpt_every=100, seed=5, deterministic=True, shuffle_buffer=64, sync_bn=True)
     res = {}
     for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
                            ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
-        s = tr.train(data, out + "/" + name, strategy_obj=strategy, **common)
-        tr.keras.utils.set_random_seed(5)  # train() seeds the same way: these are both runs' initial weights
-        init = tr.build_backbone("mobiface", 16, "gdc").trainable_weights
-        after = s["backbone"].trainable_weights
-        res[name] = dict(kd=s["distill_losses"], replicas=s["replicas"],
+        r = train_model(TrainConfig(data=data, model_dir=out + "/" + name, **common), strategy=strategy)
+        keras.utils.set_random_seed(5)  # train() seeds the same way: these are both runs' initial weights
+        init = build_backbone("mobiface", 16, "gdc").trainable_weights
+        after = r.parts.backbone.trainable_weights
+        res[name] = dict(kd=r.metrics["distill_losses"], replicas=r.metrics["replicas"],
                          update=[(a.numpy() - i.numpy()).tolist() for a, i in zip(after, init)],
-                         projection=s["projection"].kernel.numpy().tolist())
+                         projection=r.parts.projection.kernel.numpy().tolist())
     print("RESULT", json.dumps(res))
 """)
 

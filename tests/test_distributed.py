@@ -29,10 +29,10 @@ HELPERS = textwrap.dedent("""
 
     def init_model(common, num_classes):
         import keras
-        from mobiface_tf import train as tr
         from mobiface_tf.heads import MarginHead
+        from mobiface_tf.training.model import build_backbone
         keras.utils.set_random_seed(common["seed"])
-        net = tr.build_backbone("mobiface", common["embedding_dim"], "gdc")
+        net = build_backbone("mobiface", common["embedding_dim"], "gdc")
         head = MarginHead(num_classes, "arcface")
         head.build((None, common["embedding_dim"]))
         return net, head
@@ -43,15 +43,18 @@ HELPERS = textwrap.dedent("""
     def one_device_step(common, num_classes, images, labels):
         # One SGD step on one device over this explicit batch, through the same make_train_step as train(), from
         # the same initial weights: (loss, parameter update, initial weights).
-        from mobiface_tf import train as tr
-        cfg = tr.TrainConfig()
+        from mobiface_tf.training.config import TrainConfig
+        from mobiface_tf.training.model import make_optimizer
+        from mobiface_tf.training.schedules import PiecewiseWithWarmup
+        from mobiface_tf.training.step import make_train_step
+        cfg = TrainConfig()
         strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
         with strategy.scope():
             net, head = init_model(common, num_classes)
             before = trainable(net, head)
-            opt = tr.make_optimizer(tr.PiecewiseWithWarmup(common["lr"]), cfg.momentum)
+            opt = make_optimizer(PiecewiseWithWarmup(common["lr"]), cfg.momentum)
             opt.build(net.trainable_variables + head.trainable_variables)
-        step = tr.make_train_step(strategy, net, head, opt, cfg.weight_decay, len(labels))
+        step = make_train_step(strategy, net, head, opt, cfg.weight_decay, len(labels))
         loss = step(iter(tf.data.Dataset.from_tensors((images, labels)).repeat()))[0]
         return float(loss), [a - b for a, b in zip(trainable(net, head), before)], before
 
@@ -67,11 +70,14 @@ HELPERS = textwrap.dedent("""
 MIRRORED = HELPERS + textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from mobiface_tf import train as tr
+    from mobiface_tf.training.config import TrainConfig
+    from mobiface_tf.training.loop import train_model
     data, out, common, sync_bn = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] == "sync"
-    one = tr.train(data, out + "/one", strategy_obj=tf.distribute.OneDeviceStrategy("/cpu:0"), **common)
-    two = tr.train(data, out + "/two", strategy_obj=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
-                   sync_bn=sync_bn, **common)
+    one = train_model(TrainConfig(data=data, model_dir=out + "/one", **common),
+                      strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
+    two = train_model(TrainConfig(data=data, model_dir=out + "/two", sync_bn=sync_bn, **common),
+                      strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    one, two = dict(one.metrics, parts=one.parts), dict(two.metrics, parts=two.parts)
     before = trainable(*init_model(common, one["num_classes"]))
     halves = {}
     if not sync_bn:  # per-replica BN: the oracle is one device on each replica's half, updates averaged
@@ -83,7 +89,7 @@ MIRRORED = HELPERS + textwrap.dedent("""
             halves[f"half{r}_loss"] = loss
             np.savez(out + f"/half{r}.npz", *update)
     np.savez(out + "/updates.npz", **{f"{k}_{i}": a - b for k, run in (("one", one), ("two", two))
-                                      for i, (a, b) in enumerate(zip(trainable(run["backbone"], run["head"]), before))},
+                                      for i, (a, b) in enumerate(zip(trainable(run["parts"].backbone, run["parts"].head), before))},
              **{f"init_{i}": b for i, b in enumerate(before)})
     print("RESULT", json.dumps(dict(one=one["losses"], two=two["losses"], replicas=[one["replicas"], two["replicas"]],
                                     **halves)))
@@ -91,17 +97,20 @@ MIRRORED = HELPERS + textwrap.dedent("""
 
 WORKER = HELPERS + textwrap.dedent("""
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # before any other TF op
-    from mobiface_tf import train as tr
+    from mobiface_tf.training.config import TrainConfig
+    from mobiface_tf.training.loop import train_model
+    from mobiface_tf.training.strategy import worker_input_context
     data, out, common, weights_file = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
-    summary = tr.train(data, out, strategy_obj=strategy, sync_bn=True, **common)
-    w = summary["backbone"].weights + summary["head"].weights
+    result = train_model(TrainConfig(data=data, model_dir=out, sync_bn=True, **common), strategy=strategy)
+    summary, parts = result.metrics, result.parts
+    w = parts.backbone.weights + parts.head.weights
     np.savez(weights_file, *[v.numpy() for v in w])
     # This worker's first batch: the two workers' batches together are the global batch of step 1.
-    ctx = tr.worker_input_context(strategy)
+    ctx = worker_input_context(strategy)
     images, labels = first_batch(data, common, common["batch_size"] // ctx.num_input_pipelines, ctx)
     np.savez(weights_file.replace(".npz", "_batch.npz"), images=images, labels=labels,
-             **{f"t_{i}": v.numpy() for i, v in enumerate(summary["backbone"].trainable_weights +
-                                                          summary["head"].trainable_weights)})
+             **{f"t_{i}": v.numpy() for i, v in enumerate(parts.backbone.trainable_weights +
+                                                          parts.head.trainable_weights)})
     print("RESULT", json.dumps(dict(losses=summary["losses"], replicas=summary["replicas"],
                                     num_classes=summary["num_classes"])))
 """)

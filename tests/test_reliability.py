@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import train_config
 from mobiface_tf import sidecar
 from mobiface_tf.data.sources import IRHeader, RecordIOReader, pack_ir, write_recordio
 from mobiface_tf.embedder import EmbeddingError, load_embedder
@@ -58,20 +59,20 @@ def _tiny_keras(path, size=112, nan=False):
 def trained(tmp_path_factory):
     """One tiny real training run: 4 steps, checkpoints at 2 and 4 (nan-guard-saves-inf-bn-stats/)."""
     from mobiface_tf.data.synthetic import write_synthetic_tfrecords
-    from mobiface_tf.train import train
+    from mobiface_tf.training.loop import train_model
 
     root = tmp_path_factory.mktemp("train")
     write_synthetic_tfrecords(root / "data", num_identities=4, images_per_identity=4, seed=0, shards=1)
     kw = dict(embedding_dim=16, batch_size=8, steps=4, ckpt_every=2, log_every=1, lr=0.01, shuffle_buffer=16)
-    summary = train(str(root / "data"), str(root / "run"), **kw)
-    return root, kw, summary
+    result = train_model(train_config(root / "data", root / "run", **kw))
+    return root, kw, result
 
 
-def _write_checkpoint(summary, prefix, poison=False):
+def _write_checkpoint(result, prefix, poison=False):
     """Save the trained backbone under `prefix`; poison=True puts +Inf in a BN moving variance first."""
     import tensorflow as tf
 
-    net = summary["backbone"]
+    net = result.parts.backbone
     var = next(v for v in net.variables if "moving_variance" in v.path)
     old = var.numpy()
     if poison:
@@ -86,19 +87,20 @@ def _write_checkpoint(summary, prefix, poison=False):
 def test_resume_refuses_a_non_finite_checkpoint_and_names_the_finite_one(trained, tmp_path):
     import shutil
 
-    from mobiface_tf.train import checkpoint_problem, pick_checkpoint, train
+    from mobiface_tf.training.checkpoints import checkpoint_problem, pick_checkpoint
+    from mobiface_tf.training.loop import train
 
-    root, kw, summary = trained
+    root, kw, result = trained
     run = tmp_path / "run"
     shutil.copytree(root / "run", run)
     ckpts = run / "checkpoints"
     assert pick_checkpoint(ckpts) == str(ckpts / "ckpt-4")
-    name = _write_checkpoint(summary, ckpts / "ckpt-6", poison=True)
+    name = _write_checkpoint(result, ckpts / "ckpt-6", poison=True)
     assert checkpoint_problem(ckpts / "ckpt-6").startswith("non-finite")
     with pytest.raises(ValueError, match=r"ckpt-6 holds NaN/Inf.*newest finite checkpoint is .*ckpt-4.*--resume_from"):
         pick_checkpoint(ckpts)
     with pytest.raises(ValueError, match="ckpt-6 holds NaN/Inf"):  # the trainer itself, before step 1
-        train(str(root / "data"), str(run), **dict(kw, steps=8))
+        train(train_config(root / "data", run, **dict(kw, steps=8)))
     assert "moving_variance" in name
     assert pick_checkpoint(ckpts, str(ckpts / "ckpt-4")) == str(ckpts / "ckpt-4")
     with pytest.raises(ValueError, match="--resume_from=.*ckpt-6.*non-finite"):
@@ -108,25 +110,27 @@ def test_resume_refuses_a_non_finite_checkpoint_and_names_the_finite_one(trained
 def test_truncated_newest_checkpoint_is_named_and_an_older_one_used(trained, tmp_path, caplog):
     import shutil
 
-    from mobiface_tf.train import pick_checkpoint, train
+    from mobiface_tf.training.checkpoints import pick_checkpoint
+    from mobiface_tf.training.loop import train
 
     root, kw, _ = trained
     run = tmp_path / "run"
     shutil.copytree(root / "run", run)
     data = run / "checkpoints" / "ckpt-4.data-00000-of-00001"
     os.truncate(data, data.stat().st_size // 2)  # a full disk during a copy
-    with caplog.at_level(logging.WARNING, logger="mobiface_tf.train"):
+    with caplog.at_level(logging.WARNING, logger="mobiface_tf.training"):
         assert pick_checkpoint(run / "checkpoints") == str(run / "checkpoints" / "ckpt-2")
     assert any("ckpt-4 is damaged" in r.getMessage() for r in caplog.records)
-    out = train(str(root / "data"), str(run), **dict(kw, steps=6))  # resumes from ckpt-2, goes on
+    out = train(train_config(root / "data", run, **dict(kw, steps=6)))  # resumes from ckpt-2, goes on
     assert out["start_step"] == 2 and out["final_step"] == 6
 
 
 def test_no_embedding_model_from_non_finite_weights(trained, tmp_path):
-    from mobiface_tf.train import TrainingDiverged, save_embedding_model
+    from mobiface_tf.training.embedding import save_embedding_model
+    from mobiface_tf.training.errors import TrainingDiverged
 
-    _, _, summary = trained
-    net = summary["backbone"]
+    _, _, result = trained
+    net = result.parts.backbone
     var = next(v for v in net.variables if "moving_variance" in v.path)
     old = var.numpy()
     var.assign(np.full(old.shape, np.nan, np.float32))
@@ -140,7 +144,8 @@ def test_no_embedding_model_from_non_finite_weights(trained, tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_stops_with_one_line(trained, tmp_path):
-    from mobiface_tf.train import TrainingInterrupted, train
+    from mobiface_tf.training.errors import TrainingInterrupted
+    from mobiface_tf.training.loop import train
 
     root, kw, _ = trained
 
@@ -150,13 +155,13 @@ def test_sigterm_saves_a_checkpoint_and_stops_with_one_line(trained, tmp_path):
                 os.kill(os.getpid(), signal.SIGTERM)
 
     handler = KillOnFirstStep()
-    log = logging.getLogger("mobiface_tf.train")
+    log = logging.getLogger("mobiface_tf.training")
     log.addHandler(handler)
     old_level = log.level
     log.setLevel(logging.INFO)
     try:
         with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM at step 1; saved checkpoint .*ckpt-1"):
-            train(str(root / "data"), str(tmp_path / "run"), **dict(kw, steps=50))
+            train(train_config(root / "data", tmp_path / "run", **dict(kw, steps=50)))
     finally:
         log.removeHandler(handler)
         log.setLevel(old_level)
@@ -365,18 +370,19 @@ def test_jpeg_trailer_case_reads_like_the_clean_photo():
 def test_trainer_checks_val_files_before_step_1(trained, tmp_path):
     import pickle
 
-    from mobiface_tf.train import TrainConfig, check_flagfile_paths, train
+    from mobiface_tf.training.config import TrainConfig, check_flagfile_paths
+    from mobiface_tf.training.loop import train
 
     root, kw, _ = trained
     with pytest.raises(ValueError, match=r"^--val_bin='/nonexistent/lfw.bin': .*--val_bin="):
-        train(str(root / "data"), str(tmp_path / "r1"), **dict(kw, val_bin="/nonexistent/lfw.bin", val_every=2))
+        train(train_config(root / "data", tmp_path / "r1", **dict(kw, val_bin="/nonexistent/lfw.bin", val_every=2)))
     junk = tmp_path / "junk.bin"
     junk.write_bytes(pickle.dumps({"not": "a bin"}))
     with pytest.raises(ValueError, match="^--val_bin="):
-        train(str(root / "data"), str(tmp_path / "r2"), **dict(kw, val_bin=str(junk), val_every=2))
+        train(train_config(root / "data", tmp_path / "r2", **dict(kw, val_bin=str(junk), val_every=2)))
     with pytest.raises(ValueError, match="^--val_pairs="):
-        train(str(root / "data"), str(tmp_path / "r3"), **dict(kw, val_pairs=str(tmp_path / "no_pairs.txt"),
-                                                               val_lfw_dir=str(tmp_path), val_every=2))
+        train(train_config(root / "data", tmp_path / "r3", **dict(kw, val_pairs=str(tmp_path / "no_pairs.txt"),
+                                                                  val_lfw_dir=str(tmp_path), val_every=2)))
     assert not (tmp_path / "r1" / "checkpoints").exists()  # nothing trained
     # A flagfile's relative path that only exists next to the flagfile gets a hint.
     (tmp_path / "cfg" / "shards").mkdir(parents=True)

@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import lfw_style_heldout
+from conftest import lfw_style_heldout, train_config
 
-from mobiface_tf import train as tr
+from mobiface_tf.training.config import VAL_HISTORY, TrainConfig
+from mobiface_tf.training.errors import TrainingDiverged
+from mobiface_tf.training.loop import train, train_model
+from mobiface_tf.training.model import build_backbone
+from mobiface_tf.training.schedules import PiecewiseWithWarmup, decayed_variables
 from mobiface_tf.data.synthetic import write_synthetic_tfrecords
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,23 +34,23 @@ def run_cli(*args, timeout=300):
 
 
 def test_paper_schedule():
-    sched = tr.PiecewiseWithWarmup(0.1, [40000, 60000, 80000], 0.1)
+    sched = PiecewiseWithWarmup(0.1, [40000, 60000, 80000], 0.1)
     got = [float(sched(s)) for s in (0, 39999, 40000, 59999, 60000, 80000, 99999)]
     np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 0.001, 1e-4, 1e-4], rtol=1e-5)
-    warm = tr.PiecewiseWithWarmup(0.1, [40000], 0.1, warmup_steps=100)
+    warm = PiecewiseWithWarmup(0.1, [40000], 0.1, warmup_steps=100)
     np.testing.assert_allclose([float(warm(0)), float(warm(49)), float(warm(99)), float(warm(500))],
                                [0.001, 0.05, 0.1, 0.1], rtol=1e-5)
     with pytest.raises(ValueError, match="--lr must be > 0, got 0"):
-        tr.PiecewiseWithWarmup(0.0)
+        PiecewiseWithWarmup(0.0)
 
 
 def test_weight_decay_only_on_kernels_and_centres():
     from mobiface_tf.heads import MarginHead
 
-    net = tr.build_backbone("mobiface", 64, "gdc")
+    net = build_backbone("mobiface", 64, "gdc")
     head = MarginHead(5)
     head.build((None, 64))
-    names = {v.path.split("/")[-1] for v in tr.decayed_variables(net.trainable_variables + head.trainable_variables)}
+    names = {v.path.split("/")[-1] for v in decayed_variables(net.trainable_variables + head.trainable_variables)}
     assert names == {"kernel", "centres"}
     skipped = {v.path.split("/")[-1] for v in net.trainable_variables} - names
     assert skipped == {"gamma", "beta", "alpha"}  # BN and PReLU parameters
@@ -103,15 +107,15 @@ def test_bad_flags_one_line_error(synth, tmp_path):
 ])
 def test_bad_arguments_raise_before_work(synth, tmp_path, kwargs, expect):
     with pytest.raises(ValueError, match=expect):
-        tr.train(str(synth), str(tmp_path), **kwargs)
+        train(train_config(synth, tmp_path, **kwargs))
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth, tmp_path):
     """A diverging lr: the loop raises TrainingDiverged, and every checkpoint on disk holds finite weights."""
-    with pytest.raises(tr.TrainingDiverged, match="loss is (nan|inf).*last good checkpoint"):
-        tr.train(str(synth), str(tmp_path), backbone="mobiface", embedding_dim=32, batch_size=4, steps=40,
-                 lr=1e12, ckpt_every=1, log_every=1, margin="softmax", weight_decay=0.0)
+    with pytest.raises(TrainingDiverged, match="loss is (nan|inf).*last good checkpoint"):
+        train(train_config(synth, tmp_path, backbone="mobiface", embedding_dim=32, batch_size=4, steps=40,
+                           lr=1e12, ckpt_every=1, log_every=1, margin="softmax", weight_decay=0.0))
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     assert latest is not None, "at least the first step(s) should have been saved before divergence"
     reader = tf.train.load_checkpoint(latest)
@@ -126,11 +130,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth, tmp_path):
 def test_mixed_precision_steps(synth, tmp_path, precision):
     import keras
 
-    summary = tr.train(str(synth), str(tmp_path), embedding_dim=32, batch_size=4, steps=2, lr=0.01,
-                       log_every=1, mixed_precision=precision)
+    result = train_model(train_config(synth, tmp_path, embedding_dim=32, batch_size=4, steps=2, lr=0.01,
+                                      log_every=1, mixed_precision=precision))
+    summary = result.metrics
     assert np.all(np.isfinite(summary["losses"]))
-    assert summary["head"].dtype_policy.name == "float32"  # the margin head stays float32
-    assert summary["backbone"].dtype_policy.name == precision
+    assert result.parts.head.dtype_policy.name == "float32"  # the margin head stays float32
+    assert result.parts.backbone.dtype_policy.name == precision
     assert keras.mixed_precision.dtype_policy().name == "float32"  # restored for the caller
     reloaded = keras.models.load_model(summary["embedding_model"])
     assert reloaded.dtype_policy.name == "float32"
@@ -139,30 +144,60 @@ def test_mixed_precision_steps(synth, tmp_path, precision):
 def test_chief_and_input_pipeline_ids_with_and_without_a_chief_job():
     from tensorflow.python.training.server_lib import ClusterSpec
 
-    from mobiface_tf.train import _id_in_cluster
+    from mobiface_tf.training.strategy import cluster_id
 
     def resolver(jobs, task_type, task_id):
         return tf.distribute.cluster_resolver.SimpleClusterResolver(ClusterSpec(jobs), task_type=task_type,
                                                                     task_id=task_id)
 
     workers_only = {"worker": ["a:1", "b:1"]}
-    assert [_id_in_cluster(resolver(workers_only, "worker", i)) for i in (0, 1)] == [0, 1]
+    assert [cluster_id(resolver(workers_only, "worker", i)) for i in (0, 1)] == [0, 1]
     with_chief = {"chief": ["c:1"], "worker": ["a:1", "b:1"]}
-    assert _id_in_cluster(resolver(with_chief, "chief", 0)) == 0
-    assert [_id_in_cluster(resolver(with_chief, "worker", i)) for i in (0, 1)] == [1, 2]  # worker 0 is not chief
-    assert _id_in_cluster(None) == 0
+    assert cluster_id(resolver(with_chief, "chief", 0)) == 0
+    assert [cluster_id(resolver(with_chief, "worker", i)) for i in (0, 1)] == [1, 2]  # worker 0 is not chief
+    assert cluster_id(None) == 0
+
+
+SKIP_TOGETHER = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from mobiface_tf.training.step import skip_together
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+def grads(bad_replica):  # replica `bad_replica` overflowed (an Inf in one gradient); the other did not
+    rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+    first = tf.where(tf.equal(rid, bad_replica), tf.constant([1.0, float("inf")]), tf.constant([1.0, 2.0]))
+    return skip_together([first, tf.constant([[3.0]])])
+
+out = {}
+for bad in (-1, 1):  # -1: no replica overflowed
+    per_replica = strategy.run(tf.function(lambda: grads(bad)))
+    out[str(bad)] = [[v.numpy().ravel().tolist() for v in strategy.experimental_local_results(g)]
+                     for g in per_replica]
+print("RESULT", json.dumps(out, allow_nan=True))
+"""
 
 
 def test_fp16_overflow_on_one_replica_poisons_every_replica():
-    from mobiface_tf.train import _skip_together
+    """fp16 loss scaling on 2 replicas (MirroredStrategy over 2 logical CPUs, in a subprocess so the device split
+    does not leak): replica 1's gradients overflow, replica 0's do not. skip_together makes BOTH replicas'
+    gradients NaN (so Keras skips the update everywhere); without the all-reduce replica 0 would keep finite
+    gradients and apply them. With no overflow the gradients pass unchanged."""
+    import json
 
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    ok = [tf.constant([1.0, 2.0]), tf.constant([[3.0]])]
-    bad = [tf.constant([1.0, float("inf")]), tf.constant([[3.0]])]
-    out_ok = strategy.run(tf.function(lambda: _skip_together(ok)))
-    out_bad = strategy.run(tf.function(lambda: _skip_together(bad)))
-    np.testing.assert_array_equal(out_ok[0].numpy(), [1.0, 2.0])
-    assert all(np.all(np.isnan(g.numpy())) for g in out_bad)
+    r = subprocess.run([sys.executable, "-c", SKIP_TOGETHER], capture_output=True, text=True, env=ENV, cwd=REPO,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    for grad in out["-1"]:  # [replica0, replica1] values of each gradient
+        assert len(grad) == 2 and np.isfinite(grad).all()
+    assert out["-1"][0] == [[1.0, 2.0], [1.0, 2.0]]
+    for grad in out["1"]:
+        assert len(grad) == 2  # two replicas really ran
+        assert all(np.isnan(v).all() for v in grad), grad  # replica 0 (finite on its own) is poisoned too
 
 
 @pytest.mark.slow
@@ -236,11 +271,11 @@ def test_learns_on_synthetic_identities(tmp_path):
         return float(np.trapezoid(tpr, fpr)), float(scores[same].mean() - scores[~same].mean())
 
     keras.utils.set_random_seed(0)  # the initial weights train() starts from (same seed, same builder)
-    auc0, gap0 = heldout(tr.build_backbone("mobiface", 64, "gdc"))
+    auc0, gap0 = heldout(build_backbone("mobiface", 64, "gdc"))
     val = heldout_bin(tmp_path / "heldout.bin")
-    summary = tr.train(str(data), str(tmp_path / "m"), backbone="mobiface", head="gdc", embedding_dim=64, seed=0,
-                       batch_size=16, steps=60, lr=0.1, warmup_steps=5, lr_boundaries=[], log_every=10,
-                       shuffle_buffer=256, val_bin=str(val), val_every=60)
+    summary = train(train_config(data, tmp_path / "m", backbone="mobiface", head="gdc", embedding_dim=64, seed=0,
+                                 batch_size=16, steps=60, lr=0.1, warmup_steps=5, lr_boundaries=[], log_every=10,
+                                 shuffle_buffer=256, val_bin=str(val), val_every=60))
     auc, gap = heldout(keras.models.load_model(summary["embedding_model"]))
     losses = np.array(summary["losses"])
     print(f"loss {losses[:10].mean():.2f} -> {losses[-10:].mean():.2f}; held-out AUC {auc0:.3f} -> {auc:.3f}, "
@@ -248,7 +283,7 @@ def test_learns_on_synthetic_identities(tmp_path):
     assert np.isfinite(losses).all() and losses[-10:].mean() < 0.5 * losses[:10].mean()
     assert auc > auc0 + 0.01 and gap > 2 * gap0
     # --val_bin during training: scored at step 60 and logged to the learning curve next to the checkpoints.
-    history = [json.loads(line) for line in (tmp_path / "m" / tr.VAL_HISTORY).read_text().splitlines()]
+    history = [json.loads(line) for line in (tmp_path / "m" / VAL_HISTORY).read_text().splitlines()]
     assert [(h["step"], h["dataset"]) for h in history] == [(60, "bin")]
     assert history[0]["accuracy"] == summary["val_bin_accuracy"] > 0.5
 
@@ -257,7 +292,7 @@ def test_network_names_resolve_once_and_head_is_honoured():
     """--backbone takes builder or zoo names through models.zoo.resolve (the resolver to_tflite, bench and compare
     use); --head is honoured for every builder, MobileFaceNet included, and a head contradicting a zoo name fails."""
     names = lambda m: {l.name for l in m.layers}  # noqa: E731
-    gdc, gap = tr.build_backbone("mobilefacenet", 128, "gdc"), tr.build_backbone("mobilefacenet", 128, "gap")
+    gdc, gap = build_backbone("mobilefacenet", 128, "gdc"), build_backbone("mobilefacenet", 128, "gap")
     assert "embedding_gdc_conv" in names(gdc) and "embedding_gdc_conv" not in names(gap)
     assert gdc.count_params() == 1_022_720 != gap.count_params()  # gdc: MobileFaceNet's own head (pinned count)
     cases = [(dict(), ("mobiface", "gdc", 512)),
@@ -269,14 +304,14 @@ def test_network_names_resolve_once_and_head_is_honoured():
              (dict(backbone="mobiface_gdc", embedding_dim=128), ("mobiface_gdc", "gdc", 128)),
              (dict(backbone="mobilefacenet_512", head="gdc"), ("mobilefacenet_512", "gdc", 512))]
     for settings, want in cases:
-        cfg = tr.TrainConfig(data="x", model_dir="y", **settings)
+        cfg = TrainConfig(data="x", model_dir="y", **settings)
         cfg.validate()
         assert (cfg.backbone, cfg.head, cfg.embedding_dim) == want, settings
     with pytest.raises(ValueError, match="--backbone/--head: network 'mobiface_gdc' has head 'gdc', not 'fc'"):
-        tr.TrainConfig(data="x", model_dir="y", backbone="mobiface_gdc", head="fc").validate()
+        TrainConfig(data="x", model_dir="y", backbone="mobiface_gdc", head="fc").validate()
     with pytest.raises(ValueError, match="unknown network 'resnet'"):
-        tr.TrainConfig(data="x", model_dir="y", backbone="resnet").validate()
-    s1 = tr.build_backbone("mobilenet_v1_fc_s1", None, None)  # a zoo entry beyond head/dim: final_stride=1
+        TrainConfig(data="x", model_dir="y", backbone="resnet").validate()
+    s1 = build_backbone("mobilenet_v1_fc_s1", None, None)  # a zoo entry beyond head/dim: final_stride=1
     assert s1.count_params() == 28_921_024 and s1.get_layer("block11_dw_conv").strides == (1, 1)
 
 

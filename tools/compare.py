@@ -48,7 +48,7 @@ def main(argv):
     """
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    logging.getLogger("mobiface_tf.train").setLevel(logging.INFO)
+    logging.getLogger("mobiface_tf.training").setLevel(logging.INFO)
     import tensorflow as tf
 
     from mobiface_tf import compare

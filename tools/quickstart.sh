@@ -38,7 +38,7 @@ step "2/6 prepare: tools/prepare_data.py --align=none (synthetic crops are alrea
 step "3/6 verification BEFORE training (random-init MobiFace gdc, same architecture)"
 "$PY" - <<'EOF'
 import keras
-from mobiface_tf.train import build_backbone
+from mobiface_tf.training.model import build_backbone
 keras.utils.set_random_seed(0)
 build_backbone("mobiface", 512, "gdc").save("quickstart_out/untrained.keras")
 EOF

@@ -1,0 +1,50 @@
+"""The file a run produces: the backbone alone as a float32 `.keras` embedding model (raw RGB 0-255 input,
+plain BN), checked on a probe batch first and written atomically.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from mobiface_tf.training.errors import TrainingDiverged
+from mobiface_tf.training.model import build_backbone
+
+
+def save_embedding_model(backbone, backbone_name: str, embedding_dim: int, head: str | None, path) -> Path:
+    """Save the backbone alone (raw 0-255 input) as float32 with plain BN, whatever the training precision."""
+    policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("float32")
+    try:
+        clean = build_backbone(backbone_name, embedding_dim, head, sync_bn=False)
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
+    clean.set_weights(backbone.get_weights())
+    path = Path(path)
+    check_embeddings_on_probe(clean, path)
+    # Written under a temp name and renamed, so a full disk never leaves a half model under the real name.
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    try:
+        clean.save(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"cannot write the embedding model {str(path)!r} ({e.strerror or e}); free space "
+                      "and rerun the same command: it resumes from the last checkpoint") from None
+    return path
+
+
+def check_embeddings_on_probe(model, path, num: int = 4) -> None:
+    """Run `model` on a fixed probe batch (num images of uniform noise, 0..255, at its input size) and raise
+    TrainingDiverged, naming `path`, unless every embedding is finite and non-zero."""
+    shape = tuple(d or 112 for d in model.input_shape[1:])
+    probe = np.random.default_rng(0).uniform(0, 255, (num, *shape)).astype(np.float32)
+    emb = np.asarray(model(probe, training=False), np.float64)
+    norms = np.linalg.norm(emb, axis=-1)
+    if not np.isfinite(emb).all() or not (norms > 1e-12).all():
+        raise TrainingDiverged(f"not writing {str(path)!r}: the trained model gives "
+                               f"{'NaN/Inf' if not np.isfinite(emb).all() else 'zero'} embeddings on a probe batch. "
+                               "Resume from an earlier checkpoint (--resume_from) with a lower --lr")
+
