@@ -1,63 +1,87 @@
-"""A distillation teacher that runs inside the training step (an imported or trained .keras embedding model).
+"""The online teacher of function-matching distillation: it embeds the very batch the student sees.
 
-The existing distillation path (tools/prepare_data.py --add_teacher) runs the teacher once, offline, and
-stores its embeddings of each crop and of its mirror in the shards. That path takes any model
-`embedder.load_embedder` reads, an imported .keras included. This module is the other way: the teacher is
-a frozen Keras model called in the same tf.function as the student, so it sees exactly the batch the
-student sees (whatever augmentation the pipeline applies) and no shard rewrite is needed.
+Beyer et al. (CVPR 2022, "Knowledge distillation: A good teacher is patient and consistent") show that a
+student matches its teacher's function best when the teacher embeds exactly the augmented (and mixed) view the
+student is trained on, rather than targets computed once for the clean crop ("precomputed" distillation,
+`tools/prepare_data.py --teacher`, still available because it costs nothing during training).
 
-    teacher = load_teacher("mobilefacenet_imported.keras")        # frozen, inference mode
-    with tf.GradientTape() as tape:
-        emb = student(images, training=True)                       # images: float32 RGB 0..255 [B, 112, 112, 3]
-        target = teacher_targets(teacher, images)                  # [B, D] unit rows, no gradient
-        kd = 1 - cos(emb, target)                                  # e.g. train.distillation_loss(emb, target)
-
-The project's models (and importer output) take raw RGB 0..255, as the training pipeline yields it, so the
-batch goes to both networks unchanged. Only .keras teachers run in the graph: a .tflite / .onnx teacher is
-converted first with `python -m mobiface_tf.import_model` (MobileFaceNet), or used through --add_teacher.
+Where the teacher runs depends on its format:
+  - `.tflite` (LiteRT) and `.onnx` (onnxruntime) teachers run batched inside the tf.data input pipeline,
+    after augmentation and mixing, through tf.numpy_function (`attach`). The pipeline prefetches, so the
+    teacher of batch k+1 overlaps the student's step k.
+  - `.keras` and SavedModel teachers are TensorFlow graphs: they run inside the training step
+    (`embed_in_graph`), on the same images tensor the student takes, with no gradient.
+Both load through mobiface_tf.embedder.load_embedder, so the pixel convention (`preprocess`), input checks and
+the finite-output check are the ones every other CLI uses.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
-CROP = (112, 112, 3)
+import numpy as np
+import tensorflow as tf
+
+from mobiface_tf.embedder import PREPROCESS, load_embedder, stated_preprocess
+
+PIPELINE_SUFFIXES = (".tflite", ".onnx")  # run in the input pipeline; the rest run inside the training step
 
 
-def load_teacher(path, input_shape=CROP):
-    """Load a .keras embedding model as a frozen teacher (trainable=False: no trainable weights, BN in
-    inference mode even when called with training=True).
+class OnlineTeacher:
+    """A teacher model that embeds training batches on the fly.
 
-    Raises ValueError (one line) for a missing file, a non-.keras file (.tflite / .onnx: import them first),
-    or a model that does not map [N, *input_shape] images to [N, D] embeddings.
+    Args:
+      path: .tflite, .onnx, .keras or a SavedModel directory of 112x112 RGB faces.
+      preprocess: its pixel convention (mobiface_tf.embedder.PREPROCESS); None: what the model states, else raw.
+      num_threads: LiteRT / onnxruntime threads for pipeline teachers (None: the runtime's choice).
+      batch_size: the embedder's chunk size (a fixed-batch .tflite is run in chunks of its own batch).
+    Raises FileNotFoundError / ValueError (one line) as load_embedder does.
     """
-    import zipfile
 
-    import keras
+    def __init__(self, path, preprocess: str | None = None, num_threads: int | None = 1, batch_size: int = 64):
+        self.path = Path(path)
+        self.preprocess = preprocess or stated_preprocess(self.path) or "raw"
+        self.embedder = load_embedder(self.path, self.preprocess, batch_size, num_threads)
+        self.embedding_dim = int(self.embedder.embedding_dim)
+        self.in_pipeline = self.path.is_file() and self.path.suffix.lower() in PIPELINE_SUFFIXES
+        self._lock = threading.Lock()  # LiteRT interpreters and this embedder are not re-entrant
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"teacher {str(path)!r} does not exist")
-    if path.suffix.lower() in (".tflite", ".onnx"):
-        raise ValueError(f"teacher {str(path)!r} is a {path.suffix} file, which cannot run inside the training "
-                         "step: import it first (python -m mobiface_tf.import_model --source=... --output=T.keras) "
-                         "or store its embeddings in the shards (tools/prepare_data.py --add_teacher)")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"teacher {str(path)!r} is not a .keras (zip) model file")
-    model = keras.models.load_model(path, compile=False)
-    in_shape, out_shape = model.input_shape, model.output_shape
-    if isinstance(in_shape, list) or isinstance(out_shape, list) or tuple(in_shape[1:]) != tuple(input_shape) \
-            or len(out_shape) != 2:
-        raise ValueError(f"teacher {str(path)!r} maps {in_shape} to {out_shape}; expected one "
-                         f"[N, {', '.join(map(str, input_shape))}] image input and one [N, D] embedding")
-    model.trainable = False
-    return model
+    def describe(self) -> dict:
+        """{file, embedding_dim, preprocess, runs_in}: what a run's settings record about the teacher."""
+        return {"file": self.path.name, "embedding_dim": self.embedding_dim, "preprocess": self.preprocess,
+                "runs_in": "input pipeline" if self.in_pipeline else "training step"}
 
+    # ------------------------------------------------------------------------------------------ numpy
+    def embed_numpy(self, images) -> np.ndarray:
+        """float32 [B, D], unit L2 norm, of RGB images [B, 112, 112, 3] in 0..255 (no flip test)."""
+        with self._lock:
+            return self.embedder.embed(np.asarray(images, np.float32), flip=False)
 
-def teacher_targets(teacher, images):
-    """The teacher's unit-norm embeddings [B, D] of float32 RGB 0..255 `images` [B, H, W, 3], without gradient.
+    # ------------------------------------------------------------------------------------------ tf.data
+    def embed_batch(self, images):
+        """Teacher embeddings float32 [B, D] of a float32 image batch tensor [B, 112, 112, 3], through
+        tf.numpy_function (for pipeline teachers; also works for the others, at numpy speed)."""
+        out = tf.numpy_function(self.embed_numpy, [images], tf.float32, stateful=False, name="online_teacher")
+        return tf.ensure_shape(out, [None, self.embedding_dim])
 
-    Graph-safe: call it inside the tf.function training step. The teacher runs in inference mode."""
-    import tensorflow as tf
+    def attach(self, images, labels, *rest):
+        """A tf.data map: (images, labels, *rest) -> (images, labels, teacher embeddings [B, D], *rest)."""
+        return (images, labels, self.embed_batch(images), *rest)
 
-    emb = teacher(images, training=False)
-    return tf.stop_gradient(tf.math.l2_normalize(tf.cast(emb, tf.float32), axis=1, epsilon=1e-12))
+    # ------------------------------------------------------------------------------------------ graph
+    def embed_in_graph(self, images):
+        """Teacher embeddings float32 [B, D] (unit norm, no gradient) computed by TensorFlow ops, for .keras and
+        SavedModel teachers called inside the training step. ValueError for pipeline teachers."""
+        if self.in_pipeline:
+            raise ValueError(f"teacher {self.path.name!r} runs in the input pipeline (attach), not in the step")
+        x = PREPROCESS[self.preprocess](tf.cast(images, tf.float32))
+        model = getattr(self.embedder, "model", None)
+        if model is not None:  # .keras
+            emb = model(x, training=False)
+        else:  # SavedModel serving signature
+            fn = self.embedder._fn
+            (in_name, _), = fn.structured_input_signature[1].items()
+            (out_name, _), = fn.structured_outputs.items()
+            emb = fn(**{in_name: x})[out_name]
+        emb = tf.math.l2_normalize(tf.cast(emb, tf.float32), axis=1, epsilon=1e-12)
+        return tf.stop_gradient(emb)

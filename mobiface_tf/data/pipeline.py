@@ -3,6 +3,9 @@
 files --(shard by file per input pipeline)--> shuffle files --> interleave records --> shuffle --> repeat
       --> parse + decode JPEG + random horizontal flip (training) --> batch (uint8) --> float32 0..255 --> prefetch
 
+With augmentations (function-matching distillation) the flip becomes augment_image, and after the cast come
+mixup / CutMix per batch and then the online teacher (a .tflite / .onnx model, tf.numpy_function) on the batch.
+
 The model normalises inside (its first layer computes (x - 127.5) / 128), so the dataset yields raw 0..255
 floats. Everything is a tf.data op (no py_function), so the iterator can be saved with
 tf.train.Checkpoint(iterator=it) and restored to the same element.
@@ -21,6 +24,7 @@ import sys
 
 import tensorflow as tf
 
+from mobiface_tf.data.augment import AugmentConfig, augment_image, mix_batch
 from mobiface_tf.data.manifest import MANIFEST, read_manifest  # noqa: F401  (re-exported)
 from mobiface_tf.data.tfrecord import parse_example
 
@@ -142,6 +146,30 @@ def make_decode_train_distill(teacher_dim: int):
     return decode
 
 
+def make_decode_augment(cfg: AugmentConfig):
+    """Record -> (uint8 image, int32 label) augmented per image by `cfg` (mobiface_tf.data.augment), rounded
+    back to uint8 so batches stay small; the seed makes it reproducible."""
+
+    def decode(serialized, seed):
+        image, label = parse_example(serialized)
+        image = augment_image(image, seed, cfg)
+        return tf.saturate_cast(tf.round(image), tf.uint8), tf.cast(label, tf.int32)
+
+    return decode
+
+
+def make_mix(cfg: AugmentConfig, log_mix: bool = False):
+    """Batch-level map ((images, labels), seed) -> (mixed images, labels), or with log_mix
+    (mixed images, labels, lam [B], partner [B], unmixed images): mixup / CutMix of mix_batch."""
+
+    def mix(batch, seed):
+        images, labels = batch
+        mixed, lam, partner = mix_batch(images, seed, cfg)
+        return (mixed, labels, lam, partner, images) if log_mix else (mixed, labels)
+
+    return mix
+
+
 def decode_eval(serialized):
     """Record -> (uint8 image, int32 label), no augmentation."""
     image, label = parse_example(serialized)
@@ -157,9 +185,16 @@ def batch_to_float(images, labels, *rest):
 def make_dataset(file_pattern, batch_size: int, training: bool, seed: int | None = None,
                  deterministic: bool = False, skip_corrupt: bool = False, shuffle_buffer: int = 10_000,
                  input_context: tf.distribute.InputContext | None = None, repeat: int | None = None,
-                 cycle_length: int = 16, threads: int | None = None, teacher_dim: int = 0) -> tf.data.Dataset:
+                 cycle_length: int = 16, threads: int | None = None, teacher_dim: int = 0,
+                 augment: AugmentConfig | None = None, teacher=None, log_mix: bool = False) -> tf.data.Dataset:
     """(images float32 [B,112,112,3] in 0..255, labels int32 [B]) from TFRecord shards; with teacher_dim > 0
     (training only) also the teacher's embeddings float32 [B, teacher_dim] (of the mirror where flipped).
+
+    Function-matching distillation (training only): `augment` replaces the plain random flip by the per-image
+    augmentations of mobiface_tf.data.augment and, when it mixes, mixup / CutMix per batch. `teacher`, an
+    OnlineTeacher that runs in the pipeline (.tflite / .onnx), then embeds each final batch, after
+    augmentation and mixing, so the element becomes (images, labels, teacher embeddings [B, D]). With log_mix
+    the element also carries (lam [B], partner [B], the unmixed images) for inspection.
 
     Args:
       file_pattern: glob, directory of *.tfrecord, or list of files.
@@ -176,6 +211,13 @@ def make_dataset(file_pattern, batch_size: int, training: bool, seed: int | None
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if (augment is not None or teacher is not None) and not training:
+        raise ValueError("augment and an online teacher apply to training datasets only")
+    if augment is not None and teacher_dim:
+        raise ValueError("augmentations change the pixels, but precomputed teacher embeddings only cover the crop "
+                         "and its mirror: use an online teacher (--teacher=MODEL) with augmentations")
+    if teacher is not None and not teacher.in_pipeline:
+        raise ValueError(f"teacher {teacher.path.name!r} runs inside the training step, not in the input pipeline")
     files = match_files(file_pattern)
     counts = _expected_counts(files, skip_corrupt)
     ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(counts, tf.int64)))
@@ -198,7 +240,10 @@ def make_dataset(file_pattern, batch_size: int, training: bool, seed: int | None
     if training:
         # Stateless flips seeded from a random dataset zipped in: reproducible with a seed, and checkpointable.
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
-        decode = make_decode_train_distill(teacher_dim) if teacher_dim else decode_train
+        if augment is not None:
+            decode = make_decode_augment(augment)
+        else:
+            decode = make_decode_train_distill(teacher_dim) if teacher_dim else decode_train
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     else:
         ds = ds.map(decode_eval, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
@@ -206,6 +251,15 @@ def make_dataset(file_pattern, batch_size: int, training: bool, seed: int | None
         ds = ds.ignore_errors(log_warning=True)  # a record whose JPEG does not decode
     ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.map(batch_to_float, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if training and augment is not None and (augment.mixes or log_mix):
+        # A second seed stream, one [2] seed per batch, for the batch-level mixing.
+        mix_seeds = tf.data.Dataset.random(seed=None if seed is None else seed + 1).batch(2)
+        ds = tf.data.Dataset.zip((ds, mix_seeds)).map(make_mix(augment, log_mix), num_parallel_calls=AUTOTUNE,
+                                                      deterministic=deterministic)
+    if teacher is not None:
+        # After every augmentation: the teacher embeds exactly the pixels the student gets. One call at a time
+        # (the interpreter is not re-entrant); the prefetch below overlaps it with the training step.
+        ds = ds.map(teacher.attach)
     ds = ds.prefetch(AUTOTUNE)
     opts = tf.data.Options()
     opts.deterministic = deterministic

@@ -1,0 +1,201 @@
+"""What the online teacher costs: student training img/s alone vs with function-matching distillation.
+
+  python tools/research/bench_distill.py [--teacher=../shared/data/models/mobilefacenet_insightface_fp32.tflite]
+      [--backbone=mobiface] [--batch_size=64] [--rounds=5] [--steps=12] [--teacher_threads=1]
+
+A benchmark, not a test. Configurations, each timed for --steps training steps per round, interleaved round
+by round in this one process (other jobs share the CPU, so only figures from the same rounds are compared):
+  plain     today's input pipeline (random flip) -> one SGD step of the student on a cosine distillation loss
+            against a fixed target (the cost of precomputed targets: they are read, not computed)
+  augment   the same with the default augmentations and mixup (mobiface_tf.data.augment)
+  online    augment + the online teacher embedding each augmented, mixed batch in the input pipeline
+The first --skip steps of each segment are not timed (the iterator's prefetch buffer filled while other
+configurations ran). Prints a Markdown table: median img/s per configuration, the per-round ratio online /
+augment and online / plain, the student's and teacher's MACs, FLOPs per training image (3 x 2 x student MACs
+for forward + backward, + 2 x teacher MACs) and the same-run numpy sgemm GFLOP/s at the same thread count.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+ROOT = Path(__file__).resolve().parents[2]
+FLAGS = flags.FLAGS
+flags.DEFINE_string("teacher", str(ROOT / ".." / "shared" / "data" / "models" / "mobilefacenet_insightface_fp32.tflite"),
+                    "Online teacher (.tflite / .onnx run in the input pipeline; .keras / SavedModel in the step).")
+flags.DEFINE_string("lfw_dir", str(ROOT / ".." / "shared" / "data" / "lfw" / "lfw-112x112"),
+                    "Folder of 112x112 JPEG faces <identity>/<image> written to temporary shards.")
+flags.DEFINE_integer("num_images", 2048, "Faces written to the temporary shards.", lower_bound=128)
+flags.DEFINE_string("backbone", "mobiface", "Student network (models.zoo name).")
+flags.DEFINE_string("head", "gdc", "Student embedding head.")
+flags.DEFINE_integer("embedding_dim", 128, "Student embedding size.")
+flags.DEFINE_integer("batch_size", 64, "Training batch.", lower_bound=2)
+flags.DEFINE_integer("rounds", 5, "Interleaved rounds.", lower_bound=1)
+flags.DEFINE_integer("steps", 12, "Steps per configuration per round.", lower_bound=2)
+flags.DEFINE_integer("skip", 2, "Untimed steps at the start of each segment.", lower_bound=0)
+flags.DEFINE_integer("threads", 2, "TF intra-op threads (0: TF's default).", lower_bound=0)
+flags.DEFINE_integer("teacher_threads", 1, "LiteRT / onnxruntime threads of the online teacher.", lower_bound=1)
+flags.DEFINE_float("mixup", 0.5, "Mixup probability in the augment / online configurations.")
+flags.DEFINE_list("configs", ["plain", "augment", "online"], "Configurations to time.")
+flags.DEFINE_string("json_out", "", "Also write the figures to this JSON file.")
+
+
+def _write_shards(out_dir: str, lfw: Path, num_images: int) -> str:
+    from mobiface_tf.data.manifest import write_manifest
+    from mobiface_tf.data.synthetic import write_synthetic_tfrecords
+    from mobiface_tf.data.tfrecord import AtomicShardWriter, make_example, shard_name
+    from mobiface_tf.images import list_identity_tree
+
+    if not lfw.is_dir():
+        write_synthetic_tfrecords(out_dir, max(1, num_images // 16), 16, seed=0, shards=8)
+        return f"SYNTHETIC ({num_images} generated faces; {lfw} not found)"
+    files = sorted(f for _, photos in list_identity_tree(lfw)[0] for f in photos
+                   if f.suffix.lower() in (".jpg", ".jpeg"))[:num_images]
+    writers = [AtomicShardWriter(os.path.join(out_dir, shard_name(s, 8))) for s in range(8)]
+    for i, f in enumerate(files):
+        writers[i % 8].write(make_example(f.read_bytes(), 0, f.name))
+    shards = [{"file": shard_name(s, 8), "num_images": w.count, "bytes": w.commit()} for s, w in enumerate(writers)]
+    write_manifest(out_dir, {"num_images": len(files), "num_classes": 1, "class_names": [], "skipped": [],
+                             "shards": shards})
+    return f"LFW 112x112 JPEGs ({len(files)} from {lfw})"
+
+
+def _datasets(data: str, teacher, dim: int) -> dict:
+    import tensorflow as tf
+
+    from mobiface_tf.data.augment import AugmentConfig
+    from mobiface_tf.data.pipeline import make_dataset
+
+    aug = AugmentConfig(mixup=FLAGS.mixup)
+    target = tf.math.l2_normalize(tf.random.stateless_normal([FLAGS.batch_size, dim], [0, 1]), axis=1)
+
+    def fixed(images, labels):
+        return images, labels, target
+
+    common = dict(batch_size=FLAGS.batch_size, training=True, seed=0, shuffle_buffer=1024)
+    made = {"plain": lambda: make_dataset(data, **common).map(fixed),
+            "augment": lambda: make_dataset(data, augment=aug, **common).map(fixed),
+            "online": lambda: make_dataset(data, augment=aug, teacher=teacher, **common)}
+    return {name: made[name]() for name in FLAGS.configs}
+
+
+def _student_step(dim_teacher: int):
+    import keras
+    import tensorflow as tf
+
+    from mobiface_tf.train import build_backbone, make_optimizer, make_train_step
+
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")  # what the trainer uses on one CPU
+    with strategy.scope():
+        backbone = build_backbone(FLAGS.backbone, FLAGS.embedding_dim, FLAGS.head)
+        projection = None
+        if dim_teacher != FLAGS.embedding_dim:
+            projection = keras.layers.Dense(dim_teacher, use_bias=False, name="distill_projection")
+            projection.build((None, FLAGS.embedding_dim))
+        optimizer = make_optimizer(0.01, 0.9)
+    step = make_train_step(strategy, backbone, None, optimizer, 5e-5, FLAGS.batch_size,
+                           distill_weight=1.0, projection=projection)
+    return backbone, step
+
+
+def _segment(step, it) -> float:
+    """img/s over steps [skip, steps) of one segment."""
+    for _ in range(FLAGS.skip):
+        float(step(it)[-1])
+    t0 = time.perf_counter()
+    for _ in range(FLAGS.steps - FLAGS.skip):
+        out = step(it)
+    float(out[-1])  # wait for the last step
+    return (FLAGS.steps - FLAGS.skip) * FLAGS.batch_size / (time.perf_counter() - t0)
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    if FLAGS.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+    from mobiface_tf.litert import cpu_info, cpu_label
+    from mobiface_tf.models.macs import count_macs
+    from mobiface_tf.peak import sgemm_gflops
+    from mobiface_tf.teacher import OnlineTeacher
+
+    if not Path(FLAGS.teacher).exists():
+        print(f"error: teacher not found: {FLAGS.teacher}; pass --teacher=MODEL (.tflite, .onnx, .keras, SavedModel)",
+              file=sys.stderr)
+        return 2
+    teacher = OnlineTeacher(FLAGS.teacher, num_threads=FLAGS.teacher_threads, batch_size=FLAGS.batch_size)
+    if not teacher.in_pipeline and "online" in FLAGS.configs:
+        print("error: this benchmark times pipeline teachers (.tflite / .onnx)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        source = _write_shards(tmp, Path(FLAGS.lfw_dir), FLAGS.num_images)
+        datasets = _datasets(tmp, teacher, teacher.embedding_dim)
+        backbone, step = _student_step(teacher.embedding_dim)
+        iters = {name: iter(ds) for name, ds in datasets.items()}
+        for name, it in iters.items():  # warm-up: trace the step, fill shuffle buffers
+            for _ in range(3):
+                float(step(it)[-1])
+        rates = {name: [] for name in iters}
+        for r in range(FLAGS.rounds):
+            for name, it in iters.items():
+                rates[name].append(_segment(step, it))
+            print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in rates.items()), file=sys.stderr)
+    gflops = sgemm_gflops(threads=max(1, FLAGS.threads))
+    student_macs = count_macs(backbone)
+    teacher_macs = _teacher_macs(teacher)
+    _report(source, rates, student_macs, teacher_macs, gflops, cpu_label(cpu_info()))
+    return 0
+
+
+def _teacher_macs(teacher) -> int | None:
+    """The reference teacher is a MobileFaceNet: its MACs from our own MobileFaceNet build (same layer shapes,
+    counted by models.macs), else None. Not read from the .tflite."""
+    if "mobilefacenet" not in teacher.path.name.lower():
+        return None
+    from mobiface_tf.models.macs import count_macs
+    from mobiface_tf.train import build_backbone
+
+    return count_macs(build_backbone("mobilefacenet", teacher.embedding_dim, None))
+
+
+def _report(source, rates, student_macs, teacher_macs, gflops, cpu):
+    med = {n: statistics.median(v) for n, v in rates.items()}
+    rows = [f"| {n} | {med[n]:.1f} | {min(v):.1f} | {max(v):.1f} |" for n, v in rates.items()]
+    ratio = {}
+    for base in ("augment", "plain"):
+        if "online" in rates and base in rates:
+            ratio[f"online/{base}"] = statistics.median(o / b for o, b in zip(rates["online"], rates[base]))
+    train_flops = 6 * student_macs
+    print(f"data: {source}; student {FLAGS.backbone}-{FLAGS.head} {FLAGS.embedding_dim}-d, batch {FLAGS.batch_size}, "
+          f"teacher {Path(FLAGS.teacher).name} ({FLAGS.teacher_threads} thread(s)); TF intra-op {FLAGS.threads}; "
+          f"{FLAGS.rounds} rounds x {FLAGS.steps - FLAGS.skip} timed steps; CPU: {cpu}\n")
+    print("| configuration | median img/s | min | max |\n| --- | ---: | ---: | ---: |")
+    print("\n".join(rows))
+    for k, v in ratio.items():
+        print(f"\nratio {k} (median of per-round ratios): {v:.3f}")
+    print(f"\nstudent forward MACs/image {student_macs / 1e6:.1f} M -> training FLOPs/image ~{train_flops / 1e9:.3f} G "
+          f"(forward + backward = 3 x 2 x MACs)")
+    if teacher_macs:
+        print(f"teacher forward MACs/image {teacher_macs / 1e6:.1f} M -> {2 * teacher_macs / 1e9:.3f} GFLOPs/image")
+    print(f"numpy sgemm, same run, {max(1, FLAGS.threads)} thread(s): {gflops:.1f} GFLOP/s")
+    for n, v in med.items():
+        flops = train_flops + (2 * teacher_macs if n == "online" and teacher_macs else 0)
+        print(f"  {n}: {v * flops / 1e9:.1f} GFLOP/s achieved = {100 * v * flops / 1e9 / gflops:.1f}% of sgemm")
+    if FLAGS.json_out:
+        Path(FLAGS.json_out).write_text(json.dumps(dict(source=source, rates=rates, median=med, ratio=ratio,
+                                                        student_macs=student_macs, teacher_macs=teacher_macs,
+                                                        sgemm_gflops=gflops, cpu=cpu), indent=1))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    app.run(lambda argv: sys.exit(main(argv)))
