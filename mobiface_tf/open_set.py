@@ -233,13 +233,14 @@ class FarThreshold:
     def describe(self) -> str:
         """One phrase: how the threshold was set and how many scores stand behind it (4 significant figures)."""
         n = self.num_scores
+        need = math.ceil(EMPIRICAL_MIN_ACCEPTS / self.far)  # scores for 10 false accepts at this rate
         if self.method == "empirical":
-            few = (f"; only {math.floor(self.far * n + 1e-9)} false accepts allowed (10 would need "
-                   f"{math.ceil(EMPIRICAL_MIN_ACCEPTS / self.far)} scores)") if n * self.far < EMPIRICAL_MIN_ACCEPTS else ""
+            few = (f"; only {math.floor(self.far * n + 1e-9)} false accepts allowed (10 would need {need} scores)"
+                   if n * self.far < EMPIRICAL_MIN_ACCEPTS else "")
             return (f"empirical: {self.false_accepts} of {n} impostor scores above it, expected FAR "
                     f"{self.far_expected:.2g}{few}")
         if self.method == "gpd_tail":
-            return (f"{n} impostor scores cannot resolve {self.far:g} (need {math.ceil(EMPIRICAL_MIN_ACCEPTS / self.far)}"
+            return (f"{n} impostor scores cannot resolve {self.far:g} (need {need}"
                     f"), so a generalized Pareto tail fitted to the top {self.tail.exceedances} of them "
                     f"(shape {self.tail.xi:.3f}, scale {self.tail.sigma:.4f}) gives expected FAR "
                     f"{self.far_expected:.2g}; {self.false_accepts} of {n} above it")
