@@ -116,11 +116,9 @@ def find_near_duplicates(embeddings, labels, num_ids: int, quantile: float = DUP
     for start in range(0, num_ids, chunk):
         block = means[start:start + chunk] @ means.T  # [c, K]
         rows, cols = np.nonzero(block > bound)
-        for r, c in zip(rows, cols):
-            a = start + int(r)
-            if a < c and counts[a] and counts[c]:
-                pairs.append((a, int(c), float(block[r, c])))
-    pairs.sort(key=lambda p: -p[2])
+        keep = (rows + start < cols) & (counts[rows + start] > 0) & (counts[cols] > 0)
+        pairs += zip((rows[keep] + start).tolist(), cols[keep].tolist(), block[rows[keep], cols[keep]].tolist())
+    pairs.sort(key=lambda p: (-p[2], p[0], p[1]))
     return NearDuplicates(pairs, bound, len(genuine), quantile)
 
 
