@@ -434,12 +434,13 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
         if far is not None:
             ft = far_threshold(gallery, far, [(a, b) for a, b, _ in near.pairs])
             t, far_info = ft.threshold, ft.to_json()
+            left_out = (f"{len(near.pairs)} near-duplicate pair{'s' * (len(near.pairs) != 1)} left out"
+                        if near.bound is not None else near.rule())
             left = int(gallery.far_excluded.sum()) if gallery.far_excluded is not None else 0
+            if left:
+                left_out += f", {left} photos filed under two identities left out"
             source = (f"--far={far:g} on this gallery: each of its photos scored against the other "
-                      f"{len(gallery.names) - 1} identities, "
-                      + (f"{len(near.pairs)} near-duplicate pair{'s' * (len(near.pairs) != 1)} left out; " if near.bound is not None
-                         else f"{near.rule()}; ")
-                      + (f"{left} photos filed under two identities left out; " if left else "") + ft.describe())
+                      f"{len(gallery.names) - 1} identities, {left_out}; {ft.describe()}")
         results = identify(gallery, embedder, queries, top, t, aligner)
     except (FaceError, EmbeddingError) as e:
         print(f"error: {e}", file=err)

@@ -108,12 +108,21 @@ def test_duplicated_identity_is_flagged_and_cannot_set_far(num_ids, method):
 
 def test_impostor_scores_leave_out_flagged_pairs_only():
     """Photos of a flagged pair are not scored against each other's templates, but still against everyone
-    else; the scores match a brute-force loop within float tolerance."""
+    else; the scores match a brute-force loop within float tolerance. The same for an [N, K] exclusion mask."""
     g = synthetic_gallery(12, per_id=3, dim=16)
     got = ident.impostor_scores(g, [(2, 5)])
     brute = [max(float(g.templates[j] @ e) for j in range(12) if j != lab and {lab, j} != {2, 5})
              for e, lab in zip(g.image_embeddings, g.image_labels)]
     np.testing.assert_allclose(got, brute, atol=1e-5)
+    # A [N, K] mask leaves out single (photo, identity) cells (e.g. one photo file under two names); a photo
+    # with nothing left to score against is dropped.
+    mask = np.zeros((36, 12), bool)
+    mask[0, [j for j in range(12) if j != 0]] = True
+    mask[1, 4] = True
+    masked = open_set.impostor_scores(g.image_embeddings, g.image_labels, g.templates, exclude=mask)
+    want = [max(float(g.templates[j] @ e) for j in range(12) if j != lab and not mask[i, j])
+            for i, (e, lab) in enumerate(zip(g.image_embeddings, g.image_labels)) if i != 0]
+    np.testing.assert_allclose(masked, want, atol=1e-5)
 
 
 def test_no_bound_without_enough_genuine_scores():

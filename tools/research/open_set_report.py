@@ -115,12 +115,16 @@ def montage(rows_spec, path: Path) -> None:
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    image = cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(path), image, [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
 def pair_montage(g, pairs, bound, photo_root: Path, path: Path) -> None:
     """Identity a's photos | identity b's photos, per pair, captioned with names, score and flag."""
-    spec = [(f"{g.names[a]} | {g.names[b]}  score {sc:.3f} {'flagged' if sc > bound else '< bound'} {bound:.3f}",
+    def mark(sc):
+        return "(no bound)" if bound is None else f"{'flagged' if sc > bound else '< bound'} {bound:.3f}"
+
+    spec = [(f"{g.names[a]} | {g.names[b]}  score {sc:.3f} {mark(sc)}",
              [sorted((photo_root / g.names[k]).iterdir()) for k in (a, b)]) for a, b, sc in pairs]
     montage(spec, path)
 
@@ -151,7 +155,8 @@ def report(galleries, FLAGS, stem, out: Path) -> dict:
     doc = {"model": str(FLAGS.model), "identities": len(g.names), "gallery_photos": int(sum(g.num_images)),
            "gallery_skipped": len(g.skipped), "genuine_queries": int(len(rows)),
            "genuine_queries_not_enrolled": int(len(q.image_labels) - len(rows)),
-           "queries_skipped": len(q.skipped), "strangers": int(len(s.image_labels)), "strangers_skipped": len(s.skipped),
+           "queries_skipped": len(q.skipped), "strangers": int(len(s.image_labels)),
+           "strangers_skipped": len(s.skipped),
            "rank1": round(rank1, 4), "near_duplicates": near.to_json(g.names),
            "impostor_scores_all": int(len(all_scores)), "impostor_scores_kept": int(len(kept_scores)),
            "impostor_p99": round(float(np.quantile(all_scores, 0.99)), 4),
