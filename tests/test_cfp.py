@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, write_cfp_layout
 
 from mobiface_tf import evaluate as ev
+from mobiface_tf import evaluate_cfp as ecfp
 from mobiface_tf.data.verification import read_bin, read_cfp_pairs
 from mobiface_tf.embedder import Embedder
 
@@ -90,7 +91,7 @@ def test_reader_errors_name_file_and_line(synthetic_cfp, tmp_path):
 def test_ten_fold_protocol_known_answers(synthetic_cfp):
     """Folds 1 and 2 are separable; fold 3 holds two impostor pairs scoring 1.0. Thresholds come from the other
     folds, so the accuracies are [1, 1, 0.5]; AUC = (6*4 + 6*2/2)/36; EER = 0.25 (between FAR 0 and FAR 1/3)."""
-    results = ev.evaluate_cfp(MeanColour(), synthetic_cfp, ["FF", "FP"], flip=True, crops=None, progress=False)
+    results = ecfp.evaluate_cfp(MeanColour(), synthetic_cfp, ["FF", "FP"], flip=True, crops=None, progress=False)
     assert set(results) == {"FF", "FP"}
     for protocol, (report, scores, issame) in results.items():
         assert report["num_pairs"] == 12 and report["num_folds"] == 3 and report["folds"] == [1, 2, 3]
@@ -101,7 +102,7 @@ def test_ten_fold_protocol_known_answers(synthetic_cfp):
         assert report["eer"] == pytest.approx(0.25)
         assert report["align"]["no_face_images"] == 0 and report["dataset"].startswith(f"cfp-{protocol.lower()}:")
         assert report["num_images"] == (12 if protocol == "FF" else 12)
-    two = ev.evaluate_cfp(MeanColour(), synthetic_cfp, ["FF"], crops=None, folds=[1, 3], progress=False)["FF"][0]
+    two = ecfp.evaluate_cfp(MeanColour(), synthetic_cfp, ["FF"], crops=None, folds=[1, 3], progress=False)["FF"][0]
     assert two["num_pairs"] == 8 and two["folds"] == [1, 3]
     np.testing.assert_allclose(two["fold_accuracies"], [1.0, 0.5])
 
@@ -168,7 +169,7 @@ def test_real_ff_fold1_with_reference_model(cfp_dir, reference_tflite, tmp_path)
     pairs = [p for p in read_cfp_pairs(cfp_dir, "FF") if p.fold == 0]
     unique = sorted({x for p in pairs for x in (p.path_a, p.path_b)})
     index = {x: i for i, x in enumerate(unique)}
-    images, fallback = ev.cfp_crops(unique, CropCache(tmp_path / "cache"), progress=False)
+    images, fallback = ecfp.cfp_crops(unique, CropCache(tmp_path / "cache"), progress=False)
     emb = load_embedder(reference_tflite).embed(np.stack(images), flip=True)
     scores = ev.cosine_scores(emb[[index[p.path_a] for p in pairs]], emb[[index[p.path_b] for p in pairs]])
     issame = np.array([p.issame for p in pairs])
