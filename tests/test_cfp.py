@@ -227,3 +227,28 @@ def test_cli_rejects_bad_protocol_before_loading(synthetic_cfp, tmp_path):
     made = subprocess.run([sys.executable, "tools/make_bin.py", f"--cfp_dir={synthetic_cfp}", "--cfp_protocol=FF",
                            f"--output={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert made.returncode == 2 and "is a folder" in made.stderr
+
+
+def test_make_bin_from_lfw_pairs_keeps_folds(tmp_path):
+    """LFW View 2 -> .bin without realignment: pairs in fold order, each photo's bytes the encoded crop."""
+    from conftest import lfw_style_heldout
+
+    from mobiface_tf.data.verification import read_lfw_pairs
+    from mobiface_tf.make_bin import build_bin, protocol_pairs
+
+    root = lfw_style_heldout(tmp_path / "lfw")
+    pairs = protocol_pairs(lfw_dir=root, pairs_file=root / "pairs.txt")
+    assert pairs == read_lfw_pairs(root / "pairs.txt", root)
+    summary = build_bin(pairs, tmp_path / "lfw.bin", crops=None, quality=90, progress=False)
+    assert summary["num_pairs"] == 12 and summary["folds"] == [1, 2] and summary["pairs_per_fold"] == [6]
+    images, issame = read_bin(tmp_path / "lfw.bin")
+    assert issame.tolist() == [True] * 3 + [False] * 3 + [True] * 3 + [False] * 3
+    import cv2
+
+    first = cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_COLOR)
+    original = cv2.imread(str(pairs[0].path_a))
+    assert first.shape == (112, 112, 3) and np.abs(first.astype(int) - original).mean() < 6
+    second_fold = protocol_pairs(lfw_dir=root, pairs_file=root / "pairs.txt", folds=[2])
+    assert len(second_fold) == 6 and {p.fold for p in second_fold} == {1}
+    with pytest.raises(ValueError, match="either --cfp_dir"):
+        protocol_pairs(cfp_dir=root, lfw_dir=root)
