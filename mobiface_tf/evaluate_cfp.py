@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobiface_tf.crop_cache import FALLBACK
 from mobiface_tf.evaluate import (_embed_loaded, _fit, auc_eer, cosine_scores, save_roc_png, select_folds,
                                   verification_report)
 
@@ -52,24 +53,20 @@ def evaluate_cfp(embedder, cfp_dir, protocols=("FP",), flip=False, crops=None, f
         ia, ib = [index[p.path_a] for p in pairs], [index[p.path_b] for p in pairs]
         scores, issame = cosine_scores(emb[ia], emb[ib]), np.array([p.issame for p in pairs])
         used = sorted({p.fold + 1 for p in pairs})
-        report = verification_report(scores, issame, [p.fold for p in pairs], dataset=f"cfp-{protocol.lower()}:{cfp_dir}",
-                                     num_images=len({*ia, *ib}), flip=flip, **meta)
+        report = verification_report(scores, issame, [p.fold for p in pairs],
+                                     dataset=f"cfp-{protocol.lower()}:{cfp_dir}", num_images=len({*ia, *ib}),
+                                     flip=flip, **meta)
         report.update(auc_eer(scores, issame), folds=used, num_folds=len(used))
         failed = sorted({unique[i] for i in (*ia, *ib) if fallback[i]})
         report["align"] = {
             "method": "none (photos used as given)" if crops is None else "MTCNN 5 points -> ArcFace 112x112 template",
             "cache": None if crops is None else str(crops.dir),
-            "no_face_images": len(failed), "no_face_pairs": int(sum(fallback[a] or fallback[b] for a, b in zip(ia, ib))),
-            "fallback": None if crops is None else _fallback_text(),
+            "no_face_images": len(failed),
+            "no_face_pairs": int(sum(fallback[a] or fallback[b] for a, b in zip(ia, ib))),
+            "fallback": None if crops is None else FALLBACK,
             "no_face_files": [str(p) for p in failed]}
         out[protocol] = (report, scores, issame)
     return out
-
-
-def _fallback_text():
-    from mobiface_tf.crop_cache import FALLBACK
-
-    return FALLBACK
 
 
 def cfp_reports(embedder, cfp_dir, protocols, flip, align_cache, folds, roc_png, model_name: str, progress=True,
