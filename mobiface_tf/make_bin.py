@@ -57,7 +57,7 @@ def build_bin(pairs, output, crops=None, quality: int = 95, progress: bool = Tru
     aligned crop; another size is resized). Each distinct photo is aligned and encoded once.
     """
     from mobiface_tf.data.verification.binfile import write_bin
-    from mobiface_tf.evaluate import cfp_crops
+    from mobiface_tf.evaluate_cfp import cfp_crops
 
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"--jpeg_quality must be 1..100, got {quality}")

@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO, write_cfp_layout
 
 from mobiface_tf import evaluate as ev
+from mobiface_tf import evaluate_cfp as ecfp
 from mobiface_tf.data.verification import read_bin, read_cfp_pairs
 from mobiface_tf.embedder import Embedder
 
@@ -90,7 +91,7 @@ def test_reader_errors_name_file_and_line(synthetic_cfp, tmp_path):
 def test_ten_fold_protocol_known_answers(synthetic_cfp):
     """Folds 1 and 2 are separable; fold 3 holds two impostor pairs scoring 1.0. Thresholds come from the other
     folds, so the accuracies are [1, 1, 0.5]; AUC = (6*4 + 6*2/2)/36; EER = 0.25 (between FAR 0 and FAR 1/3)."""
-    results = ev.evaluate_cfp(MeanColour(), synthetic_cfp, ["FF", "FP"], flip=True, crops=None, progress=False)
+    results = ecfp.evaluate_cfp(MeanColour(), synthetic_cfp, ["FF", "FP"], flip=True, crops=None, progress=False)
     assert set(results) == {"FF", "FP"}
     for protocol, (report, scores, issame) in results.items():
         assert report["num_pairs"] == 12 and report["num_folds"] == 3 and report["folds"] == [1, 2, 3]
@@ -101,7 +102,7 @@ def test_ten_fold_protocol_known_answers(synthetic_cfp):
         assert report["eer"] == pytest.approx(0.25)
         assert report["align"]["no_face_images"] == 0 and report["dataset"].startswith(f"cfp-{protocol.lower()}:")
         assert report["num_images"] == (12 if protocol == "FF" else 12)
-    two = ev.evaluate_cfp(MeanColour(), synthetic_cfp, ["FF"], crops=None, folds=[1, 3], progress=False)["FF"][0]
+    two = ecfp.evaluate_cfp(MeanColour(), synthetic_cfp, ["FF"], crops=None, folds=[1, 3], progress=False)["FF"][0]
     assert two["num_pairs"] == 8 and two["folds"] == [1, 3]
     np.testing.assert_allclose(two["fold_accuracies"], [1.0, 0.5])
 
@@ -168,7 +169,7 @@ def test_real_ff_fold1_with_reference_model(cfp_dir, reference_tflite, tmp_path)
     pairs = [p for p in read_cfp_pairs(cfp_dir, "FF") if p.fold == 0]
     unique = sorted({x for p in pairs for x in (p.path_a, p.path_b)})
     index = {x: i for i, x in enumerate(unique)}
-    images, fallback = ev.cfp_crops(unique, CropCache(tmp_path / "cache"), progress=False)
+    images, fallback = ecfp.cfp_crops(unique, CropCache(tmp_path / "cache"), progress=False)
     emb = load_embedder(reference_tflite).embed(np.stack(images), flip=True)
     scores = ev.cosine_scores(emb[[index[p.path_a] for p in pairs]], emb[[index[p.path_b] for p in pairs]])
     issame = np.array([p.issame for p in pairs])
@@ -226,3 +227,28 @@ def test_cli_rejects_bad_protocol_before_loading(synthetic_cfp, tmp_path):
     made = subprocess.run([sys.executable, "tools/make_bin.py", f"--cfp_dir={synthetic_cfp}", "--cfp_protocol=FF",
                            f"--output={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert made.returncode == 2 and "is a folder" in made.stderr
+
+
+def test_make_bin_from_lfw_pairs_keeps_folds(tmp_path):
+    """LFW View 2 -> .bin without realignment: pairs in fold order, each photo's bytes the encoded crop."""
+    from conftest import lfw_style_heldout
+
+    from mobiface_tf.data.verification import read_lfw_pairs
+    from mobiface_tf.make_bin import build_bin, protocol_pairs
+
+    root = lfw_style_heldout(tmp_path / "lfw")
+    pairs = protocol_pairs(lfw_dir=root, pairs_file=root / "pairs.txt")
+    assert pairs == read_lfw_pairs(root / "pairs.txt", root)
+    summary = build_bin(pairs, tmp_path / "lfw.bin", crops=None, quality=90, progress=False)
+    assert summary["num_pairs"] == 12 and summary["folds"] == [1, 2] and summary["pairs_per_fold"] == [6]
+    images, issame = read_bin(tmp_path / "lfw.bin")
+    assert issame.tolist() == [True] * 3 + [False] * 3 + [True] * 3 + [False] * 3
+    import cv2
+
+    first = cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_COLOR)
+    original = cv2.imread(str(pairs[0].path_a))
+    assert first.shape == (112, 112, 3) and np.abs(first.astype(int) - original).mean() < 6
+    second_fold = protocol_pairs(lfw_dir=root, pairs_file=root / "pairs.txt", folds=[2])
+    assert len(second_fold) == 6 and {p.fold for p in second_fold} == {1}
+    with pytest.raises(ValueError, match="either --cfp_dir"):
+        protocol_pairs(cfp_dir=root, lfw_dir=root)

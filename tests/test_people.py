@@ -46,6 +46,7 @@ def test_read_names_file_and_exclude(tmp_path):
         people.read_names_file(tmp_path / "latin1.txt")
 
 
+@pytest.mark.slow  # a prepare_data subprocess (TensorFlow start-up): about 35 s on 2 shared cores
 def test_prepare_data_exclude_names_with_spaces(tmp_path):
     """A CFP-style names file (spaces, other capitals) leaves those people out of the shards; the manifest says who."""
     tree = tmp_path / "in"

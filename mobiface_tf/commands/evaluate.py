@@ -107,7 +107,10 @@ def _evaluate():
         report["roc_png"] = str(ev.save_roc_png(scores, issame, roc_png, f"{model_path.name} on {dataset}"))
         reports["lfw"] = report
     if FLAGS.cfp_dir:
-        reports.update(_evaluate_cfp(emb, model_path, roc_png, folds, meta))
+        from mobiface_tf.evaluate_cfp import cfp_reports
+
+        reports.update(cfp_reports(emb, FLAGS.cfp_dir, FLAGS.cfp_protocol, FLAGS.flip, FLAGS.align_cache, folds,
+                                   roc_png, model_path.name, FLAGS.progress, **meta))
     if FLAGS.bin:
         report, scores, issame = ev.evaluate_bin(emb, FLAGS.bin, FLAGS.flip, aligner, progress=FLAGS.progress, **meta)
         png = roc_png if not reports else _bin_roc_png(roc_png)
@@ -141,23 +144,6 @@ def _evaluate():
     output.write_text(json.dumps(final, indent=2) + "\n")
     print(f"report: {output}  roc: {final['roc_png']}")
     return 0
-
-
-def _evaluate_cfp(emb, model_path, roc_png, folds, meta):
-    """{"cfp_ff"/"cfp_fp": report} for --cfp_dir, each with its ROC PNG (<report>.cfp_fp.roc.png)."""
-    from mobiface_tf.crop_cache import CropCache
-
-    crops = CropCache(FLAGS.align_cache)
-    results = ev.evaluate_cfp(emb, FLAGS.cfp_dir, FLAGS.cfp_protocol, FLAGS.flip, crops, folds,
-                              progress=FLAGS.progress, **meta)
-    reports = {}
-    for protocol, (report, scores, issame) in results.items():
-        name = f"cfp_{protocol.lower()}"
-        png = roc_png.with_name(roc_png.name.replace(".roc.png", f".{name}.roc.png"))
-        title = f"{model_path.name} on CFP-{protocol} ({report['num_folds']} folds)"
-        report["roc_png"] = str(ev.save_roc_png(scores, issame, png, title))
-        reports[name] = report
-    return reports
 
 
 def main(argv):
