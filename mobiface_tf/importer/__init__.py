@@ -62,9 +62,16 @@ def input_matrix(graph: SourceGraph, preprocess: str) -> np.ndarray:
 
 
 def _padding_mode(graph: SourceGraph) -> str:
+    """"symmetric" when a strided layer pads kernel//2 on every side where TensorFlow's SAME would not (MXNet's
+    convention on even maps), else "same". keras_map.match then checks every layer's padding either way."""
+    from mobiface_tf.importer.graph import same_pads
+
     for layer in graph.layers:
-        k, s, p = layer.kernel.shape[:2], layer.stride, layer.pads
-        if layer.kind != "dense" and k[0] > 1 and s[0] > 1 and p[0] == p[1] == k[0] // 2:
+        k, s, p = layer.kernel.shape[:2], layer.stride, tuple(layer.pads)
+        if layer.kind == "dense" or k[0] == 1 or s == (1, 1):
+            continue
+        same = (*same_pads(layer.in_hw[0], k[0], s[0]), *same_pads(layer.in_hw[1], k[1], s[1]))
+        if p != same and p == (k[0] // 2, k[0] // 2, k[1] // 2, k[1] // 2):
             return "symmetric"
     return "same"
 
