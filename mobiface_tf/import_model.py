@@ -45,6 +45,9 @@ def define_flags():
                         "(default: synthetic images)")
     flags.DEFINE_integer("num_check", 16, "images in the parity check", lower_bound=1)
     flags.DEFINE_float("min_cosine", MIN_COSINE, "least per-image cosine with the source that is accepted")
+    flags.DEFINE_string("bn_faces", None, "aligned face crops (image dir or TFRecord glob): give the BN layers that "
+                        "hold a folded BN these faces' statistics, same inference function (for fine-tuning)")
+    flags.DEFINE_integer("num_bn_faces", 200, "faces for --bn_faces", lower_bound=1)
 
 
 def _check_paths(source: str, output: str) -> Path:
@@ -61,7 +64,7 @@ def _check_paths(source: str, output: str) -> Path:
 
 
 def run(source, output, backbone="mobilefacenet", embedding_dim=None, source_preprocess=None, check_faces=None,
-        num_check=16, min_cosine=None) -> dict:
+        num_check=16, min_cosine=None, bn_faces=None, num_bn_faces=200) -> dict:
     """Import `source`, check it, and write `output` (+ `output`.import.json) atomically. Returns the report.
 
     Raises ValueError for bad input and importer.ImportRefused (a ValueError) when the graph does not fit or
@@ -75,8 +78,13 @@ def run(source, output, backbone="mobilefacenet", embedding_dim=None, source_pre
         from mobiface_tf.export import load_faces
 
         faces = load_faces(check_faces, num_check, seed=1)
+    bn = None
+    if bn_faces:
+        from mobiface_tf.export import load_faces
+
+        bn = load_faces(bn_faces, num_bn_faces, seed=2)
     model, report = importer.import_model(source, backbone, embedding_dim, source_preprocess, faces, num_check,
-                                          importer.MIN_COSINE if min_cosine is None else min_cosine)
+                                          importer.MIN_COSINE if min_cosine is None else min_cosine, bn)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.keras")
     try:
@@ -94,7 +102,7 @@ def main(argv):
     del argv
     try:
         r = run(FLAGS.source, FLAGS.output, FLAGS.backbone, FLAGS.embedding_dim, FLAGS.source_preprocess,
-                FLAGS.check_faces, FLAGS.num_check, FLAGS.min_cosine)
+                FLAGS.check_faces, FLAGS.num_check, FLAGS.min_cosine, FLAGS.bn_faces, FLAGS.num_bn_faces)
     except (ValueError, FileNotFoundError) as e:  # ImportRefused is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

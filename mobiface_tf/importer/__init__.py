@@ -62,9 +62,16 @@ def input_matrix(graph: SourceGraph, preprocess: str) -> np.ndarray:
 
 
 def _padding_mode(graph: SourceGraph) -> str:
+    """"symmetric" when a strided layer pads kernel//2 on every side where TensorFlow's SAME would not (MXNet's
+    convention on even maps), else "same". keras_map.match then checks every layer's padding either way."""
+    from mobiface_tf.importer.graph import same_pads
+
     for layer in graph.layers:
-        k, s, p = layer.kernel.shape[:2], layer.stride, layer.pads
-        if layer.kind != "dense" and k[0] > 1 and s[0] > 1 and p[0] == p[1] == k[0] // 2:
+        k, s, p = layer.kernel.shape[:2], layer.stride, tuple(layer.pads)
+        if layer.kind == "dense" or k[0] == 1 or s == (1, 1):
+            continue
+        same = (*same_pads(layer.in_hw[0], k[0], s[0]), *same_pads(layer.in_hw[1], k[1], s[1]))
+        if p != same and p == (k[0] // 2, k[0] // 2, k[1] // 2, k[1] // 2):
             return "symmetric"
     return "same"
 
@@ -110,9 +117,49 @@ def synthetic_images(n: int, hw=(112, 112), seed: int = 0) -> np.ndarray:
     return np.clip(out, 0, 255).round()
 
 
+def recalibrate_bn(model, faces, batch_size: int = 16) -> int:
+    """Give every BN that holds a folded affine (gamma 1, moving mean 0, moving variance 1 - eps, as the
+    importer writes for a source with BN folded into its convs) the real statistics of its input on `faces`
+    (raw RGB [N, H, W, 3]), without changing what the network computes in inference mode:
+
+        mean = mu, variance = max(sigma^2, eps) - eps, gamma = sqrt(variance + eps), beta = beta + mu
+
+    so gamma * (z - mean) / sqrt(variance + eps) + beta is still z + beta. In training mode (batch
+    statistics) the network then computes nearly what it computes in inference mode, which fine-tuning
+    needs; with identity statistics it would not. Returns the number of BN layers changed.
+    """
+    import keras
+
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    folded = []
+    for bn in bns:
+        g, _, m, v = bn.get_weights()
+        if np.all(g == 1) and np.all(m == 0) and np.allclose(v, 1.0 - bn.epsilon, rtol=0, atol=1e-7):
+            folded.append(bn)
+    if not folded:
+        return 0
+    probe = keras.Model(model.input, [bn.input for bn in folded])
+    sums = [np.zeros(bn.gamma.shape[0]) for bn in folded]
+    sqs = [np.zeros(bn.gamma.shape[0]) for bn in folded]
+    count = [0] * len(folded)
+    for start in range(0, len(faces), batch_size):
+        outs = probe(np.asarray(faces[start:start + batch_size], np.float32), training=False)
+        for i, z in enumerate(outs if isinstance(outs, (list, tuple)) else [outs]):
+            z = np.asarray(z, np.float64).reshape(-1, z.shape[-1])
+            sums[i] += z.sum(axis=0)
+            sqs[i] += np.square(z).sum(axis=0)
+            count[i] += len(z)
+    for bn, s, q, n in zip(folded, sums, sqs, count):
+        mu = s / n
+        var = np.maximum(np.maximum(q / n - mu * mu, 0.0), bn.epsilon) - bn.epsilon
+        _, beta, _, _ = bn.get_weights()
+        bn.set_weights([np.sqrt(var + bn.epsilon), beta + mu, mu, var])
+    return len(folded)
+
+
 def import_model(source, backbone: str = "mobilefacenet", embedding_dim: int | None = None,
                  source_preprocess: str | None = None, check_images=None, num_check: int = 16,
-                 min_cosine: float = MIN_COSINE):
+                 min_cosine: float = MIN_COSINE, bn_faces=None):
     """Import a published MobileFaceNet into the project's Keras network.
 
     Args:
@@ -122,6 +169,8 @@ def import_model(source, backbone: str = "mobilefacenet", embedding_dim: int | N
         the file states, else "raw").
       check_images: real faces uint8/float [N, H, W, 3] for the parity check (None: `num_check` synthetic ones).
       min_cosine: the least per-image cosine with the source that is accepted.
+      bn_faces: real faces [N, H, W, 3]; when given, folded BN layers get these faces' statistics
+        (recalibrate_bn: the same function in inference mode, fit for fine-tuning). None: identity statistics.
     Returns (keras.Model taking raw RGB 0..255, report dict).
     Raises ImportRefused (one line) when the graph does not fit or parity fails; ValueError on bad input.
     """
@@ -136,14 +185,16 @@ def import_model(source, backbone: str = "mobilefacenet", embedding_dim: int | N
     model = build_matching(graph, backbone, embedding_dim)
     pairs = keras_map.match(graph, model)
     keras_map.assign(pairs, stem_matrix=matrix)
+    recalibrated = recalibrate_bn(model, bn_faces) if bn_faces is not None else 0
     images = synthetic_images(num_check, graph.input_hw) if check_images is None else check_images
     parity = check_parity(model, source, preprocess, images, min_cosine)
     report = {"source": str(source), "format": graph.fmt, "source_preprocess": preprocess,
               "padding": _padding_mode(graph), "layers": len(graph.layers), "residual_adds": graph.items.count(ADD),
               "embedding_dim": int(model.output.shape[-1]), "input_hw": list(graph.input_hw),
-              "check": "real faces" if check_images is not None else "synthetic images", **parity}
+              "check": "real faces" if check_images is not None else "synthetic images",
+              "bn_recalibrated": recalibrated, **parity}
     return model, report
 
 
 __all__ = ["BACKBONES", "ImportRefused", "MIN_COSINE", "build_matching", "check_parity", "import_model",
-           "input_matrix", "read_source", "synthetic_images"]
+           "input_matrix", "read_source", "recalibrate_bn", "synthetic_images"]
