@@ -1,4 +1,5 @@
-"""`python -m mobiface_tf.bench_identify`: the bench_identify command (console script mobiface-bench-identify), run by mobiface_tf.cli.
+"""`python -m mobiface_tf.bench_identify`: the bench_identify command (console script mobiface-bench-identify),
+run by mobiface_tf.cli.
 
 Its flags and main are in mobiface_tf/commands/bench_identify.py. Its library is mobiface_tf/identification.py.
 """

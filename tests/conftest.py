@@ -294,3 +294,24 @@ def write_cfp_layout(root: Path, frontal, profile, splits, names=None) -> Path:
     people = sorted({who for who, _ in [*frontal, *profile]})
     (root / "Data" / "list_name.txt").write_text("\n".join(names or [f"Person {p}" for p in people]) + "\n")
     return root
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live direct children of process `pid` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:  # fields after "(comm)": state, ppid, ...
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def ignores_signal(pid: int, signum: int) -> bool:
+    """Whether process `pid` has `signum` set to ignored (SIG_IGN), from its /proc status SigIgn mask."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False

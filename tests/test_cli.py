@@ -2,7 +2,9 @@
 exit 2 on bad input, Ctrl-C = one line and exit 130 (a real SIGINT to a real process group), `python -m
 mobiface_tf.<verb>` for each, and every console script's --help from a non-editable install in a fresh venv."""
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, interrupt_when, process_has_loaded, write_png
+from conftest import REPO, child_pids, ignores_signal, interrupt_when, process_has_loaded, write_png
 from mobiface_tf import cli
 from mobiface_tf.outputs import check_output_dir, check_output_file
 
@@ -121,6 +123,13 @@ def test_bad_flags_and_help_exit_codes(tmp_path):
     assert proc.returncode == 0 and "--quantize" in proc.stdout and "--[no]verbose" in proc.stdout, proc.stderr
 
 
+@pytest.mark.parametrize("verb", ["evaluate", "bench", "bench_identify", "compare", "demo"])
+def test_python_m_runs_the_command(verb, tmp_path):
+    """`python -m mobiface_tf.<verb>` reaches the command's own flags (an unknown one: exit 2, one line)."""
+    proc = _run(["-m", f"mobiface_tf.{verb}", "--no_such_flag"], cwd=tmp_path)
+    _one_error_line(proc, "no_such_flag")
+
+
 def test_error_line_is_one_line():
     assert cli.error_line(ValueError("a\nb")) == "error: a b"
     assert cli.error_line(ValueError("error: said")) == "error: said"
@@ -137,16 +146,24 @@ def test_ctrl_c_during_prepare_is_one_line_and_resumes(tmp_path):
 
     src = tmp_path / "photos"
     for i in range(6):
-        for k in range(40):  # 160x160: not a crop, so MTCNN runs on each (slow enough to interrupt)
-            import cv2
-
-            write_png(src / f"id{i}" / f"{k}.png", cv2.resize(person(i, k), (160, 160)))
+        for k in range(8):  # --align=mtcnn: MTCNN runs on each, slow enough to interrupt after the first shard
+            write_png(src / f"id{i}" / f"{k}.png", person(i, k))
     out = tmp_path / "shards"
     cmd = [sys.executable, "tools/prepare_data.py", f"--input={src}", f"--output={out}", "--align=mtcnn",
            "--shards=4", "--workers=2", "--noprogress"]
     first_done = out / "train-00000-of-00004.tfrecord.done.json"
-    rc, stdout, stderr, readied = interrupt_when(cmd, lambda p: first_done.exists(), env=ENV, cwd=REPO)
+    workers = {}
+
+    def first_shard_done(proc):
+        if not first_done.exists():
+            return False
+        # The worker processes (and multiprocessing's helper) ignore SIGINT: only the parent acts on Ctrl-C.
+        workers.update({c: ignores_signal(c, signal.SIGINT) for c in child_pids(proc.pid)})
+        return True
+
+    rc, stdout, stderr, readied = interrupt_when(cmd, first_shard_done, env=ENV, cwd=REPO)
     assert readied, f"the run ended before its first shard was done: {rc}\n{stderr[-3000:]}"
+    assert len(workers) >= 2 and all(workers.values()), workers
     lines = stderr.strip().splitlines()
     assert rc == 130, (rc, stderr[-3000:])
     assert len(lines) == 1, stderr[-3000:]
@@ -159,7 +176,7 @@ def test_ctrl_c_during_prepare_is_one_line_and_resumes(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "rebuilding" not in again.stderr and first_done.stat().st_mtime_ns == before
-    assert "of 240 inputs" in again.stdout, again.stdout
+    assert "of 48 inputs" in again.stdout, again.stdout
 
 
 def test_ctrl_c_while_starting_is_one_line(tmp_path):
@@ -183,6 +200,13 @@ def test_every_command_has_a_python_m_form_and_a_console_script():
         text = (REPO / "mobiface_tf" / f"{verb}.py").read_text()
         assert f"cli.{verb}()" in text, verb
         assert module.startswith("mobiface_tf.")
+    # pyproject.toml declares every runtime package that requirements.txt pins (test-only ones in the "test" extra).
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    every = project["dependencies"] + project["optional-dependencies"]["test"]
+    declared = {re.split(r"[<>=\[ ]", d)[0].lower() for d in every}
+    pinned = {line.split("==")[0].strip().lower() for line in (REPO / "requirements.txt").read_text().splitlines()
+              if "==" in line and not line.lstrip().startswith("#")}
+    assert pinned <= declared, pinned - declared
     # Research scripts are kept apart from the user commands.
     assert not [p.name for p in (REPO / "tools").glob("*.py") if p.stem in ("int8_study", "learning_curve",
                                                                           "bench_data")]

@@ -1,4 +1,7 @@
-"""`python tools/bench.py` = `mobiface-bench` (mobiface_tf/commands/bench.py); kept for older notes and scripts."""
+"""`python tools/bench.py` = `mobiface-bench`, kept for older notes and scripts.
+
+The command lives in mobiface_tf/commands/bench.py; mobiface_tf/cli.py runs it.
+"""
 import sys
 from pathlib import Path
 

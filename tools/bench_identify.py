@@ -1,4 +1,7 @@
-"""`python tools/bench_identify.py` = `mobiface-bench-identify` (mobiface_tf/commands/bench_identify.py); kept for older notes and scripts."""
+"""`python tools/bench_identify.py` = `mobiface-bench-identify`, kept for older notes and scripts.
+
+The command lives in mobiface_tf/commands/bench_identify.py; mobiface_tf/cli.py runs it.
+"""
 import sys
 from pathlib import Path
 

@@ -1,4 +1,7 @@
-"""`python tools/compare.py` = `mobiface-compare` (mobiface_tf/commands/compare.py); kept for older notes and scripts."""
+"""`python tools/compare.py` = `mobiface-compare`, kept for older notes and scripts.
+
+The command lives in mobiface_tf/commands/compare.py; mobiface_tf/cli.py runs it.
+"""
 import sys
 from pathlib import Path
 

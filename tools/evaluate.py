@@ -1,4 +1,7 @@
-"""`python tools/evaluate.py` = `mobiface-evaluate` (mobiface_tf/commands/evaluate.py); kept for older notes and scripts."""
+"""`python tools/evaluate.py` = `mobiface-evaluate`, kept for older notes and scripts.
+
+The command lives in mobiface_tf/commands/evaluate.py; mobiface_tf/cli.py runs it.
+"""
 import sys
 from pathlib import Path
 

@@ -1,4 +1,7 @@
-"""`python tools/prepare_data.py` = `mobiface-prepare` (mobiface_tf/commands/prepare.py); kept for older notes and scripts."""
+"""`python tools/prepare_data.py` = `mobiface-prepare`, kept for older notes and scripts.
+
+The command lives in mobiface_tf/commands/prepare.py; mobiface_tf/cli.py runs it.
+"""
 import sys
 from pathlib import Path
 

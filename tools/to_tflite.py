@@ -1,4 +1,7 @@
-"""`python tools/to_tflite.py` = `mobiface-to-tflite` (mobiface_tf/commands/to_tflite.py); kept for older notes and scripts."""
+"""`python tools/to_tflite.py` = `mobiface-to-tflite`, kept for older notes and scripts.
+
+The command lives in mobiface_tf/commands/to_tflite.py; mobiface_tf/cli.py runs it.
+"""
 import sys
 from pathlib import Path
 
