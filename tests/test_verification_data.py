@@ -52,7 +52,7 @@ def test_pairs_errors(tmp_path):
         read_lfw_pairs(bad_index, lfw)
     missing = _write_pairs(tmp_path / "missing.txt", 1, 1, same_line="A\t1\t7")
     with pytest.raises(FileNotFoundError, match=r"1 image.*A/A_0007' \(tried extensions \.jpg, \.jpeg, \.png, "
-                                                r"\.bmp, \.pgm, \.ppm, \.webp\)"):
+                                                r"\.bmp, \.pgm, \.ppm, \.webp, \.jfif, .*\.avif"):
         read_lfw_pairs(missing, lfw)
     with pytest.raises(FileNotFoundError, match="pairs file not found"):
         read_lfw_pairs(tmp_path / "nope.txt", lfw)
