@@ -393,7 +393,7 @@ def test_same_photo_under_two_identities_is_named_and_left_out_of_far(models, em
     assert len(imp) == 5
     everything = ident.impostor_scores(g, exclude=np.zeros(7, bool))
     np.testing.assert_allclose(imp, everything[~g.far_excluded], atol=1e-6)
-    t = ident.far_threshold(g, 0.01)[0]  # 7 photos cannot resolve 1%: the highest impostor score left
+    t = ident.far_threshold(g, 0.01).threshold  # 7 photos cannot resolve 1%: the highest impostor score left
     assert t == float(imp.max()) and everything.max() > t + 0.05, (everything, imp)
 
 
