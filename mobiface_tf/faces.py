@@ -10,7 +10,6 @@ whose message is one line naming the bad value and what to do; the CLIs print it
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -149,12 +148,3 @@ def face_from_image(image: np.ndarray, name: str, aligner: FaceAligner | None) -
 def load_face(path, aligner: FaceAligner | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
     """Photo file -> (aligned crop, faces found). The largest, most central face wins (align.pick_face)."""
     return face_from_image(read_photo(path, max_pixels), str(path), aligner)
-
-
-def file_sha256(path) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB blocks); the key of embedding caches and indexes."""
-    h = hashlib.sha256()
-    with open(os.fspath(path), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

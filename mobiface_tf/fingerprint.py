@@ -3,6 +3,7 @@
     model_fingerprint("m.tflite")      # sha256 of the file's bytes (what `sha256sum m.tflite` prints)
     model_fingerprint("saved_model/")  # every file under the folder, by relative path
     model_fingerprint("face.onnx")     # the .onnx, plus every external-data file its initializers point at
+    file_sha256("photo.jpg")           # one file's bytes: a gallery photo's key in identify's index
 
 Whatever is computed from a model's outputs keys on it: identify's gallery index, the evaluation sidecar's
 threshold (mobiface_tf.sidecar), the data manifest's teacher (mobiface_tf.data.prepare), bench_identify's and
@@ -30,6 +31,13 @@ def _update(h, path: Path) -> None:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(_BLOCK), b""):
             h.update(block)
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of one file's bytes (read in 1 MiB blocks): a photo's key in identify's index."""
+    h = hashlib.sha256()
+    _update(h, Path(path))
+    return h.hexdigest()
 
 
 def onnx_external_files(path) -> list[str]:

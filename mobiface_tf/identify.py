@@ -49,9 +49,8 @@ from absl import flags
 
 from mobiface_tf import open_set
 from mobiface_tf.embedder import EmbeddingError
-from mobiface_tf.faces import (FaceError, check_model_path, file_sha256, load_face, load_model, read_photo,
-                               resolve_threshold)
-from mobiface_tf.fingerprint import model_fingerprint
+from mobiface_tf.faces import FaceError, check_model_path, load_face, load_model, read_photo, resolve_threshold
+from mobiface_tf.fingerprint import file_sha256, model_fingerprint
 from mobiface_tf.images import IMAGE_EXTENSIONS, hidden_reason, identity_name, list_identity_tree, merge_message
 
 INDEX_NAME = ".mobiface_index.npz"

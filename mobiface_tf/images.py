@@ -396,5 +396,14 @@ def read_image_bytes(path) -> bytes:
 
 
 def load_image_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Reads an image file as the upright uint8 RGB image [H, W, 3]; ImageError with the reason on a bad file."""
-    return decode_image_rgb(read_image_bytes(path), os.fspath(path), max_pixels)
+    """Reads an image file as the upright uint8 RGB image [H, W, 3]; ImageError with the reason on a bad file.
+
+    A photo in a format this Pillow cannot read (HEIC without pillow-heif) says what to install (image_reason).
+    """
+    try:
+        return decode_image_rgb(read_image_bytes(path), os.fspath(path), max_pixels)
+    except ImageError as e:
+        ext = Path(path).suffix.lower()
+        if "unknown format" in str(e) and ext in PHOTO_EXTENSIONS and ext not in IMAGE_EXTENSIONS:
+            raise ImageError(f"{image_reason(path)}: {os.fspath(path)}") from None
+        raise

@@ -186,6 +186,8 @@ def test_heic_without_plugin_and_other_files_are_skipped_with_their_reason(tmp_p
     assert "not an image Pillow can read (extension .txt)" in reasons["notes.txt"]
     if not has_heif:
         assert "pip install pillow-heif" in reasons["phone.HEIC"]
+        with pytest.raises(ImageError, match="pip install pillow-heif"):  # as a verify / identify query too
+            load_image_rgb(tmp_path / "bob" / "phone.HEIC")
     assert load_image_rgb(tmp_path / "bob" / "IMG_0001").shape == (112, 112, 3)
 
 

@@ -1,4 +1,5 @@
 """The trainer: schedule, weight-decay selection, a CLI smoke run, bad flags, NaN handling, mixed precision."""
+import json
 import os
 import subprocess
 import sys
@@ -61,6 +62,11 @@ def test_cli_smoke(synth, tmp_path):
     """A real 4-step run: log line with img/s, flags.txt, events, checkpoints, and a usable embedding.keras."""
     out = tmp_path / "run"
     held = lfw_style_heldout(tmp_path / "held")
+    # The threshold sidecar of an earlier embedding.keras in this model_dir (stale-threshold-sidecar case):
+    # training writes a new model, so it must not leave that sidecar beside it.
+    out.mkdir()
+    (out / "embedding.keras.eval.json").write_text(json.dumps({"threshold": -0.03, "num_positive": 300,
+                                                               "num_negative": 300, "model_sha256": "0" * 64}))
     r = run_cli(f"--data={synth}/*.tfrecord", f"--model_dir={out}", "--batch_size=8", "--steps=4", "--log_every=2",
                 "--ckpt_every=2", "--lr=0.01", "--embedding_dim=128", f"--val_lfw_dir={held}",
                 f"--val_pairs={held / 'pairs.txt'}", "--val_every=4")
@@ -70,6 +76,7 @@ def test_cli_smoke(synth, tmp_path):
     assert "--batch_size=8" in (out / "flags.txt").read_text()
     assert list((out / "train").glob("events.out.tfevents.*"))
     assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-4")
+    assert not (out / "embedding.keras.eval.json").exists()  # removed when the new embedding.keras was written
     from mobiface_tf.embedder import load_embedder
 
     emb = load_embedder(out / "embedding.keras")
