@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from mobiface_tf.training.config import check_flagfile_paths, config_from_flags
 from mobiface_tf.training.errors import TrainingDiverged, TrainingInterrupted
+from mobiface_tf.training.lock import ModelDirBusy
 from mobiface_tf.training.loop import train
 from mobiface_tf.training.strategy import make_strategy
 
@@ -18,8 +19,9 @@ log = logging.getLogger("mobiface_tf.training")
 def main(argv):
     """CLI: train from the flags (a TrainConfig), saving the embedding model in --model_dir; returns None (exit 0).
 
-    Exits 2 with one "error: ..." line on bad settings or data, divergence or a full disk; 130 with one
-    "interrupted: ..." line after SIGINT / SIGTERM (mobiface_tf.cli).
+    Exits 2 with one "error: ..." line on bad settings or data, a --model_dir that another live run holds
+    (naming its pid), divergence or a full disk; 130 with one "interrupted: ..." line after SIGINT / SIGTERM
+    (mobiface_tf.cli).
     Flags are defined by mobiface_tf.training.config.define_flags().
     """
     from absl import flags
@@ -40,7 +42,8 @@ def main(argv):
         summary = train(cfg, strategy=strategy, flags_text=fl.flags_into_string())
     except TrainingInterrupted as e:  # Ctrl-C / SIGTERM, checkpoint saved: one line and exit 130 (mobiface_tf.cli)
         raise KeyboardInterrupt(str(e)) from None
-    except (ValueError, TrainingDiverged, OSError) as e:  # bad input, divergence, a full disk: one line, exit 2
+    except (ValueError, ModelDirBusy, TrainingDiverged, OSError) as e:  # bad input, another run in this
+        # model_dir, divergence, a full disk: one line, exit 2
         sys.exit(f"error: {e}")
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:  # a shard found corrupt mid-run
         detail = " ".join(str(e.message).split())[:600]

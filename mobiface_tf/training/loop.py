@@ -23,6 +23,7 @@ from mobiface_tf.training.config import CHECKPOINTS, EMBEDDING_FILE, TrainConfig
 from mobiface_tf.training.embedding import save_embedding_model
 from mobiface_tf.training.errors import TrainingInterrupted
 from mobiface_tf.training.inputs import check_inputs, worker_dataset
+from mobiface_tf.training.lock import ModelDirLock
 from mobiface_tf.training.model import Parts, build_parts
 from mobiface_tf.training.progress import Progress
 from mobiface_tf.training.schedules import make_schedule
@@ -50,6 +51,8 @@ def train(cfg: TrainConfig, *, strategy=None, flags_text: str | None = None) -> 
     `strategy` overrides cfg.strategy (a tf.distribute.Strategy made before TF ran ops: multi-worker, tests);
     `flags_text` is written to model_dir/flags.txt on the first run.
 
+    One training per model_dir: ModelDirBusy (naming the other run's pid) when a live run holds its lock; a
+    stale lock left by a killed run is taken over with a warning (mobiface_tf.training.lock).
     Raises ValueError for bad settings or input files (message says what to do; every file is opened before
     step 1), TrainingDiverged on a NaN / Inf loss or model, TrainingInterrupted after SIGINT / SIGTERM (a
     checkpoint of that step is saved first) and OSError when a checkpoint or the model cannot be written.
@@ -96,6 +99,13 @@ def _run(cfg, schedule, inputs, strat, flags_text, received) -> TrainResult:
                          f"use a multiple of {replicas}")
     chief, model_dir = is_chief(strat), Path(cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
+    # One training per model_dir: the chief holds the lock (other workers write only scratch checkpoints).
+    with ModelDirLock(model_dir) if chief else contextlib.nullcontext():
+        return _run_locked(cfg, schedule, inputs, strat, flags_text, received, chief, model_dir)
+
+
+def _run_locked(cfg, schedule, inputs, strat, flags_text, received, chief: bool, model_dir: Path) -> TrainResult:
+    replicas = strat.num_replicas_in_sync
     latest = pick_checkpoint(model_dir / CHECKPOINTS, cfg.resume_from)
     changed = compare_settings(cfg, model_dir, inputs.num_classes, inputs.teacher_dim) if latest else {}
     dataset = worker_dataset(cfg, inputs, strat)
