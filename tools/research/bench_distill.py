@@ -90,7 +90,8 @@ def _student_step(dim_teacher: int):
     import keras
     import tensorflow as tf
 
-    from mobiface_tf.train import build_backbone, make_optimizer, make_train_step
+    from mobiface_tf.training.model import build_backbone, make_optimizer
+    from mobiface_tf.training.step import make_train_step
 
     keras.utils.set_random_seed(0)
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")  # what the trainer uses on one CPU
@@ -162,7 +163,7 @@ def _teacher_macs(teacher) -> int | None:
     if "mobilefacenet" not in teacher.path.name.lower():
         return None
     from mobiface_tf.models.macs import count_macs
-    from mobiface_tf.train import build_backbone
+    from mobiface_tf.training.model import build_backbone
 
     return count_macs(build_backbone("mobilefacenet", teacher.embedding_dim, None))
 
