@@ -131,6 +131,33 @@ def roc_curve(scores, issame) -> tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
+def auc_eer(scores, issame) -> dict:
+    """Area under the ROC curve and the equal error rate, the figures CFP (Sengupta et al., 2016) asks for.
+
+    auc: trapezoidal area under (FAR, TAR) over every distinct threshold (ties count one half: the Mann-Whitney
+    statistic). eer: where the false accept rate equals the false reject rate (1 - TAR), linearly interpolated
+    between the two ROC points around the crossing; eer_threshold: the score there (interpolated likewise).
+    Returns {"auc", "eer", "eer_threshold"}; ValueError unless there are both same and different pairs.
+    """
+    scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
+    if issame.all() or not issame.any():
+        raise ValueError("AUC and EER need both same and different pairs")
+    fpr, tpr = roc_curve(scores, issame)
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    fnr = 1.0 - tpr
+    thresholds = np.r_[np.inf, np.unique(scores)[::-1]]  # ROC point k: "same" when score >= thresholds[k]
+    d = fpr - fnr  # rises from -1 at (0, 0) to +1 at (1, 1)
+    k = int(np.argmax(d >= 0))
+    if d[k] == 0 or k == 0:
+        eer, t = float(fpr[k]), float(thresholds[k])
+    else:
+        w = -d[k - 1] / (d[k] - d[k - 1])  # fraction of the way from point k-1 to point k
+        eer = float(fpr[k - 1] + w * (fpr[k] - fpr[k - 1]))
+        t_prev = thresholds[k - 1] if np.isfinite(thresholds[k - 1]) else thresholds[k]
+        t = float(t_prev + w * (thresholds[k] - t_prev))
+    return {"auc": auc, "eer": eer, "eer_threshold": t}
+
+
 def save_roc_png(scores, issame, path, title: str) -> Path:
     """Write the ROC curve (TAR against FAR, log x axis) of these pairs to `path` as a PNG titled `title`; returns the path."""
     import matplotlib
@@ -294,14 +321,15 @@ def evaluate_lfw(embedder, pairs_file, lfw_dir, flip=False, aligner=None, progre
     return report, scores, issame
 
 
-def evaluate_bin(embedder, bin_path, flip=False, aligner=None, progress=True, **meta):
-    """(report, scores, issame): ten-fold report on an InsightFace .bin (pairs (2k, 2k+1), contiguous folds as InsightFace splits them)."""
+def evaluate_bin(embedder, bin_path, flip=False, aligner=None, progress=True, num_folds: int = 10, **meta):
+    """(report, scores, issame): ten-fold report on an InsightFace .bin (pairs (2k, 2k+1), `num_folds` contiguous
+    folds as InsightFace splits them; a .bin from tools/make_bin.py keeps its protocol's folds in that order)."""
     from mobiface_tf.data.verification import read_bin
 
     encoded, issame = read_bin(bin_path)
     emb, failures = embed_encoded(embedder, encoded, flip, aligner, progress=progress)
     scores = cosine_scores(emb[0::2], emb[1::2])
-    report = verification_report(scores, issame, sequential_folds(len(issame)),
+    report = verification_report(scores, issame, sequential_folds(len(issame), num_folds),
                                  dataset=f"bin:{bin_path}", num_images=len(encoded),
                                  flip=flip, realign=aligner is not None, **meta)
     report["realign_failed"] = failures

@@ -20,7 +20,7 @@ def _need(path: Path) -> Path:
 # `shared_data` marker automatically, so `-m "not shared_data"` deselects exactly the tests that need the data;
 # tests that read the path some other way carry an explicit @pytest.mark.shared_data.
 SHARED_DATA_FIXTURES = {"shared_data", "lfw_dir", "lfw_pairs", "att_dir", "reference_tflite", "reference_tflite_uint8",
-                        "recordio_dir", "bin_file"}
+                        "recordio_dir", "bin_file", "cfp_dir"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -67,6 +67,11 @@ def recordio_dir(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def bin_file(shared_data) -> Path:
     return _need(shared_data / "bin" / "validation.bin")
+
+
+@pytest.fixture(scope="session")
+def cfp_dir(shared_data) -> Path:
+    return _need(shared_data / "cfp" / "Protocol" / "Pair_list_F.txt").parents[1]
 
 
 def make_onnx_embedder(path, dim: int = 16, layout: str = "nchw", size: int = 112, seed: int = 0,
@@ -209,3 +214,41 @@ def train_config(data, model_dir, **settings):
     from mobiface_tf.training.config import TrainConfig
 
     return TrainConfig(data=str(data), model_dir=str(model_dir), **settings)
+
+
+def write_cfp_layout(root: Path, frontal, profile, splits, names=None) -> Path:
+    """A CFP-layout benchmark under root (Sengupta et al., 2016; see mobiface_tf.data.verification.cfp).
+
+    frontal, profile: lists of (person number, image), image an RGB uint8 array (written as PNG data in a .jpg
+    name, as any decoder reads it by content) or a file to copy; photo n (1-based) of each list is that list's
+    number n. splits: {"FF" or "FP": [(same pairs, diff pairs) for each fold]}, pairs as (i, j) numbers.
+    Returns root.
+    """
+    import shutil
+
+    import cv2
+
+    proto = root / "Protocol"
+    proto.mkdir(parents=True)
+    for kind, photos, list_name in (("frontal", frontal, "Pair_list_F.txt"), ("profile", profile, "Pair_list_P.txt")):
+        lines, shots = [], {}
+        for n, (who, image) in enumerate(photos, 1):
+            shots[who] = shots.get(who, 0) + 1
+            rel = f"Data/Images/{who:03d}/{kind}/{shots[who]:02d}.jpg"
+            dst = root / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(image, (str, Path)):
+                shutil.copyfile(image, dst)
+            else:
+                dst.write_bytes(cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes())
+            lines.append(f"{n} ../{rel}")
+        (proto / list_name).write_text("\n".join(lines) + "\n")
+    for protocol, folds in splits.items():
+        for k, (same, diff) in enumerate(folds, 1):
+            folder = proto / "Split" / protocol / f"{k:02d}"
+            folder.mkdir(parents=True)
+            (folder / "same.txt").write_text("\n".join(f"{i},{j}" for i, j in same) + "\n")
+            (folder / "diff.txt").write_text("\n".join(f"{i},{j}" for i, j in diff))  # no final newline, as CFP's
+    people = sorted({who for who, _ in [*frontal, *profile]})
+    (root / "Data" / "list_name.txt").write_text("\n".join(names or [f"Person {p}" for p in people]) + "\n")
+    return root

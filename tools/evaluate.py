@@ -1,7 +1,8 @@
-"""Face verification on LFW View 2 (pairs.txt) and/or an InsightFace .bin, 10-fold protocol.
+"""Face verification on LFW View 2 (pairs.txt), CFP (FF/FP) and/or an InsightFace .bin, 10-fold protocol.
 
     python tools/evaluate.py --model=../shared/data/models/mobilefacenet_insightface_fp32.tflite \
         --lfw_dir=../shared/data/lfw/lfw-112x112 --pairs=../shared/data/lfw/pairs.txt --flip
+    python tools/evaluate.py --model=MODEL --cfp_dir=../shared/data/cfp --cfp_protocol=FF,FP --flip
 
 Prints accuracy ± std, the threshold and TAR@FAR; writes a JSON report, an ROC PNG and the threshold
 sidecar (<model>.eval.json) that the verify/identify CLIs read.
@@ -28,6 +29,12 @@ flags.DEFINE_string("model", None, ".keras file, SavedModel directory, .tflite o
 flags.DEFINE_string("lfw_dir", None, "LFW images <Name>/<Name>_NNNN.jpg (with --pairs)")
 flags.DEFINE_string("pairs", None, "LFW View 2 pairs.txt (with --lfw_dir)")
 flags.DEFINE_string("bin", None, "InsightFace verification .bin (read with a restricted unpickler)")
+flags.DEFINE_string("cfp_dir", None, "CFP root (Protocol/ and Data/): score its official 10-fold protocol(s); photos are "
+                    "aligned by MTCNN to the ArcFace template and cached in --align_cache")
+flags.DEFINE_list("cfp_protocol", ["FP"], "CFP protocol(s) with --cfp_dir: FF (frontal-frontal), FP (frontal-profile), "
+                  "or FF,FP (photos shared by both are aligned and embedded once)")
+flags.DEFINE_string("align_cache", None, "folder of cached aligned crops, keyed by photo content and aligner settings "
+                    "(default: $XDG_CACHE_HOME or ~/.cache, /mobiface_tf/aligned)")
 flags.DEFINE_bool("flip", False, "flip test: embed image + mirror, sum, L2-normalise")
 flags.DEFINE_bool("realign", False, "re-align every image with MTCNN to the ArcFace template before embedding")
 flags.DEFINE_string("output", None, f"JSON report path (default: {DEFAULT_DIR}/eval_<model name>.json; "
@@ -35,7 +42,7 @@ flags.DEFINE_string("output", None, f"JSON report path (default: {DEFAULT_DIR}/e
 flags.DEFINE_string("roc_png", None, "ROC curve PNG path (default: the report path with .roc.png)")
 flags.DEFINE_enum("preprocess", None, sorted(embedder_lib.PREPROCESS), "input convention the model expects "
                   "(default: what the model states, e.g. an ONNX model's metadata, else raw)")
-flags.DEFINE_list("folds", None, "score only these 1-based folds of --pairs (the held-out LFW protocol, e.g. 1,2,3): "
+flags.DEFINE_list("folds", None, "score only these 1-based folds of --pairs or --cfp_dir (e.g. the held-out LFW protocol, 1,2,3): "
                   "cross-validation restricted to them, each threshold fit on the other listed folds")
 flags.DEFINE_integer("batch_size", 64, "images per forward pass", lower_bound=1)
 flags.DEFINE_integer("num_threads", None, "TFLite interpreter threads (default: LiteRT's choice)", lower_bound=1)
@@ -48,14 +55,23 @@ def _summary(name, report):
         rate = "true_accept_rate" if "true_accept_rate" in report else "true_reject_rate"
         return (f"{name}: {rate.replace('_', ' ')} {report[rate]:.4f} over {report['num_pairs']} pairs; no accuracy "
                 f"or threshold: {report['one_sided']}")
+    extra = f", AUC {report['auc']:.4f}, EER {report['eer']:.4f}" if "auc" in report else ""
+    if "align" in report and report["align"]["cache"]:
+        extra += (f"; MTCNN found no face in {report['align']['no_face_images']} photos ({report['align']['no_face_pairs']}"
+                  " pairs scored on the centre-square fallback)")
     tars = ", ".join(f"FAR={k}: " + (f"{v:.4f}" if v is not None else "n/a") for k, v in report["tar_at_far"].items())
     return (f"{name}: accuracy {report['accuracy']:.4f} ± {report['accuracy_std']:.4f} over {report['num_pairs']} pairs "
-            f"({report.get('num_folds', 10)}-fold), threshold {report['threshold']:.4f}; TAR@{tars}")
+            f"({report.get('num_folds', 10)}-fold), threshold {report['threshold']:.4f}; TAR@{tars}{extra}")
 
 
 def _evaluate():
-    if not FLAGS.bin and not (FLAGS.lfw_dir and FLAGS.pairs):
-        raise app.UsageError("give --lfw_dir and --pairs (LFW View 2), and/or --bin=FILE")
+    if not FLAGS.bin and not FLAGS.cfp_dir and not (FLAGS.lfw_dir and FLAGS.pairs):
+        raise app.UsageError("give --lfw_dir and --pairs (LFW View 2), --cfp_dir=DIR (CFP), and/or --bin=FILE")
+    if FLAGS.cfp_dir:  # checked before any model or MTCNN is loaded
+        from mobiface_tf.data.verification import check_protocol, read_cfp_pairs
+
+        for protocol in FLAGS.cfp_protocol:
+            read_cfp_pairs(FLAGS.cfp_dir, check_protocol(protocol))
     if bool(FLAGS.lfw_dir) != bool(FLAGS.pairs):
         raise app.UsageError(f"--lfw_dir ({FLAGS.lfw_dir!r}) and --pairs ({FLAGS.pairs!r}) go together")
     model_path = Path(FLAGS.model)
@@ -71,19 +87,25 @@ def _evaluate():
         aligner = FaceAligner()
     meta = dict(model=str(model_path), preprocess=emb.preprocess,
                 protocol="10-fold: threshold fit on 9 folds, accuracy on the held-out fold (pairs.txt: the LFW "
-                         "View 2 folds; .bin: 10 contiguous folds, as InsightFace splits them)")
+                         "View 2 folds; CFP: its official Split folds; .bin: 10 contiguous folds, as InsightFace splits "
+                         "them)")
 
     reports = {}
+    try:
+        folds = [int(f) for f in FLAGS.folds] if FLAGS.folds else None
+    except ValueError:
+        raise ValueError(f"--folds must be 1-based fold numbers such as 1,2,3, got {FLAGS.folds}") from None
     if FLAGS.pairs:
-        try:
-            folds = [int(f) for f in FLAGS.folds] if FLAGS.folds else None
-        except ValueError:
-            raise ValueError(f"--folds must be 1-based fold numbers such as 1,2,3, got {FLAGS.folds}") from None
         report, scores, issame = ev.evaluate_lfw(emb, FLAGS.pairs, FLAGS.lfw_dir, FLAGS.flip, aligner, folds=folds,
                                                  progress=FLAGS.progress, **meta)
         dataset = f"{Path(FLAGS.lfw_dir).name} ({Path(FLAGS.pairs).name}, {report.get('num_folds', 10)} folds)"
         report["roc_png"] = str(ev.save_roc_png(scores, issame, roc_png, f"{model_path.name} on {dataset}"))
         reports["lfw"] = report
+    if FLAGS.cfp_dir:
+        from mobiface_tf.evaluate_cfp import cfp_reports
+
+        reports.update(cfp_reports(emb, FLAGS.cfp_dir, FLAGS.cfp_protocol, FLAGS.flip, FLAGS.align_cache, folds,
+                                   roc_png, model_path.name, FLAGS.progress, **meta))
     if FLAGS.bin:
         report, scores, issame = ev.evaluate_bin(emb, FLAGS.bin, FLAGS.flip, aligner, progress=FLAGS.progress, **meta)
         png = roc_png if not reports else roc_png.with_name(roc_png.stem.replace(".roc", "") + ".bin.roc.png")

@@ -2,7 +2,8 @@
 or an InsightFace RecordIO file. A thin CLI over mobiface_tf.data.prepare.
 
   python tools/prepare_data.py --input=PATH --output=DIR [--align=auto|mtcnn|none] [--shards=N] [--workers=N]
-      [--exclude_pairs=pairs.txt --exclude_folds=1,2,3] [--teacher=MODEL [--teacher_preprocess=raw]] [--unlabelled]
+      [--exclude_pairs=pairs.txt --exclude_folds=1,2,3] [--exclude_names=list_name.txt]
+      [--teacher=MODEL [--teacher_preprocess=raw]] [--unlabelled]
   python tools/prepare_data.py --add_teacher=MODEL --output=DIR      # teacher embeddings into existing shards
 
 PATH is `<identity>/<image>` folders, a flat folder of faces (--unlabelled), or a `.rec` next to its `.idx`.
@@ -38,6 +39,8 @@ flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS, "Refuse images above this
 flags.DEFINE_integer("min_face_size", 20, "MTCNN minimum face size in pixels.", lower_bound=12)
 flags.DEFINE_string("exclude_pairs", None, "LFW View 2 pairs.txt: leave out every person named in --exclude_folds "
                     "(the held-out LFW protocol).")
+flags.DEFINE_string("exclude_names", None, "Names file, one person per line (e.g. cfp/Data/list_name.txt, with spaces): "
+                    "leave those people out, whether their folders use spaces or underscores, in any case.")
 flags.DEFINE_list("exclude_folds", None, "1-based folds of --exclude_pairs whose people are left out, e.g. 1,2,3.")
 flags.DEFINE_bool("unlabelled", False, "--input is a flat folder of faces (or any tree): every image gets label 0. "
                   "For distillation alone (train with --margin=none).")
@@ -82,7 +85,7 @@ def main(argv):
         m = prepare(FLAGS.input, FLAGS.output, FLAGS.align, FLAGS.shards, FLAGS.workers, FLAGS.max_pixels,
                     FLAGS.min_face_size, FLAGS.progress, exclude_pairs=FLAGS.exclude_pairs, exclude_folds=folds,
                     unlabelled=FLAGS.unlabelled, teacher=FLAGS.teacher, teacher_preprocess=FLAGS.teacher_preprocess,
-                    teacher_threads=FLAGS.teacher_threads)
+                    teacher_threads=FLAGS.teacher_threads, exclude_names=FLAGS.exclude_names)
     except (ValueError, RecordIOError, OSError) as e:  # bad input, a full disk: one line
         msg = e.strerror if isinstance(e, OSError) and e.strerror and not e.filename else e
         sys.exit(f"prepare_data: error: {msg}")
@@ -95,6 +98,10 @@ def main(argv):
         e = m["excluded"]
         print(f"excluded {e['num_images']} images of {e['num_identities']} people in folds {e['folds']} of "
               f"{e['pairs']}")
+    if m.get("excluded_names"):
+        e = m["excluded_names"]
+        print(f"excluded {e['num_images']} images of {e['num_identities']} people listed in {e['names_file']} "
+              f"({e['people_in_file']} names; manifest.json lists them)")
     if m.get("teacher"):
         t = m["teacher"]
         print(f"teacher {t['file']}: {t['embedding_dim']}-d, {t['images_per_s']:.1f} img/s (crop + mirror)")

@@ -135,6 +135,15 @@ def list_unlabelled_images(root) -> tuple[list[str], list[tuple[str, str]]]:
     return [str(p) for p in paths], skipped
 
 
+def _drop_classes(tasks, class_names, drop):
+    """Tasks and class names without the class indices in `drop`, re-indexed and re-labelled (skips keep None)."""
+    keep_names = [name for c, name in enumerate(class_names) if c not in drop]
+    relabel = {old: new for new, old in enumerate(c for c in range(len(class_names)) if c not in drop)}
+    kept = [t for t in tasks if t[3] not in drop]
+    tasks = [(i, kind, ref, relabel.get(label)) for i, (_, kind, ref, label) in enumerate(kept)]  # skip: None
+    return tasks, keep_names
+
+
 def _exclude_identities(tasks, class_names, pairs_file, folds):
     """Drop every image of every person named in `folds` (1-based) of an LFW View 2 pairs.txt.
 
@@ -144,12 +153,27 @@ def _exclude_identities(tasks, class_names, pairs_file, folds):
 
     people = lfw_fold_identities(pairs_file, folds)
     drop = {c for c, name in enumerate(class_names) if name in people}
-    keep_names = [name for c, name in enumerate(class_names) if c not in drop]
-    relabel = {old: new for new, old in enumerate(c for c in range(len(class_names)) if c not in drop)}
-    kept = [t for t in tasks if t[3] not in drop]
-    tasks = [(i, kind, ref, relabel.get(label)) for i, (_, kind, ref, label) in enumerate(kept)]  # skip: None
+    tasks, keep_names = _drop_classes(tasks, class_names, drop)
     record = {"pairs": str(os.path.abspath(pairs_file)), "folds": sorted(folds),
               "people_in_folds": len(people), "num_identities": len(drop), "num_images": None}
+    return tasks, keep_names, record
+
+
+def _exclude_named(tasks, class_names, names_file):
+    """Drop every image of every person listed in a names file (mobiface_tf.data.people: spaces or underscores,
+    any case, NFC). Returns (tasks, kept class names, the manifest's "excluded_names" record)."""
+    from mobiface_tf.data import people
+
+    names = people.read_names_file(names_file)
+    split = people.exclude(class_names, names)
+    drop = set(range(len(class_names))) - set(split.keep)
+    before = len(tasks)
+    tasks, keep_names = _drop_classes(tasks, class_names, drop)
+    record = {"names_file": str(os.path.abspath(names_file)), "people_in_file": len(names),
+              "num_identities": len(split.excluded), "num_images": before - len(tasks),
+              "identities": sorted(split.excluded),
+              "reason": "listed in the names file (people an evaluation set scores the model on); names compared "
+                        "by mobiface_tf.data.people.canonical_name (spaces = underscores, any case, Unicode NFC)"}
     return tasks, keep_names, record
 
 
@@ -214,7 +238,8 @@ def prepare(input_path: str, output: str, *args, **kwargs) -> dict:
 def _prepare(input_path: str, output: str, align: str = "auto", shards: int | None = None,
             workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, min_face_size: int = 20,
             progress: bool = True, exclude_pairs=None, exclude_folds=None, unlabelled: bool = False,
-            teacher=None, teacher_preprocess: str | None = None, teacher_threads: int | None = None) -> dict:
+            teacher=None, teacher_preprocess: str | None = None, teacher_threads: int | None = None,
+            exclude_names=None) -> dict:
     """Runs (or resumes) the conversion; returns the manifest (also written to `output`/manifest.json).
 
     Args:
@@ -223,6 +248,9 @@ def _prepare(input_path: str, output: str, align: str = "auto", shards: int | No
         inputs and one worker per CPU.
       exclude_pairs, exclude_folds: LFW View 2 pairs.txt and 1-based fold numbers; every image of every person
         in those folds is left out (an image folder only), and the manifest's "excluded" says how many.
+      exclude_names: a names file (one person per line, e.g. CFP's Data/list_name.txt with spaces); those people
+        are left out (an image folder only), matched by mobiface_tf.data.people.canonical_name; the manifest's
+        "excluded_names" lists them and why.
       unlabelled: every image gets label 0 (class "unlabelled"); for distillation alone.
       teacher: a model path; its L2-normalised embeddings of each stored crop and of its mirror are added
         (see add_teacher). teacher_preprocess: its pixel convention (default: what the model states, else raw).
@@ -252,6 +280,14 @@ def _prepare(input_path: str, output: str, align: str = "auto", shards: int | No
         excluded["num_images"] = before - len(tasks)
         if not tasks:
             raise ValueError(f"every input image belongs to a person in folds {exclude_folds} of {exclude_pairs}")
+    excluded_names = None
+    if exclude_names:
+        if source_kind != "image_folder":
+            raise ValueError("--exclude_names needs an <identity>/<image> folder tree as --input (people are named "
+                             f"by folder); got a {source_kind}")
+        tasks, class_names, excluded_names = _exclude_named(tasks, class_names, exclude_names)
+        if not tasks:
+            raise ValueError(f"every input image belongs to a person listed in {exclude_names}")
     n = len(tasks)
     num_shards = shards or max(1, math.ceil(n / IMAGES_PER_SHARD))
     num_shards = min(num_shards, n)
@@ -380,6 +416,7 @@ def _prepare(input_path: str, output: str, align: str = "auto", shards: int | No
         "aligned_by": {k: sum(i["aligned_by"][k] for i in infos.values()) for k in ("mtcnn", "none")},
         "multi_face": sum(i["multi_face"] for i in infos.values()),
         "excluded": excluded,
+        "excluded_names": excluded_names,
         "skipped": skipped,
         "shards": [{"file": names[s], "num_images": infos[s]["num_images"], "bytes": infos[s]["bytes"]}
                    for s in range(num_shards)],
