@@ -258,6 +258,8 @@ def process_has_loaded(pid: int, library: str) -> bool:
         return False
 
 
+
+
 def write_cfp_layout(root: Path, frontal, profile, splits, names=None) -> Path:
     """A CFP-layout benchmark under root (Sengupta et al., 2016; see mobiface_tf.data.verification.cfp).
 
@@ -315,3 +317,5 @@ def ignores_signal(pid: int, signum: int) -> bool:
         if line.startswith("SigIgn:"):
             return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
     return False
+
+

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from mobiface_tf.training.config import CHECKPOINTS, CONFIG_FILE, FLAGS_FILE
+from mobiface_tf.training.config import CHECKPOINTS, CONFIG_FILE, FLAGS_FILE, PIPELINE_SETTINGS
 from mobiface_tf.training.errors import TrainingDiverged
 from mobiface_tf.training.lock import write_atomic
 
@@ -137,11 +137,12 @@ class Checkpointer:
         return self.manager.latest_checkpoint
 
     def restore(self, prefix: str | None, changed: dict) -> None:
-        """Restore `prefix` (None: nothing to do). When the batch size, seed or shuffle buffer changed, the saved
-        iterator would yield the old batches: everything else is restored and the iterator starts afresh."""
+        """Restore `prefix` (None: nothing to do). When the batch size, seed, shuffle buffer or an augmentation
+        setting changed (config.PIPELINE_SETTINGS), the saved iterator would yield the old batches: everything else
+        is restored and the iterator starts afresh."""
         if not prefix:
             return
-        if {"batch_size", "seed", "shuffle_buffer"} & set(changed):
+        if set(PIPELINE_SETTINGS) & set(changed):
             tf.train.Checkpoint(**self.parts.checkpointables()).restore(prefix).expect_partial()
             log.info("resumed from %s at step %d with a fresh data iterator (changed: %s)", prefix,
                      int(self.parts.step.numpy()), ", ".join(f"{k} {o} -> {n}" for k, (o, n) in changed.items()))

@@ -8,6 +8,7 @@ import math
 import os
 
 from mobiface_tf import models
+from mobiface_tf.data.augment import AugmentConfig
 from mobiface_tf.heads import MARGINS, margin_params
 from mobiface_tf.models.zoo import CONFIGS as NETWORKS, resolve as resolve_network
 
@@ -21,6 +22,11 @@ CONFIG_FILE = "config.json"  # the settings the checkpoints were made with (comp
 FLAGS_FILE = "flags.txt"  # the command line of the first run, then one line per resume that changed settings
 VAL_HISTORY = "val_history.jsonl"  # one line per held-out evaluation: step, seconds, accuracy (learning curve)
 CHECKPOINTS = "checkpoints"
+AUG = AugmentConfig()  # the augmentation defaults
+# Settings that change the input pipeline's structure: a resume that changes one starts a fresh data iterator.
+PIPELINE_SETTINGS = ("batch_size", "seed", "shuffle_buffer", "augment", "aug_scale", "aug_shift", "aug_downup",
+                     "aug_downup_min", "aug_blur", "aug_blur_sigma", "aug_brightness", "aug_contrast",
+                     "aug_saturation", "aug_grey", "aug_cutout", "aug_cutout_size", "mixup", "mixup_alpha", "cutmix")
 
 
 def _field(default, help: str, flag: str | None = None, **meta):
@@ -61,10 +67,40 @@ class TrainConfig:
     margin_m1: float = _field(None, "override the preset multiplicative angular margin m1", "float", fixed=True)
     margin_m2: float = _field(None, "override the preset additive angular margin m2", "float", fixed=True)
     margin_m3: float = _field(None, "override the preset additive cosine margin m3", "float", fixed=True)
-    distill_weight: float = _field(0.0, "knowledge distillation weight lambda (0: off); needs shards with teacher "
-                                   "embeddings (tools/prepare_data.py --teacher)", "float", fixed=True)
+    distill_weight: float = _field(0.0, "knowledge distillation weight lambda (0: off); needs an online --teacher "
+                                   "or shards with teacher embeddings (tools/prepare_data.py --teacher)", "float",
+                                   fixed=True)
     distill_loss: str = _field("cosine", "cosine: 1 - cos(student, teacher); mse: squared error of the normalised "
                                "embeddings", "enum", choices=list(DISTILL_LOSSES), fixed=True)
+    teacher: str = _field(None, "online teacher (function-matching distillation, with --distill_weight > 0): it "
+                          "embeds each augmented batch the student sees. .tflite / .onnx run batched in the input "
+                          "pipeline, .keras / SavedModel inside the step. Unset: the teacher embeddings stored in "
+                          "the shards (precomputed; crop and mirror only)", "string", fixed=True)
+    teacher_preprocess: str = _field(None, "the online teacher's pixel convention (mobiface_tf.embedder.PREPROCESS); "
+                                     "default: what the model states, else raw", "string", fixed=True)
+    teacher_threads: int = _field(1, "LiteRT / onnxruntime threads of an online .tflite / .onnx teacher", "integer",
+                                  lower_bound=1)
+    augment: bool = _field(False, "face-preserving augmentations (mobiface_tf/data/augment.py) at the --aug_* "
+                           "strengths; off: a random flip only. With distillation it needs --teacher", "bool")
+    aug_scale: float = _field(AUG.scale, "zoom factor from U(1 - s, 1 + s) (with --augment)", "float")
+    aug_shift: float = _field(AUG.shift, "shift from U(-s, s) x side, per axis (with --augment)", "float")
+    aug_downup: float = _field(AUG.downup, "probability of down-up scaling (with --augment)", "float")
+    aug_downup_min: int = _field(AUG.downup_min, "smallest side (px) of down-up scaling", "integer")
+    aug_blur: float = _field(AUG.blur, "probability of a Gaussian blur (with --augment)", "float")
+    aug_blur_sigma: float = _field(AUG.blur_sigma, "largest blur sigma (px)", "float")
+    aug_brightness: float = _field(AUG.brightness, "brightness factor from U(1 - b, 1 + b) (with --augment)", "float")
+    aug_contrast: float = _field(AUG.contrast, "contrast factor from U(1 - c, 1 + c) (with --augment)", "float")
+    aug_saturation: float = _field(AUG.saturation, "saturation factor from U(1 - s, 1 + s) (with --augment)", "float")
+    aug_grey: float = _field(AUG.grey, "probability of greyscale (with --augment)", "float")
+    aug_cutout: float = _field(AUG.cutout, "probability of one cutout rectangle (with --augment)", "float")
+    aug_cutout_size: float = _field(AUG.cutout_size, "largest cutout side as a fraction of the face", "float")
+    mixup: float = _field(AUG.mixup, "per-image probability of mixup with another face of the batch (needs "
+                          "--teacher and --margin=none: the target is the teacher's embedding of the mixed face)",
+                          "float")
+    mixup_alpha: float = _field(AUG.mixup_alpha, "mixup weight lambda ~ Beta(alpha, alpha), folded to >= 1/2",
+                                "float")
+    cutmix: float = _field(AUG.cutmix, "per-image probability of CutMix with another face of the batch (as "
+                           "--mixup; mixup + cutmix <= 1)", "float")
     batch_size: int = _field(1024, "GLOBAL batch size (split over replicas)", "integer", lower_bound=1)
     lr: float = _field(0.1, "base learning rate", "float")
     lr_schedule: str = _field("piecewise", "piecewise: x lr_decay at lr_boundaries (the paper); cosine: to 0 at "
@@ -126,6 +162,7 @@ class TrainConfig:
         if self.margin == NO_MARGIN and self.distill_weight <= 0:
             raise ValueError("--margin=none trains on distillation alone: give --distill_weight > 0 (e.g. 1) and "
                              "shards with teacher embeddings (tools/prepare_data.py --teacher=MODEL)")
+        self._validate_distillation()
         if bool(self.val_lfw_dir) != bool(self.val_pairs):
             raise ValueError(f"--val_lfw_dir ({self.val_lfw_dir!r}) and --val_pairs ({self.val_pairs!r}) go together")
         try:
@@ -136,6 +173,39 @@ class TrainConfig:
                              f"{self.val_folds}") from None
         if self.val_folds and not self.val_pairs:
             raise ValueError("--val_folds needs --val_pairs and --val_lfw_dir")
+
+    def augment_config(self) -> AugmentConfig | None:
+        """The AugmentConfig of --augment / --aug_* / --mixup / --cutmix, or None for today's random flip only.
+        Without --augment, mixup and CutMix apply alone (with the flip). ValueError for a strength out of range."""
+        if not (self.augment or self.mixup > 0 or self.cutmix > 0):
+            return None
+        on = self.augment
+        try:
+            return AugmentConfig(
+                flip=True, scale=self.aug_scale * on, shift=self.aug_shift * on, downup=self.aug_downup * on,
+                downup_min=self.aug_downup_min, blur=self.aug_blur * on, blur_sigma=self.aug_blur_sigma,
+                brightness=self.aug_brightness * on, contrast=self.aug_contrast * on,
+                saturation=self.aug_saturation * on, grey=self.aug_grey * on, cutout=self.aug_cutout * on,
+                cutout_size=self.aug_cutout_size, mixup=self.mixup, mixup_alpha=self.mixup_alpha, cutmix=self.cutmix)
+        except ValueError as e:
+            raise ValueError(f"--aug_* / --mixup / --cutmix: {e}") from None
+
+    def _validate_distillation(self) -> None:
+        if self.teacher and self.distill_weight <= 0:
+            raise ValueError(f"--teacher={self.teacher} is used for distillation: give --distill_weight > 0 (e.g. 1)")
+        aug = self.augment_config()
+        if aug is not None and self.distill_weight > 0 and not self.teacher:
+            raise ValueError("--augment / --mixup / --cutmix change the pixels, but the teacher embeddings stored in "
+                             "the shards are of the crop and its mirror only: give an online --teacher=MODEL")
+        if aug is not None and aug.mixes and self.margin != NO_MARGIN:
+            raise ValueError(f"--mixup / --cutmix mix two people's faces, which --margin={self.margin} cannot label: "
+                             "use --margin=none (distillation alone) with --teacher")
+        if self.teacher_preprocess:
+            from mobiface_tf.embedder import PREPROCESS
+
+            if self.teacher_preprocess not in PREPROCESS:
+                raise ValueError(f"unknown --teacher_preprocess {self.teacher_preprocess!r}; choose one of "
+                                 f"{sorted(PREPROCESS)}")
 
     def fixed(self) -> dict:
         """The settings a resume may not change (they define the network or its objective)."""
@@ -169,7 +239,7 @@ def check_flagfile_paths(cfg: TrainConfig, argv) -> None:
     import glob
 
     flagfiles = [a.split("=", 1)[1] for a in argv if a.startswith("--flagfile=")]
-    for name in ("data", "val_bin", "val_pairs", "val_lfw_dir", "resume_from"):
+    for name in ("data", "val_bin", "val_pairs", "val_lfw_dir", "resume_from", "teacher"):
         value = getattr(cfg, name)
         if not value or os.path.isabs(value) or glob.glob(value) or os.path.exists(value + ".index"):
             continue

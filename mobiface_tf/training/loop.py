@@ -117,7 +117,8 @@ def _run_locked(cfg, schedule, inputs, strat, flags_text, received, chief: bool,
     if chief:
         record_settings(cfg, model_dir, inputs.num_classes, inputs.teacher_dim, not latest, changed,
                         int(parts.step.numpy()), flags_text)
-    metrics = _loop(cfg, parts, strat, iterator, ckpt, model_dir if chief else None, received)
+    metrics = _loop(cfg, parts, strat, iterator, ckpt, model_dir if chief else None, received,
+                    inputs.teacher_in_step())
     out = model_dir / EMBEDDING_FILE
     if chief:
         save_embedding_model(parts.backbone, cfg.backbone, cfg.embedding_dim, cfg.head, out)
@@ -126,11 +127,13 @@ def _run_locked(cfg, schedule, inputs, strat, flags_text, received, chief: bool,
     return TrainResult(metrics, parts)
 
 
-def _loop(cfg, parts: Parts, strat, iterator, ckpt: Checkpointer, chief_dir: Path | None, received) -> dict:
+def _loop(cfg, parts: Parts, strat, iterator, ckpt: Checkpointer, chief_dir: Path | None, received,
+          teacher_fn=None) -> dict:
     """Steps from parts.step to cfg.steps: log, checkpoint, validate, stop on a signal. chief_dir: model_dir on
-    the chief (summaries, validation history), None on other workers."""
+    the chief (summaries, validation history), None on other workers. teacher_fn: an online teacher run in the
+    step (.keras / SavedModel), else None."""
     train_step = make_train_step(strat, parts.backbone, parts.head, parts.optimizer, cfg.weight_decay,
-                                 cfg.batch_size, cfg.distill_weight, cfg.distill_loss, parts.projection)
+                                 cfg.batch_size, cfg.distill_weight, cfg.distill_loss, parts.projection, teacher_fn)
     writer = tf.summary.create_file_writer(str(chief_dir / "train")) if chief_dir else tf.summary.create_noop_writer()
     progress, start_step, t_start = Progress(cfg, parts.optimizer, writer), int(parts.step.numpy()), time.perf_counter()
     val = {}

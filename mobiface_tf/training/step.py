@@ -50,13 +50,16 @@ def distillation_loss(student, teacher, kind: str = "cosine", projection=None):
 
 
 def make_train_step(strategy, backbone, head, optimizer, weight_decay: float, global_batch: int,
-                    distill_weight: float = 0.0, distill_loss_kind: str = "cosine", projection=None):
+                    distill_weight: float = 0.0, distill_loss_kind: str = "cosine", projection=None,
+                    teacher_fn=None):
     """A tf.function(iterator) -> (mean CE loss, L2 term, correct count, mean distillation loss) summed over
     replicas, one SGD step.
 
     `head` is the margin head, or None for distillation alone (then the CE and accuracy are 0). With
     distill_weight > 0 the iterator yields (images, labels, teacher embeddings) and the loss gains
-    distill_weight * the mean distillation loss.
+    distill_weight * the mean distillation loss. With `teacher_fn` (an online .keras / SavedModel teacher,
+    OnlineTeacher.embed_in_graph) the iterator yields (images, labels) and the targets are teacher_fn(images),
+    computed in the step on the very images the student takes.
 
     `iterator` yields this worker's batch (global_batch / workers images); each local replica takes its
     contiguous slice, so one device and N mirrored devices see exactly the same global batch. (A plain
@@ -77,6 +80,8 @@ def make_train_step(strategy, backbone, head, optimizer, weight_decay: float, gl
     distill = distill_weight > 0
 
     def step_fn(images, labels, teacher=None):
+        if distill and teacher_fn is not None:
+            teacher = teacher_fn(images)  # no gradient: a fixed function the student matches
         with tf.GradientTape() as tape:
             emb = backbone(images, training=True)
             zero = tf.constant(0.0, tf.float32)
@@ -114,7 +119,7 @@ def make_train_step(strategy, backbone, head, optimizer, weight_decay: float, gl
                 return batch[k][i * per_replica:(i + 1) * per_replica]
             return strategy.experimental_distribute_values_from_function(fn)
 
-        args = tuple(part(k) for k in range(3 if distill else 2))
+        args = tuple(part(k) for k in range(3 if distill and teacher_fn is None else 2))
         out = strategy.run(step_fn, args=args)
         return [strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in out]
 

@@ -90,7 +90,8 @@ def _student_step(dim_teacher: int):
     import keras
     import tensorflow as tf
 
-    from mobiface_tf.train import build_backbone, make_optimizer, make_train_step
+    from mobiface_tf.training.model import build_backbone, make_optimizer
+    from mobiface_tf.training.step import make_train_step
 
     keras.utils.set_random_seed(0)
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")  # what the trainer uses on one CPU
@@ -106,15 +107,17 @@ def _student_step(dim_teacher: int):
     return backbone, step
 
 
-def _segment(step, it) -> float:
-    """img/s over steps [skip, steps) of one segment."""
+def _segment(step, it) -> tuple[float, float]:
+    """(img/s, CPU ms per image) over steps [skip, steps) of one segment. CPU time is this process's, all
+    threads (tf.data, the teacher, the step): it holds when other jobs share the cores, where wall time does not."""
     for _ in range(FLAGS.skip):
         float(step(it)[-1])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(FLAGS.steps - FLAGS.skip):
         out = step(it)
     float(out[-1])  # wait for the last step
-    return (FLAGS.steps - FLAGS.skip) * FLAGS.batch_size / (time.perf_counter() - t0)
+    n = (FLAGS.steps - FLAGS.skip) * FLAGS.batch_size
+    return n / (time.perf_counter() - t0), 1000 * (time.process_time() - c0) / n
 
 
 def main(argv):
@@ -142,17 +145,20 @@ def main(argv):
         backbone, step = _student_step(teacher.embedding_dim)
         iters = {name: iter(ds) for name, ds in datasets.items()}
         for name, it in iters.items():  # warm-up: trace the step, fill shuffle buffers
-            for _ in range(3):
+            for _ in range(2):
                 float(step(it)[-1])
-        rates = {name: [] for name in iters}
+        rates, cpu_ms = {name: [] for name in iters}, {name: [] for name in iters}
         for r in range(FLAGS.rounds):
             for name, it in iters.items():
-                rates[name].append(_segment(step, it))
-            print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in rates.items()), file=sys.stderr)
+                rate, ms = _segment(step, it)
+                rates[name].append(rate)
+                cpu_ms[name].append(ms)
+            print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.2f} img/s {cpu_ms[n][-1]:.0f} CPU ms/img"
+                                                 for n, v in rates.items()), file=sys.stderr, flush=True)
     gflops = sgemm_gflops(threads=max(1, FLAGS.threads))
     student_macs = count_macs(backbone)
     teacher_macs = _teacher_macs(teacher)
-    _report(source, rates, student_macs, teacher_macs, gflops, cpu_label(cpu_info()))
+    _report(source, rates, cpu_ms, student_macs, teacher_macs, gflops, cpu_label(cpu_info()))
     return 0
 
 
@@ -162,14 +168,15 @@ def _teacher_macs(teacher) -> int | None:
     if "mobilefacenet" not in teacher.path.name.lower():
         return None
     from mobiface_tf.models.macs import count_macs
-    from mobiface_tf.train import build_backbone
+    from mobiface_tf.training.model import build_backbone
 
     return count_macs(build_backbone("mobilefacenet", teacher.embedding_dim, None))
 
 
-def _report(source, rates, student_macs, teacher_macs, gflops, cpu):
+def _report(source, rates, cpu_ms, student_macs, teacher_macs, gflops, cpu):
     med = {n: statistics.median(v) for n, v in rates.items()}
-    rows = [f"| {n} | {med[n]:.1f} | {min(v):.1f} | {max(v):.1f} |" for n, v in rates.items()]
+    ms = {n: statistics.median(v) for n, v in cpu_ms.items()}
+    rows = [f"| {n} | {med[n]:.2f} | {min(v):.2f} | {max(v):.2f} | {ms[n]:.0f} |" for n, v in rates.items()]
     ratio = {}
     for base in ("augment", "plain"):
         if "online" in rates and base in rates:
@@ -178,10 +185,12 @@ def _report(source, rates, student_macs, teacher_macs, gflops, cpu):
     print(f"data: {source}; student {FLAGS.backbone}-{FLAGS.head} {FLAGS.embedding_dim}-d, batch {FLAGS.batch_size}, "
           f"teacher {Path(FLAGS.teacher).name} ({FLAGS.teacher_threads} thread(s)); TF intra-op {FLAGS.threads}; "
           f"{FLAGS.rounds} rounds x {FLAGS.steps - FLAGS.skip} timed steps; CPU: {cpu}\n")
-    print("| configuration | median img/s | min | max |\n| --- | ---: | ---: | ---: |")
+    print("| configuration | median img/s | min | max | median CPU ms / image |\n| --- | ---: | ---: | ---: | ---: |")
     print("\n".join(rows))
     for k, v in ratio.items():
-        print(f"\nratio {k} (median of per-round ratios): {v:.3f}")
+        base = k.split("/")[1]
+        print(f"\nratio {k}: img/s {v:.3f} (median of per-round ratios); CPU ms per image "
+              f"{ms[base] / ms['online']:.3f} (inverse ratio of medians)")
     print(f"\nstudent forward MACs/image {student_macs / 1e6:.1f} M -> training FLOPs/image ~{train_flops / 1e9:.3f} G "
           f"(forward + backward = 3 x 2 x MACs)")
     if teacher_macs:
@@ -191,7 +200,8 @@ def _report(source, rates, student_macs, teacher_macs, gflops, cpu):
         flops = train_flops + (2 * teacher_macs if n == "online" and teacher_macs else 0)
         print(f"  {n}: {v * flops / 1e9:.1f} GFLOP/s achieved = {100 * v * flops / 1e9 / gflops:.1f}% of sgemm")
     if FLAGS.json_out:
-        Path(FLAGS.json_out).write_text(json.dumps(dict(source=source, rates=rates, median=med, ratio=ratio,
+        Path(FLAGS.json_out).write_text(json.dumps(dict(source=source, rates=rates, cpu_ms=cpu_ms, median=med,
+                                                        ratio=ratio,
                                                         student_macs=student_macs, teacher_macs=teacher_macs,
                                                         sgemm_gflops=gflops, cpu=cpu), indent=1))
 
