@@ -134,6 +134,11 @@ def test_crop_cache_key_reuse_and_fallback(tmp_path):
     assert len(list((tmp_path / "cache").rglob("*.fallback.png"))) == 1  # same bytes, one entry
     other = cache.crop_many([np_png(255 - flat)])[0]  # other bytes: its own entry and crop
     assert other.image[:, 10:100].max() <= 65 and len(list((tmp_path / "cache").rglob("*.fallback.png"))) == 2
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is not a folder"):
+        CropCache(tmp_path / "file")
+    with pytest.raises(ValueError, match="cannot be written"):
+        CropCache(tmp_path / "file" / "below")
 
 
 # ------------------------------------------------------------------ the real benchmark

@@ -64,7 +64,7 @@ def main(argv):
     del argv
     try:
         return _run()
-    except (FileNotFoundError, ValueError, NotADirectoryError) as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
