@@ -5,12 +5,9 @@ import sys
 import unicodedata
 from pathlib import Path
 
-import cv2
 import pytest
 
 from mobiface_tf.data import people
-from mobiface_tf.data.synthetic import render_identity
-from mobiface_tf.data.tfrecord import read_examples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +46,11 @@ def test_read_names_file_and_exclude(tmp_path):
 @pytest.mark.slow  # a prepare_data subprocess (TensorFlow start-up): about 35 s on 2 shared cores
 def test_prepare_data_exclude_names_with_spaces(tmp_path):
     """A CFP-style names file (spaces, other capitals) leaves those people out of the shards; the manifest says who."""
+    import cv2
+
+    from mobiface_tf.data.synthetic import render_identity
+    from mobiface_tf.data.tfrecord import read_examples
+
     tree = tmp_path / "in"
     folders = ["Ann_Smith", "Leonardo_DiCaprio", "Tom_Hanks", "Queen_Elizabeth_II"]
     for k, name in enumerate(folders):
