@@ -79,3 +79,15 @@ def test_prepare_data_exclude_names_with_spaces(tmp_path):
                           f"--output={tmp_path / 'out2'}", "--align=none", f"--exclude_names={tmp_path / 'nope.txt'}"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "error: names file not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cfp_names_against_lfw_folders(cfp_dir, lfw_dir):
+    """CFP's list_name.txt (spaces, its own capitals) against LFW's folder names: 176 shared people, 172 of them
+    spelt with the same capitals (the data README's count)."""
+    names = people.read_names_file(cfp_dir / "Data" / "list_name.txt")
+    folders = sorted(d.name for d in lfw_dir.iterdir() if d.is_dir())
+    shared = people.exclude(folders, names).excluded
+    assert len(names) == 500 and len(shared) == 176
+    assert {"Leonardo_DiCaprio", "LeBron_James", "Queen_Elizabeth_II", "John_McEnroe"} <= set(shared)
+    raw = {line.strip().replace(" ", "_") for line in (cfp_dir / "Data" / "list_name.txt").read_text().splitlines()}
+    assert len(raw & set(folders)) == 172
