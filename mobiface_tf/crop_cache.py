@@ -109,7 +109,8 @@ class CropCache:
     """Aligned crops of photo files, computed once per (file content, aligner settings).
 
     Args:
-      cache_dir: folder of the cache (created on first write); default `default_cache_dir()`.
+      cache_dir: folder of the cache (created when missing); default `default_cache_dir()`. ValueError when it is
+        a file or cannot be written.
       aligner: a mobiface_tf.align.FaceAligner; default one with the project's settings (MTCNN is loaded only
         when a photo is missing from the cache).
     """
@@ -117,7 +118,15 @@ class CropCache:
     def __init__(self, cache_dir=None, aligner=None):
         self.dir = Path(cache_dir) if cache_dir else default_cache_dir()
         if self.dir.exists() and not self.dir.is_dir():
-            raise NotADirectoryError(f"--align_cache {str(self.dir)!r} exists and is not a folder")
+            raise ValueError(f"--align_cache {str(self.dir)!r} exists and is not a folder; pass a folder")
+        try:  # checked now, before any photo is aligned
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ValueError(f"--align_cache {str(self.dir)!r} cannot be written ({e.strerror or e}); pass a writable "
+                             "folder") from None
         if aligner is None:
             from mobiface_tf.align import FaceAligner
 

@@ -134,6 +134,11 @@ def test_crop_cache_key_reuse_and_fallback(tmp_path):
     assert len(list((tmp_path / "cache").rglob("*.fallback.png"))) == 1  # same bytes, one entry
     other = cache.crop_many([np_png(255 - flat)])[0]  # other bytes: its own entry and crop
     assert other.image[:, 10:100].max() <= 65 and len(list((tmp_path / "cache").rglob("*.fallback.png"))) == 2
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is not a folder"):
+        CropCache(tmp_path / "file")
+    with pytest.raises(ValueError, match="cannot be written"):
+        CropCache(tmp_path / "file" / "below")
 
 
 # ------------------------------------------------------------------ the real benchmark
@@ -231,20 +236,30 @@ def test_cli_rejects_bad_protocol_before_loading(synthetic_cfp, tmp_path):
 
 def test_make_bin_from_lfw_pairs_keeps_folds(tmp_path):
     """LFW View 2 -> .bin without realignment: pairs in fold order, each photo's bytes the encoded crop."""
-    from conftest import lfw_style_heldout
+    import cv2
+
+    from conftest import person
 
     from mobiface_tf.data.verification import read_lfw_pairs
     from mobiface_tf.make_bin import build_bin, protocol_pairs
 
-    root = lfw_style_heldout(tmp_path / "lfw")
+    root = tmp_path / "lfw"
+    names = [f"held{i}" for i in range(4)]
+    for i, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for k in range(1, 4):
+            cv2.imwrite(str(root / name / f"{name}_{k:04d}.jpg"), cv2.cvtColor(person(i, k), cv2.COLOR_RGB2BGR))
+    lines = ["2\t3"]
+    for f in range(2):
+        lines += [f"{names[(f + j) % 4]}\t1\t{2 + j % 2}" for j in range(3)]
+        lines += [f"{names[j]}\t1\t{names[(j + 1 + f) % 4]}\t2" for j in range(3)]
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
     pairs = protocol_pairs(lfw_dir=root, pairs_file=root / "pairs.txt")
     assert pairs == read_lfw_pairs(root / "pairs.txt", root)
     summary = build_bin(pairs, tmp_path / "lfw.bin", crops=None, quality=90, progress=False)
     assert summary["num_pairs"] == 12 and summary["folds"] == [1, 2] and summary["pairs_per_fold"] == [6]
     images, issame = read_bin(tmp_path / "lfw.bin")
     assert issame.tolist() == [True] * 3 + [False] * 3 + [True] * 3 + [False] * 3
-    import cv2
-
     first = cv2.imdecode(np.frombuffer(images[0], np.uint8), cv2.IMREAD_COLOR)
     original = cv2.imread(str(pairs[0].path_a))
     assert first.shape == (112, 112, 3) and np.abs(first.astype(int) - original).mean() < 6

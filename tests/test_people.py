@@ -5,12 +5,9 @@ import sys
 import unicodedata
 from pathlib import Path
 
-import cv2
 import pytest
 
 from mobiface_tf.data import people
-from mobiface_tf.data.synthetic import render_identity
-from mobiface_tf.data.tfrecord import read_examples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +46,11 @@ def test_read_names_file_and_exclude(tmp_path):
 @pytest.mark.slow  # a prepare_data subprocess (TensorFlow start-up): about 35 s on 2 shared cores
 def test_prepare_data_exclude_names_with_spaces(tmp_path):
     """A CFP-style names file (spaces, other capitals) leaves those people out of the shards; the manifest says who."""
+    import cv2
+
+    from mobiface_tf.data.synthetic import render_identity
+    from mobiface_tf.data.tfrecord import read_examples
+
     tree = tmp_path / "in"
     folders = ["Ann_Smith", "Leonardo_DiCaprio", "Tom_Hanks", "Queen_Elizabeth_II"]
     for k, name in enumerate(folders):
@@ -77,3 +79,15 @@ def test_prepare_data_exclude_names_with_spaces(tmp_path):
                           f"--output={tmp_path / 'out2'}", "--align=none", f"--exclude_names={tmp_path / 'nope.txt'}"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "error: names file not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cfp_names_against_lfw_folders(cfp_dir, lfw_dir):
+    """CFP's list_name.txt (spaces, its own capitals) against LFW's folder names: 176 shared people, 172 of them
+    spelt with the same capitals (the data README's count)."""
+    names = people.read_names_file(cfp_dir / "Data" / "list_name.txt")
+    folders = sorted(d.name for d in lfw_dir.iterdir() if d.is_dir())
+    shared = people.exclude(folders, names).excluded
+    assert len(names) == 500 and len(shared) == 176
+    assert {"Leonardo_DiCaprio", "LeBron_James", "Queen_Elizabeth_II", "John_McEnroe"} <= set(shared)
+    raw = {line.strip().replace(" ", "_") for line in (cfp_dir / "Data" / "list_name.txt").read_text().splitlines()}
+    assert len(raw & set(folders)) == 172

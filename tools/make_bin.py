@@ -54,8 +54,9 @@ def _run():
     s = build_bin(pairs, out, crops, FLAGS.jpeg_quality, FLAGS.progress)
     print(f"wrote {s['output']}: {s['num_pairs']} pairs, {s['num_images']} distinct photos, folds "
           f"{s['folds'][0]}..{s['folds'][-1]} ({'/'.join(map(str, s['pairs_per_fold']))} pairs each), "
-          f"{s['bytes'] / 1e6:.1f} MB; MTCNN found no face in {s['no_face_images']} photos "
-          f"({s['no_face_pairs']} pairs hold the centre-square fallback)")
+          f"{s['bytes'] / 1e6:.1f} MB; " + (f"MTCNN found no face in {s['no_face_images']} photos "
+          f"({s['no_face_pairs']} pairs hold the centre-square fallback)" if crops is not None
+          else "photos stored as given (--align=none)"))
     return 0
 
 
@@ -64,7 +65,7 @@ def main(argv):
     del argv
     try:
         return _run()
-    except (FileNotFoundError, ValueError, NotADirectoryError) as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
