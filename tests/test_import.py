@@ -127,9 +127,7 @@ def _cosines(a, b):
 def test_import_reference_tflite_matches_it_on_real_faces(reference_tflite, lfw_dir, tmp_path):
     """The publisher's TFLite (BN folded, PReLU as MAXIMUM/MINIMUM/MUL/ADD, MXNet's symmetric pads, -127.5 * 1/128
     in the graph) imports into a .keras that takes raw RGB and gives the same embedding on real LFW faces."""
-    import keras
-
-    from mobiface_tf.embedder import load_embedder
+    from mobiface_tf.embedder import load_embedder, stated_preprocess
     from mobiface_tf.export import load_faces
     from mobiface_tf.import_model import run
 
@@ -139,10 +137,12 @@ def test_import_reference_tflite_matches_it_on_real_faces(reference_tflite, lfw_
     assert report["padding"] == "symmetric" and report["layers"] == 50 and report["residual_adds"] == 12
     assert report["bn_recalibrated"] == 50  # every BN held a folded bias
     assert (tmp_path / "imported.keras.import.json").is_file()
-    # Independent of the importer's own check: other faces, the saved file reloaded, the source run by LiteRT.
+    # Independent of the importer's own check: other faces, the saved file reloaded the way the offline teacher path
+    # (prepare_data --add_teacher) and the CLIs load it, the source run by LiteRT.
     faces = load_faces(lfw_dir, 40, seed=7).astype(np.float32)
-    model = keras.models.load_model(out, compile=False)
-    ours = model.predict(faces, verbose=0)
+    assert stated_preprocess(out) is None  # so add_teacher / evaluate feed it raw RGB, which is right
+    emb = load_embedder(out, "raw", batch_size=8)
+    model, ours = emb.model, emb.embed_raw(faces)
     theirs = load_embedder(reference_tflite, "raw", batch_size=8).embed_raw(faces)
     assert _cosines(ours, theirs).min() >= 0.9999
     # With the recalibrated BN statistics, training mode (batch statistics) computes nearly the same embeddings:
