@@ -281,3 +281,13 @@ def test_cli_rejects_bad_paths_before_any_work(tmp_path):
         run(str(tmp_path / "x.onnx"), str(tmp_path / "o.h5"))
     with pytest.raises(ValueError, match="not a readable ONNX model"):
         run(str(tmp_path / "x.onnx"), str(tmp_path / "o.keras"))
+
+
+def test_quantised_tflite_is_refused_with_a_pointer_to_the_float_model(reference_tflite_uint8, tmp_path):
+    """The publisher's uint8 file is not silently 'imported': one line saying it is quantised and what to do."""
+    from mobiface_tf import importer
+    from mobiface_tf.import_model import run
+
+    with pytest.raises(importer.ImportRefused, match="integer-quantised model. Import the float") as e:
+        run(str(reference_tflite_uint8), str(tmp_path / "u8.keras"))
+    assert "\n" not in str(e.value) and not list(tmp_path.iterdir())

@@ -39,6 +39,7 @@ class _Reader:
         self.names = _op_names()
         self.alias = {}  # tensor -> ("input",) | ("layer", Layer) | ("pad", pads, src) | ("max"/"min", Layer)
         #                           | ("neg", Layer, slopes) | ("sum",)
+        self.folded = {}  # tensor -> float32 array: DEQUANTIZE outputs of constant float16 weights
 
     def tname(self, t) -> str:
         name = self.sg.tensors[t].name
@@ -48,6 +49,8 @@ class _Reader:
         """The constant array of tensor t, or None when t is computed at run time."""
         if t < 0:
             return None
+        if t in self.folded:
+            return self.folded[t]
         tensor = self.sg.tensors[t]
         data = self.model.buffers[tensor.buffer].data
         if data is None or len(data) == 0:
@@ -129,6 +132,12 @@ def read_tflite(path) -> SourceGraph:
         out = int(op.outputs[0])
         consts = [r.const(t) for t in ins]
         kinds = [r.alias.get(t, (None,))[0] if c is None else "const" for t, c in zip(ins, consts)]
+        if name == "DEQUANTIZE" and kinds == ["const"] and r.sg.tensors[ins[0]].type == 1:  # float16 weights
+            r.folded[out] = consts[0]
+            continue
+        if name in ("QUANTIZE", "DEQUANTIZE"):
+            r.refuse(i, name, op, "quantises activations: this is an integer-quantised model. Import the float "
+                     ".tflite (or .onnx) instead and quantise the result with tools/to_tflite.py")
         if name in ("SUB", "ADD", "MUL", "DIV") and not g.items and "input" in kinds and "const" in kinds:
             if compose_normalisation(g, name, consts[kinds.index("const")], kinds[0] == "input"):
                 r.alias[out] = ("input",)
