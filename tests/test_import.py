@@ -123,12 +123,11 @@ def _cosines(a, b):
 
 
 # -------------------------------------------------------------------------------------------------- tests
+@pytest.mark.slow
 def test_import_reference_tflite_matches_it_on_real_faces(reference_tflite, lfw_dir, tmp_path):
     """The publisher's TFLite (BN folded, PReLU as MAXIMUM/MINIMUM/MUL/ADD, MXNet's symmetric pads, -127.5 * 1/128
     in the graph) imports into a .keras that takes raw RGB and gives the same embedding on real LFW faces."""
-    import keras
-
-    from mobiface_tf.embedder import load_embedder
+    from mobiface_tf.embedder import load_embedder, stated_preprocess
     from mobiface_tf.export import load_faces
     from mobiface_tf.import_model import run
 
@@ -138,10 +137,12 @@ def test_import_reference_tflite_matches_it_on_real_faces(reference_tflite, lfw_
     assert report["padding"] == "symmetric" and report["layers"] == 50 and report["residual_adds"] == 12
     assert report["bn_recalibrated"] == 50  # every BN held a folded bias
     assert (tmp_path / "imported.keras.import.json").is_file()
-    # Independent of the importer's own check: other faces, the saved file reloaded, the source run by LiteRT.
+    # Independent of the importer's own check: other faces, the saved file reloaded the way the offline teacher path
+    # (prepare_data --add_teacher) and the CLIs load it, the source run by LiteRT.
     faces = load_faces(lfw_dir, 40, seed=7).astype(np.float32)
-    model = keras.models.load_model(out, compile=False)
-    ours = model.predict(faces, verbose=0)
+    assert stated_preprocess(out) is None  # so add_teacher / evaluate feed it raw RGB, which is right
+    emb = load_embedder(out, "raw", batch_size=8)
+    model, ours = emb.model, emb.embed_raw(faces)
     theirs = load_embedder(reference_tflite, "raw", batch_size=8).embed_raw(faces)
     assert _cosines(ours, theirs).min() >= 0.9999
     # With the recalibrated BN statistics, training mode (batch statistics) computes nearly the same embeddings:
@@ -246,6 +247,7 @@ def test_import_refuses_wrong_embedding_size_naming_the_layer(tmp_path):
     assert "\n" not in msg and "embedding_linear_conv" in msg and "512->64" in msg and "512->128" in msg
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_graph_that_does_not_fit_in_one_line(tmp_path):
     """MobileNetV1 (ReLU, 32 stem channels) is not MobileFaceNet: exit 2, one 'error:' line naming the first
     layer with both descriptions, and no output file."""
@@ -262,7 +264,8 @@ def test_cli_refuses_a_graph_that_does_not_fit_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: first difference at item 0"), proc.stderr
     assert "conv 3x3 3->32 stride 2" in lines[0] and "relu" in lines[0]           # the source's stem
-    assert "stem_conv is conv 3x3 3->64 stride 2" in lines[0] and "prelu" in lines[0]  # the Keras one
+    # the Keras one, with TF's SAME pads: the source's odd 7x7 map (SAME pads it 1/1) is no reason for "symmetric"
+    assert "stem_conv is conv 3x3 3->64 stride 2 pads (0,1,0,1)" in lines[0] and "prelu" in lines[0]
     assert not out.exists() and not list(tmp_path.glob("*.keras"))
 
 
@@ -276,3 +279,13 @@ def test_cli_rejects_bad_paths_before_any_work(tmp_path):
         run(str(tmp_path / "x.onnx"), str(tmp_path / "o.h5"))
     with pytest.raises(ValueError, match="not a readable ONNX model"):
         run(str(tmp_path / "x.onnx"), str(tmp_path / "o.keras"))
+
+
+def test_quantised_tflite_is_refused_with_a_pointer_to_the_float_model(reference_tflite_uint8, tmp_path):
+    """The publisher's uint8 file is not silently 'imported': one line saying it is quantised and what to do."""
+    from mobiface_tf import importer
+    from mobiface_tf.import_model import run
+
+    with pytest.raises(importer.ImportRefused, match="integer-quantised model. Import the float") as e:
+        run(str(reference_tflite_uint8), str(tmp_path / "u8.keras"))
+    assert "\n" not in str(e.value) and not list(tmp_path.iterdir())

@@ -91,3 +91,30 @@ def same_pads(in_size: int, kernel: int, stride: int) -> tuple:
 def conv_out(in_size: int, kernel: int, stride: int, before: int, after: int) -> int:
     """Output size of a VALID conv over an input padded by (before, after)."""
     return (in_size + before + after - kernel) // stride + 1
+
+
+def _channel_vector(c, what):
+    c = np.asarray(c, np.float32).reshape(-1)
+    if c.size not in (1, 3):
+        raise ImportRefused(f"input normalisation {what} has {c.size} values; expected 1 or 3")
+    return np.broadcast_to(c, (3,)).astype(np.float32)
+
+
+def compose_normalisation(g: SourceGraph, name, consts, x_first) -> bool:
+    """Compose one SUB/ADD/MUL/DIV (`name`, upper case) by the constant `consts` (1 or 3 values) into g.scale /
+    g.offset (y = x * scale + offset); x_first: the image is the op's first operand. False for an op that
+    does not compose (constant / x); ImportRefused for a constant that is not per channel."""
+    c = _channel_vector(consts, name)
+    if name == "SUB" and x_first:
+        g.offset = g.offset - c
+    elif name == "SUB":
+        g.scale, g.offset = -g.scale, c - g.offset
+    elif name == "ADD":
+        g.offset = g.offset + c
+    elif name == "MUL":
+        g.scale, g.offset = g.scale * c, g.offset * c
+    elif name == "DIV" and x_first:
+        g.scale, g.offset = g.scale / c, g.offset / c
+    else:
+        return False
+    return True

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobiface_tf.importer.graph import ADD, ImportRefused, Layer, SourceGraph, conv_out, same_pads
-from mobiface_tf.importer.tflite_reader import _normalisation
+from mobiface_tf.importer.graph import (ADD, ImportRefused, Layer, SourceGraph, compose_normalisation, conv_out,
+                                       same_pads)
 
 PASS_THROUGH = ("Flatten", "Reshape", "Identity", "Dropout", "Squeeze")
 
@@ -123,7 +123,7 @@ def read_onnx(path) -> SourceGraph:
             c = st.consts[ins[kinds.index("const")]]
             if c.size != 1 and (c.size != 3 or c.ndim < 3 or c.shape[-2:] != (1, 1)):
                 st.refuse(i, node, f"normalises with a constant of shape {list(c.shape)}, not per channel")
-            if not _normalisation(g, op.upper(), c, kinds[0] == "input"):
+            if not compose_normalisation(g, op.upper(), c, kinds[0] == "input"):
                 st.refuse(i, node, "normalises the input in a way the importer does not read")
             st.alias[out], st.hw[out] = ("input",), g.input_hw
         elif op == "Pad":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobiface_tf.importer.graph import ADD, ImportRefused, Layer, SourceGraph, same_pads
+from mobiface_tf.importer.graph import ADD, ImportRefused, Layer, SourceGraph, compose_normalisation, same_pads
 
 _NUMPY = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 9: np.int8, 7: np.int16, 10: np.float64}
 
@@ -39,6 +39,7 @@ class _Reader:
         self.names = _op_names()
         self.alias = {}  # tensor -> ("input",) | ("layer", Layer) | ("pad", pads, src) | ("max"/"min", Layer)
         #                           | ("neg", Layer, slopes) | ("sum",)
+        self.folded = {}  # tensor -> float32 array: DEQUANTIZE outputs of constant float16 weights
 
     def tname(self, t) -> str:
         name = self.sg.tensors[t].name
@@ -48,6 +49,8 @@ class _Reader:
         """The constant array of tensor t, or None when t is computed at run time."""
         if t < 0:
             return None
+        if t in self.folded:
+            return self.folded[t]
         tensor = self.sg.tensors[t]
         data = self.model.buffers[tensor.buffer].data
         if data is None or len(data) == 0:
@@ -65,31 +68,6 @@ class _Reader:
     def refuse(self, i, op_name, op, why="has no counterpart in the project's MobileFaceNet"):
         out = self.tname(op.outputs[0]) if len(op.outputs) else "?"
         raise ImportRefused(f"source op {i} {op_name} (output {out!r}) {why}")
-
-
-def _channel_vector(c, what):
-    c = np.asarray(c, np.float32).reshape(-1)
-    if c.size not in (1, 3):
-        raise ImportRefused(f"input normalisation {what} has {c.size} values; expected 1 or 3")
-    return np.broadcast_to(c, (3,)).astype(np.float32)
-
-
-def _normalisation(g: SourceGraph, name, consts, x_first):
-    """Compose one SUB/ADD/MUL/DIV by a constant into g.scale/g.offset (y = x * scale + offset)."""
-    c = _channel_vector(consts, name)
-    if name == "SUB" and x_first:
-        g.offset = g.offset - c
-    elif name == "SUB":
-        g.scale, g.offset = -g.scale, c - g.offset
-    elif name == "ADD":
-        g.offset = g.offset + c
-    elif name == "MUL":
-        g.scale, g.offset = g.scale * c, g.offset * c
-    elif name == "DIV" and x_first:
-        g.scale, g.offset = g.scale / c, g.offset / c
-    else:
-        return False
-    return True
 
 
 def _layer(r: _Reader, name, op, opts) -> Layer:
@@ -112,9 +90,10 @@ def _layer(r: _Reader, name, op, opts) -> Layer:
         raise ImportRefused(f"{name} {r.tname(w_t)!r} is dilated; MobileFaceNet has no dilated convs")
     stride = (int(opts.strideH), int(opts.strideW))
     if name == "DEPTHWISE_CONV_2D":
-        if w.shape[3] != r.sg.tensors[src].shape[3]:
-            raise ImportRefused(f"{name} {r.tname(w_t)!r} has depth multiplier {w.shape[3] // r.sg.tensors[src].shape[3]}; "
-                                "only 1 imports")
+        c_in = int(r.sg.tensors[src].shape[3])
+        if w.shape[3] != c_in:
+            raise ImportRefused(f"{name} {r.tname(w_t)!r} has {w.shape[3]} filters on {c_in} channels (depth "
+                                "multiplier != 1); only 1 imports")
         kind, kernel = "dw", w[0][..., None]              # [1, kh, kw, C] -> [kh, kw, C, 1]
     else:
         kind, kernel = "conv", w.transpose(1, 2, 3, 0)  # [O, kh, kw, I] -> [kh, kw, I, O]
@@ -153,8 +132,14 @@ def read_tflite(path) -> SourceGraph:
         out = int(op.outputs[0])
         consts = [r.const(t) for t in ins]
         kinds = [r.alias.get(t, (None,))[0] if c is None else "const" for t, c in zip(ins, consts)]
+        if name == "DEQUANTIZE" and kinds == ["const"] and r.sg.tensors[ins[0]].type == 1:  # float16 weights
+            r.folded[out] = consts[0]
+            continue
+        if name in ("QUANTIZE", "DEQUANTIZE"):
+            r.refuse(i, name, op, "quantises activations: this is an integer-quantised model. Import the float "
+                     ".tflite (or .onnx) instead and quantise the result with tools/to_tflite.py")
         if name in ("SUB", "ADD", "MUL", "DIV") and not g.items and "input" in kinds and "const" in kinds:
-            if _normalisation(g, name, consts[kinds.index("const")], kinds[0] == "input"):
+            if compose_normalisation(g, name, consts[kinds.index("const")], kinds[0] == "input"):
                 r.alias[out] = ("input",)
                 continue
             r.refuse(i, name, op, "normalises the input in a way the importer does not read")
