@@ -28,7 +28,8 @@ from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAGS = flags.FLAGS
-flags.DEFINE_string("teacher", str(ROOT / ".." / "shared" / "data" / "models" / "mobilefacenet_insightface_fp32.tflite"),
+REFERENCE = ROOT / ".." / "shared" / "data" / "models" / "mobilefacenet_insightface_fp32.tflite"
+flags.DEFINE_string("teacher", str(REFERENCE),
                     "Online teacher (.tflite / .onnx run in the input pipeline; .keras / SavedModel in the step).")
 flags.DEFINE_string("lfw_dir", str(ROOT / ".." / "shared" / "data" / "lfw" / "lfw-112x112"),
                     "Folder of 112x112 JPEG faces <identity>/<image> written to temporary shards.")
