@@ -29,7 +29,8 @@ def test_shapes_ranges_and_seeded_determinism():
     assert np.abs(a - c).mean() > 1.0  # another seed, another view
     assert np.abs(a - img).mean() > 1.0
     # The same op inside tf.data gives the same pixels as eagerly.
-    ds = tf.data.Dataset.from_tensors((img, tf.constant([1, 2], tf.int64))).map(lambda x, s: augment_image(x, s, STRONG))
+    ds = tf.data.Dataset.from_tensors((img, tf.constant([1, 2], tf.int64)))
+    ds = ds.map(lambda x, s: augment_image(x, s, STRONG))
     np.testing.assert_allclose(next(iter(ds)).numpy(), a, atol=1e-3)
 
 

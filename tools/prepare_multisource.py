@@ -56,7 +56,8 @@ def main(argv):
         if not FLAGS.output:
             raise ValueError("--output is required")
         if bool(FLAGS.lfw_pairs) != bool(FLAGS.lfw_folds):
-            raise ValueError("--lfw_pairs and --lfw_folds go together, e.g. --lfw_pairs=lfw/pairs.txt --lfw_folds=1,2,3")
+            raise ValueError("--lfw_pairs and --lfw_folds go together, e.g. --lfw_pairs=lfw/pairs.txt "
+                             "--lfw_folds=1,2,3")
         folds = [int(f) for f in FLAGS.lfw_folds] if FLAGS.lfw_folds else None
         rec = build_multisource(_sources(FLAGS.source), FLAGS.output, FLAGS.lfw_pairs, folds,
                                 FLAGS.exclude_names or (), FLAGS.teacher, FLAGS.workers, FLAGS.progress)
