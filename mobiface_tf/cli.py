@@ -12,6 +12,8 @@
     verify         mobiface-verify           mobiface_tf.verify             mobiface_tf/verify.py
     identify       mobiface-identify         mobiface_tf.identify           mobiface_tf/identify.py
     demo           mobiface-demo             mobiface_tf.demo               mobiface_tf/demo.py
+    make_bin       mobiface-make-bin         mobiface_tf.make_bin           mobiface_tf/commands/make_bin.py
+    import_model   mobiface-import-model     mobiface_tf.import_model       mobiface_tf/commands/import_model.py
 
 `run_command` owns what every command shares, so each one behaves the same:
   * quiet start-up (mobiface_tf.quiet) before anything imports TensorFlow, and the --verbose flag;
@@ -23,7 +25,7 @@ A command module defines its absl flags (module level, or a `define_flags()` fun
 signals bad input by raising ValueError / OSError / app.UsageError, by `sys.exit("error: ...")`, or by returning
 a non-zero status after printing its own `error:` line; a KeyboardInterrupt may carry the line's text.
 
-To add a command (e.g. make_bin, import_model): put its flags + main in mobiface_tf/commands/<verb>.py, add an entry
+To add a command: put its flags + main in mobiface_tf/commands/<verb>.py, add an entry
 function below and to COMMANDS, a console script in pyproject.toml, a 3-line mobiface_tf/<verb>.py for `python -m`,
 and a row in docs/cli.md. tests/test_cli.py then checks its --help from a non-editable install.
 """
@@ -41,7 +43,7 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 _HELP_ARGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 
-# verb -> (module holding its flags and main, console script). Planned: make_bin, import_model (same pattern).
+# verb -> (module holding its flags and main, console script).
 COMMANDS = {
     "prepare": ("mobiface_tf.commands.prepare", "mobiface-prepare"),
     "train": ("mobiface_tf.train", "mobiface-train"),
@@ -53,6 +55,8 @@ COMMANDS = {
     "verify": ("mobiface_tf.verify", "mobiface-verify"),
     "identify": ("mobiface_tf.identify", "mobiface-identify"),
     "demo": ("mobiface_tf.demo", "mobiface-demo"),
+    "make_bin": ("mobiface_tf.commands.make_bin", "mobiface-make-bin"),
+    "import_model": ("mobiface_tf.commands.import_model", "mobiface-import-model"),
 }
 
 
@@ -199,3 +203,13 @@ def identify() -> NoReturn:
 def demo() -> NoReturn:
     """mobiface-demo: python -m mobiface_tf.demo (makes the README's demo photos and gallery)."""
     run_command(COMMANDS["demo"][0])
+
+
+def make_bin() -> NoReturn:
+    """mobiface-make-bin: an InsightFace-style verification .bin from LFW or CFP (mobiface_tf/commands/make_bin.py)."""
+    run_command(COMMANDS["make_bin"][0])
+
+
+def import_model() -> NoReturn:
+    """mobiface-import-model: a published MobileFaceNet into the Keras network (mobiface_tf/commands/import_model.py)."""
+    run_command(COMMANDS["import_model"][0])

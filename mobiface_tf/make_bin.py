@@ -12,6 +12,11 @@ JPEG round trip of the crops.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m mobiface_tf.make_bin`: the make_bin command (mobiface_tf/commands/make_bin.py)
+    from mobiface_tf import cli
+
+    cli.make_bin()
+
 from pathlib import Path
 
 import cv2
