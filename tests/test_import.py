@@ -129,7 +129,7 @@ def test_import_reference_tflite_matches_it_on_real_faces(reference_tflite, lfw_
     in the graph) imports into a .keras that takes raw RGB and gives the same embedding on real LFW faces."""
     from mobiface_tf.embedder import load_embedder, stated_preprocess
     from mobiface_tf.export import load_faces
-    from mobiface_tf.import_model import run
+    from mobiface_tf.commands.import_model import run
 
     out = tmp_path / "imported.keras"
     report = run(str(reference_tflite), str(out), check_faces=str(lfw_dir), num_check=8, bn_faces=str(lfw_dir),
@@ -270,7 +270,7 @@ def test_cli_refuses_a_graph_that_does_not_fit_in_one_line(tmp_path):
 
 
 def test_cli_rejects_bad_paths_before_any_work(tmp_path):
-    from mobiface_tf.import_model import run
+    from mobiface_tf.commands.import_model import run
 
     with pytest.raises(ValueError, match="does not exist"):
         run(str(tmp_path / "missing.tflite"), str(tmp_path / "o.keras"))
@@ -284,7 +284,7 @@ def test_cli_rejects_bad_paths_before_any_work(tmp_path):
 def test_quantised_tflite_is_refused_with_a_pointer_to_the_float_model(reference_tflite_uint8, tmp_path):
     """The publisher's uint8 file is not silently 'imported': one line saying it is quantised and what to do."""
     from mobiface_tf import importer
-    from mobiface_tf.import_model import run
+    from mobiface_tf.commands.import_model import run
 
     with pytest.raises(importer.ImportRefused, match="integer-quantised model. Import the float") as e:
         run(str(reference_tflite_uint8), str(tmp_path / "u8.keras"))
