@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from mobiface_tf.training.config import check_flagfile_paths, config_from_flags
 from mobiface_tf.training.errors import TrainingDiverged, TrainingInterrupted
+from mobiface_tf.training.lock import ModelDirBusy
 from mobiface_tf.training.loop import train
 from mobiface_tf.training.strategy import make_strategy
 
@@ -18,7 +19,8 @@ log = logging.getLogger("mobiface_tf.training")
 def main(argv):
     """CLI: train from the flags (a TrainConfig), saving the embedding model in --model_dir; returns None (exit 0).
 
-    Exits 1 with one "error: ..." line on bad settings or data, divergence, a signal or a full disk.
+    Exits 2 with one "error: ..." line on bad settings or data, or a --model_dir that another live run holds
+    (naming its pid); exits 1 with one line on divergence, a signal or a full disk.
     Flags are defined by mobiface_tf.training.config.define_flags().
     """
     from absl import flags
@@ -37,8 +39,10 @@ def main(argv):
         # MultiWorkerMirroredStrategy must exist before TF runs any op, so it is made first.
         strategy = make_strategy(cfg.strategy)
         summary = train(cfg, strategy=strategy, flags_text=fl.flags_into_string())
-    except (ValueError, TrainingDiverged, TrainingInterrupted, OSError) as e:  # bad input, divergence, signal,
-        # a full disk: one line
+    except (ValueError, ModelDirBusy) as e:  # bad input, or another run trains into this model_dir
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (TrainingDiverged, TrainingInterrupted, OSError) as e:  # divergence, a signal, a full disk: one line
         sys.exit(f"error: {e}")
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:  # a shard found corrupt mid-run
         detail = " ".join(str(e.message).split())[:600]

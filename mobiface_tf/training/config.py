@@ -128,6 +128,12 @@ class TrainConfig:
                                 "warning naming it) instead of stopping with an error that names it", "bool")
     resume_from: str = _field(None, "checkpoint to resume from (e.g. MODEL_DIR/checkpoints/ckpt-6) instead of the "
                               "newest one; it must be intact and finite", "string")
+    init_from: str = _field(None, "start the embedding network from the weights of this embedding .keras (saved by "
+                            "train or tools/import_model.py; same --backbone/--head/--embedding_dim), with a fresh "
+                            "margin head. A resume ignores it: the checkpoint wins", "string")
+    freeze_body_steps: int = _field(0, "freeze the body (every layer but the embedding head: GDC / linear / dense "
+                                    "and its BN), weights and BN statistics, for the first N steps", "integer",
+                                    lower_bound=0)
 
     def validate(self) -> None:
         """Raises ValueError (naming the flag and what to do) for any bad setting; normalises list fields."""
@@ -173,6 +179,11 @@ class TrainConfig:
                              f"{self.val_folds}") from None
         if self.val_folds and not self.val_pairs:
             raise ValueError("--val_folds needs --val_pairs and --val_lfw_dir")
+        if self.freeze_body_steps < 0:
+            raise ValueError(f"--freeze_body_steps must be >= 0, got {self.freeze_body_steps}")
+        if self.init_from and not os.path.isfile(self.init_from):
+            raise ValueError(f"--init_from={self.init_from!r}: no such file; give an embedding .keras (saved by "
+                             "train as MODEL_DIR/embedding.keras, or by tools/import_model.py)")
 
     def augment_config(self) -> AugmentConfig | None:
         """The AugmentConfig of --augment / --aug_* / --mixup / --cutmix, or None for today's random flip only.
@@ -239,7 +250,7 @@ def check_flagfile_paths(cfg: TrainConfig, argv) -> None:
     import glob
 
     flagfiles = [a.split("=", 1)[1] for a in argv if a.startswith("--flagfile=")]
-    for name in ("data", "val_bin", "val_pairs", "val_lfw_dir", "resume_from", "teacher"):
+    for name in ("data", "val_bin", "val_pairs", "val_lfw_dir", "resume_from", "init_from", "teacher"):
         value = getattr(cfg, name)
         if not value or os.path.isabs(value) or glob.glob(value) or os.path.exists(value + ".index"):
             continue

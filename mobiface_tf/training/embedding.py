@@ -10,11 +10,17 @@ import keras
 import numpy as np
 
 from mobiface_tf.training.errors import TrainingDiverged
+from mobiface_tf.training.lock import unique_temp
 from mobiface_tf.training.model import build_backbone
 
 
 def save_embedding_model(backbone, backbone_name: str, embedding_dim: int, head: str | None, path) -> Path:
-    """Save the backbone alone (raw 0-255 input) as float32 with plain BN, whatever the training precision."""
+    """Save the backbone alone (raw RGB 0-255 [N, H, W, 3] -> [N, embedding_dim]) as float32 with plain BN,
+    whatever the training precision; returns `path`.
+
+    Raises TrainingDiverged (nothing written) when the model gives NaN/Inf or zero embeddings on a probe batch,
+    and OSError (what to do) when the file cannot be written. Written under a unique temporary name in the same
+    folder and renamed into place, so neither a full disk nor a concurrent writer leaves a half model."""
     policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("float32")
     try:
@@ -24,13 +30,16 @@ def save_embedding_model(backbone, backbone_name: str, embedding_dim: int, head:
     clean.set_weights(backbone.get_weights())
     path = Path(path)
     check_embeddings_on_probe(clean, path)
-    # Written under a temp name and renamed, so a full disk never leaves a half model under the real name.
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    tmp = None
     try:
+        tmp = unique_temp(path)
         clean.save(tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
         raise OSError(e.errno, f"cannot write the embedding model {str(path)!r} ({e.strerror or e}); free space "
                       "and rerun the same command: it resumes from the last checkpoint") from None
     return path

@@ -23,7 +23,8 @@ from mobiface_tf.training.config import CHECKPOINTS, EMBEDDING_FILE, TrainConfig
 from mobiface_tf.training.embedding import save_embedding_model
 from mobiface_tf.training.errors import TrainingInterrupted
 from mobiface_tf.training.inputs import check_inputs, worker_dataset
-from mobiface_tf.training.model import Parts, build_parts
+from mobiface_tf.training.lock import ModelDirLock
+from mobiface_tf.training.model import Parts, build_parts, set_body_frozen
 from mobiface_tf.training.progress import Progress
 from mobiface_tf.training.schedules import make_schedule
 from mobiface_tf.training.step import make_train_step
@@ -50,6 +51,8 @@ def train(cfg: TrainConfig, *, strategy=None, flags_text: str | None = None) -> 
     `strategy` overrides cfg.strategy (a tf.distribute.Strategy made before TF ran ops: multi-worker, tests);
     `flags_text` is written to model_dir/flags.txt on the first run.
 
+    One training per model_dir: ModelDirBusy (naming the other run's pid) when a live run holds its lock; a
+    stale lock left by a killed run is taken over with a warning (mobiface_tf.training.lock).
     Raises ValueError for bad settings or input files (message says what to do; every file is opened before
     step 1), TrainingDiverged on a NaN / Inf loss or model, TrainingInterrupted after SIGINT / SIGTERM (a
     checkpoint of that step is saved first) and OSError when a checkpoint or the model cannot be written.
@@ -96,10 +99,22 @@ def _run(cfg, schedule, inputs, strat, flags_text, received) -> TrainResult:
                          f"use a multiple of {replicas}")
     chief, model_dir = is_chief(strat), Path(cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
+    # One training per model_dir: the chief holds the lock (other workers write only scratch checkpoints).
+    with ModelDirLock(model_dir) if chief else contextlib.nullcontext():
+        return _run_locked(cfg, schedule, inputs, strat, flags_text, received, chief, model_dir)
+
+
+def _run_locked(cfg, schedule, inputs, strat, flags_text, received, chief: bool, model_dir: Path) -> TrainResult:
+    replicas = strat.num_replicas_in_sync
     latest = pick_checkpoint(model_dir / CHECKPOINTS, cfg.resume_from)
     changed = compare_settings(cfg, model_dir, inputs.num_classes, inputs.teacher_dim) if latest else {}
     dataset = worker_dataset(cfg, inputs, strat)
-    parts = build_parts(cfg, strat, schedule, inputs.num_classes, inputs.teacher_dim)
+    if latest and cfg.init_from:
+        log.info("resuming from %s: --init_from=%s is ignored (the checkpoint wins)", latest, cfg.init_from)
+    init_from = None if latest else cfg.init_from
+    parts = build_parts(cfg, strat, schedule, inputs.num_classes, inputs.teacher_dim, init_from)
+    if init_from:
+        log.info("backbone started from the weights of %s; fresh margin head", init_from)
     iterator = iter(dataset)  # a plain tf.data iterator: checkpointable (exact resume)
     task_id = getattr(getattr(strat, "cluster_resolver", None), "task_id", 0)
     ckpt = Checkpointer(parts, iterator, model_dir, chief, task_id, cfg.max_to_keep, cfg.lr)
@@ -122,26 +137,52 @@ def _loop(cfg, parts: Parts, strat, iterator, ckpt: Checkpointer, chief_dir: Pat
     """Steps from parts.step to cfg.steps: log, checkpoint, validate, stop on a signal. chief_dir: model_dir on
     the chief (summaries, validation history), None on other workers. teacher_fn: an online teacher run in the
     step (.keras / SavedModel), else None."""
-    train_step = make_train_step(strat, parts.backbone, parts.head, parts.optimizer, cfg.weight_decay,
-                                 cfg.batch_size, cfg.distill_weight, cfg.distill_loss, parts.projection, teacher_fn)
     writer = tf.summary.create_file_writer(str(chief_dir / "train")) if chief_dir else tf.summary.create_noop_writer()
     progress, start_step, t_start = Progress(cfg, parts.optimizer, writer), int(parts.step.numpy()), time.perf_counter()
-    val = {}
-    while (s := int(parts.step.numpy())) < cfg.steps:
-        loss, l2, correct, kd = _one_step(train_step, iterator, parts)
-        s += 1
-        ckpt.check_loss(s, loss, l2, kd)
-        progress.add(s, loss, l2, correct, kd)
-        if s % cfg.ckpt_every == 0 or s == cfg.steps:
-            ckpt.save(s)
-        val.update(validate_now(cfg, s, parts.backbone, writer, chief_dir, time.perf_counter() - t_start))
-        if received:
-            path = ckpt.save(s) if s % cfg.ckpt_every and s != cfg.steps else ckpt.latest
-            raise TrainingInterrupted(f"stopped by {received[0]} at step {s}; saved checkpoint {path}. Rerun the "
-                                      f"same command to resume")
-    writer.flush()
+    val, steps = {}, _StepFunctions(cfg, strat, parts, teacher_fn)
+    try:
+        while (s := int(parts.step.numpy())) < cfg.steps:
+            loss, l2, correct, kd = _one_step(steps.for_step(s), iterator, parts)
+            s += 1
+            ckpt.check_loss(s, loss, l2, kd)
+            progress.add(s, loss, l2, correct, kd)
+            if s % cfg.ckpt_every == 0 or s == cfg.steps:
+                ckpt.save(s)
+            val.update(validate_now(cfg, s, parts.backbone, writer, chief_dir, time.perf_counter() - t_start))
+            if received:
+                path = ckpt.save(s) if s % cfg.ckpt_every and s != cfg.steps else ckpt.latest
+                raise TrainingInterrupted(f"stopped by {received[0]} at step {s}; saved checkpoint {path}. Rerun "
+                                          f"the same command to resume")
+    finally:
+        writer.flush()
+        set_body_frozen(parts.backbone, False)  # the caller gets an ordinary model
     return dict(progress.last, **val, start_step=start_step, final_step=int(parts.step.numpy()),
                 losses=progress.losses, distill_losses=progress.distill_losses)
+
+
+class _StepFunctions:
+    """The train step for each step number: with --freeze_body_steps=N, steps 1..N train the embedding head and
+    margin head only (the body frozen, its BN in inference mode); later steps train everything. teacher_fn: an
+    online teacher run inside the step (.keras / SavedModel), else None."""
+
+    def __init__(self, cfg, strategy, parts: Parts, teacher_fn=None):
+        self.cfg, self.strategy, self.parts, self.teacher_fn = cfg, strategy, parts, teacher_fn
+        self.frozen, self.fn = None, None
+
+    def for_step(self, done: int):
+        """The tf.function for the step after `done` completed steps."""
+        frozen = done < self.cfg.freeze_body_steps
+        if frozen != self.frozen:
+            p, cfg = self.parts, self.cfg
+            set_body_frozen(p.backbone, frozen)  # read when the new function is traced (its first call, next)
+            self.fn = make_train_step(self.strategy, p.backbone, p.head, p.optimizer, cfg.weight_decay,
+                                      cfg.batch_size, cfg.distill_weight, cfg.distill_loss, p.projection,
+                                      self.teacher_fn)
+            if frozen or self.frozen is not None:
+                log.info("step %d: body %s", done + 1, f"frozen until step {cfg.freeze_body_steps}" if frozen
+                         else "unfrozen: training every layer")
+            self.frozen = frozen
+        return self.fn
 
 
 def _one_step(train_step, iterator, parts: Parts) -> tuple[float, float, float, float]:

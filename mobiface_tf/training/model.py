@@ -81,11 +81,15 @@ class Parts:
         return out
 
 
-def build_parts(cfg, strategy, schedule, num_classes: int, teacher_dim: int) -> Parts:
+def build_parts(cfg, strategy, schedule, num_classes: int, teacher_dim: int, init_from: str | None = None) -> Parts:
     """Backbone, margin head (num_classes centres), projection (to teacher_dim when distilling into another
-    size), optimizer (slots created now) and step counter, all under `strategy.scope()`."""
+    size), optimizer (slots created now) and step counter, all under `strategy.scope()`. With `init_from` (an
+    embedding .keras) the backbone starts from its weights (`load_init_weights`); the margin head starts fresh."""
     with strategy.scope():
         net = build_backbone(cfg.backbone, cfg.embedding_dim, cfg.head, cfg.sync_bn)
+        if init_from:
+            load_init_weights(net, init_from, f"--backbone={cfg.backbone} --head={cfg.head} "
+                                              f"--embedding_dim={cfg.embedding_dim}")
         head = None
         if cfg.margin != NO_MARGIN:
             head = MarginHead(num_classes, cfg.margin, cfg.margin_s, cfg.margin_m1, cfg.margin_m2, cfg.margin_m3)
@@ -101,3 +105,47 @@ def build_parts(cfg, strategy, schedule, num_classes: int, teacher_dim: int) -> 
         # Keras issue 23085: create the optimizer's slots inside the scope, before the first (traced) step.
         optimizer.build(parts.trainable_variables())
     return parts
+
+
+EMBEDDING_HEAD_PREFIX = "embedding_"  # models.layers.embedding_head names its layers embedding_*
+
+
+def _weighted_layers(model) -> list:
+    """[(layer name, [weight shapes])] of every layer with weights, in the model's order."""
+    return [(layer.name, [tuple(w.shape) for w in layer.weights]) for layer in model.layers if layer.weights]
+
+
+def load_init_weights(net, path, network: str) -> None:
+    """Copy the weights of the embedding model saved at `path` (.keras) into `net`, exactly.
+
+    The two must be the same architecture: the same layers with weights, in order, of the same shapes. Otherwise
+    ValueError, one line naming the first differing layer with both shapes, and `network` (the flags that made
+    `net`); nothing is copied."""
+    import zipfile
+
+    try:
+        src = keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"--init_from={str(path)!r} is not a readable Keras model ({' '.join(str(e).split())[:200]})"
+                         ) from None
+    mine, theirs = _weighted_layers(net), _weighted_layers(src)
+    for i in range(max(len(mine), len(theirs))):
+        a = mine[i] if i < len(mine) else ("(none)", [])
+        b = theirs[i] if i < len(theirs) else ("(none)", [])
+        if a[1] != b[1]:
+            raise ValueError(f"--init_from={str(path)!r} does not fit {network}: weighted layer {i} is {b[0]!r} "
+                             f"{b[1]} in the file and {a[0]!r} {a[1]} here. Use the flags the file was made with")
+    for layer, src_layer in zip([x for x in net.layers if x.weights], [x for x in src.layers if x.weights]):
+        layer.set_weights(src_layer.get_weights())
+
+
+def body_layers(net) -> list:
+    """The body: every layer with weights but the embedding head (GDC / linear conv / dense and its BN)."""
+    return [layer for layer in net.layers if layer.weights and not layer.name.startswith(EMBEDDING_HEAD_PREFIX)]
+
+
+def set_body_frozen(net, frozen: bool) -> None:
+    """Freeze (or unfreeze) the body: frozen layers get no gradient, and their BN runs in inference mode, so
+    neither weights nor BN statistics change. Takes effect in train steps traced afterwards."""
+    for layer in body_layers(net):
+        layer.trainable = not frozen

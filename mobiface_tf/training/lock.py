@@ -1,0 +1,165 @@
+"""One training per model_dir, and files that are never half-written.
+
+`ModelDirLock` holds an exclusive `fcntl.flock` on MODEL_DIR/.train.lock for the whole run; the file records the
+holder's pid and host. The kernel drops the lock when its process dies (even by SIGKILL), so a lock file left by
+a killed run is stale by construction: the next run takes it over and says whose it was. A second run while
+the holder is alive stops at once with `ModelDirBusy`, naming the holder's pid. On a file system without
+flock support the holder's pid is checked instead (alive: busy; gone: stale).
+
+Under tf.distribute multi-worker only the chief takes the lock (the other workers write nothing there but
+their scratch checkpoints). `write_atomic` / `unique_temp` give every final file a unique temporary name in its
+folder, renamed into place, so a crash or a concurrent writer never leaves a corrupt file under the real name.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+LOCK_FILE = ".train.lock"
+
+
+class ModelDirBusy(RuntimeError):
+    """Another live training holds the model_dir's lock (the CLI exits 2 with this one line)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return json.loads(os.read(fd, 4096).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+class ModelDirLock:
+    """Exclusive lock on `model_dir` for one training process; a context manager (acquire / release).
+
+    acquire() raises ModelDirBusy ("model_dir X is being trained by pid N ...") when a live run holds it, and
+    logs a warning when it takes over a stale lock left by a killed run (pid N, no longer running)."""
+
+    def __init__(self, model_dir):
+        self.path = Path(model_dir) / LOCK_FILE
+        self.fd: int | None = None
+        self.took_over: dict | None = None  # the stale holder's record, when one was taken over
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):  # the file may be unlinked by a releasing holder between open and flock: retry
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                held = self._lock(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if held and self._same_file(fd):
+                self.fd = fd
+                self._record(fd)
+                return
+            os.close(fd)
+        raise ModelDirBusy(f"cannot take the lock {self.path}; if no training uses {str(self.path.parent)!r}, "
+                           "delete that file")
+
+    def _lock(self, fd: int) -> bool:
+        """True once this process holds the lock; ModelDirBusy when a live run does."""
+        holder = _read_holder(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            for _ in range(20):  # a holder that just took the lock may not have written its pid yet
+                holder = _read_holder(fd) or holder
+                if "pid" in holder:
+                    break
+                time.sleep(0.05)
+            raise self._busy(holder.get("pid", "?")) from None
+        except OSError as e:  # no flock on this file system: fall back to the holder's pid
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            if holder.get("pid") not in (None, os.getpid()) and _pid_alive(int(holder["pid"])) and \
+                    holder.get("host") == socket.gethostname():
+                raise self._busy(holder["pid"]) from None
+        if holder.get("pid") not in (None, os.getpid()):
+            self.took_over = holder
+        return True
+
+    def _busy(self, pid) -> ModelDirBusy:
+        return ModelDirBusy(f"model_dir {str(self.path.parent)!r} is being trained by pid {pid} (lock "
+                            f"{self.path}); wait for it to finish, or use another --model_dir")
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            return os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return False
+
+    def _record(self, fd: int) -> None:
+        if self.took_over:
+            log.warning("warning: took over the stale lock %s left by pid %s (started %s): that run was killed and "
+                        "no longer holds it", self.path, self.took_over.get("pid"), self.took_over.get("started", "?"))
+        record = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, (json.dumps(record) + "\n").encode())
+        os.fsync(fd)
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (unlink first, so a waiting run never locks a dead file)."""
+        if self.fd is None:
+            return
+        try:
+            if self._same_file(self.fd):
+                self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+
+def unique_temp(path) -> Path:
+    """A new, unique, empty temporary file next to `path` (same folder, so a rename into place is atomic),
+    keeping its suffix (Keras needs ".keras"): ".<name>.<random>.tmp<suffix>"."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_atomic(path, text: str) -> Path:
+    """Write `text` to `path` through a unique temporary file renamed into place: readers see the old file or
+    the whole new one, never a mix. OSError (the temporary file removed) when it cannot be written."""
+    path = Path(path)
+    tmp = unique_temp(path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
