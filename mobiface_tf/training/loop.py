@@ -162,7 +162,8 @@ def _loop(cfg, parts: Parts, strat, iterator, ckpt: Checkpointer, chief_dir: Pat
 
 class _StepFunctions:
     """The train step for each step number: with --freeze_body_steps=N, steps 1..N train the embedding head and
-    margin head only (the body frozen, its BN in inference mode); later steps train everything."""
+    margin head only (the body frozen, its BN in inference mode); later steps train everything. teacher_fn: an
+    online teacher run inside the step (.keras / SavedModel), else None."""
 
     def __init__(self, cfg, strategy, parts: Parts, teacher_fn=None):
         self.cfg, self.strategy, self.parts, self.teacher_fn = cfg, strategy, parts, teacher_fn
