@@ -341,7 +341,7 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
       BN statistics of the random-init networks; None -> synthetic noise images (the rows say so).
     parity_images: source of real faces for the Keras-vs-TFLite cosine column (None -> no column).
     bn_calibration_steps: forward passes of export.calibrate_batchnorm on the calibration images
-      before export (0 = keep the init statistics, whose activations vanish: see export.py).
+      before export (0 = keep the init statistics, whose activations vanish: see mobiface_tf/export/batchnorm.py).
     extra_tflite: more .tflite files, timed together as rows named by their file stem.
     reference_dir: folder holding the publisher's REFERENCE_MODELS (../shared/data/models); the ones
       present become rows (model = file stem, quantize "none" / "uint8", reference = True), timed
@@ -350,7 +350,7 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
     Returns {"rows", "ratios", "meta", "cpu", "table"}; results.json holds meta, cpu, ratios and rows.
     Raises ValueError for unknown models / modes or bad counts, FileNotFoundError for missing extra files.
     """
-    from mobiface_tf.export import QUANTIZE_MODES  # TensorFlow is needed from here on anyway
+    from mobiface_tf.export.convert import QUANTIZE_MODES  # TensorFlow is needed from here on anyway
 
     if runs < 1 or warmup < 0 or bn_calibration_steps < 0:
         raise ValueError(f"runs must be >= 1, warmup >= 0 and bn_calibration_steps >= 0, got runs={runs}, "
@@ -364,7 +364,9 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
 
     import keras
 
-    from mobiface_tf import export as ex
+    from mobiface_tf.export.batchnorm import calibrate_batchnorm
+    from mobiface_tf.export.faces import load_faces
+    from mobiface_tf.export.pipeline import export
     from mobiface_tf.models import count_macs
     from mobiface_tf.models.zoo import build_config, resolve
     from mobiface_tf.peak import sgemm_gflops
@@ -388,13 +390,13 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
 
     if models and ("int8" in quantize_modes or bn_calibration_steps):
         if calibration:
-            calib, calib_label = ex.load_faces(calibration, num_calibration), f"real faces: {calibration}"
+            calib, calib_label = load_faces(calibration, num_calibration), f"real faces: {calibration}"
         else:
             calib = np.random.default_rng(0).uniform(0, 255, (num_calibration, 112, 112, 3)).astype(np.uint8)
             calib_label = "synthetic uniform noise (no --calibration given): int8 accuracy not representative"
     else:
         calib, calib_label = None, None
-    faces = ex.load_faces(parity_images, num_parity, seed=1) if parity_images else None
+    faces = load_faces(parity_images, num_parity, seed=1) if parity_images else None
 
     def timed(group, paths, t):
         return _timed_group(group, paths, t, warmup, runs, litert_benchmark, log)
@@ -404,12 +406,12 @@ def bench(models, quantize_modes, threads, output_dir, calibration=None, num_cal
         keras.utils.set_random_seed(0)
         model = build_config(name)  # random init: latency does not depend on the weights' values...
         if bn_calibration_steps:  # ...but int8 needs non-vanishing activations (export.calibrate_batchnorm)
-            ex.calibrate_batchnorm(model, calib, steps=bn_calibration_steps)
+            calibrate_batchnorm(model, calib, steps=bn_calibration_steps)
         params, macs = model.count_params(), count_macs(model)
         paths, reports = [], []
         for mode in quantize_modes:
             paths.append(model_dir / f"{name}_{mode}.tflite")
-            reports.append(ex.export(model, paths[-1], mode, calib, faces, enforce=False))
+            reports.append(export(model, paths[-1], mode, calib, faces, enforce=False))
         for t in threads:
             group = []
             for mode, path, report in zip(quantize_modes, paths, reports):

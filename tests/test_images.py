@@ -219,7 +219,7 @@ def test_find_image_every_extension_any_case(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- every reader
 def test_export_calibration_faces_are_upright(tmp_path):
-    from mobiface_tf.export import load_faces
+    from mobiface_tf.export.faces import load_faces
 
     up = _upright(112, 112)
     (tmp_path / "faces").mkdir()
