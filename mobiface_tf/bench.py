@@ -300,13 +300,8 @@ def bench(models, quantize_modes, threads, output_dir, options: BenchOptions | N
     peaks = {t: round(sgemm_gflops(threads=t), 2) for t in sorted({1, *threads})}
     log(f"sgemm peak GFLOP/s: {peaks}")
 
-    calib, calib_label = None, None
-    if models and ("int8" in quantize_modes or opts.bn_calibration_steps):
-        if opts.calibration:
-            calib, calib_label = load_faces(opts.calibration, opts.num_calibration), f"real faces: {opts.calibration}"
-        else:
-            calib = np.random.default_rng(0).uniform(0, 255, (opts.num_calibration, 112, 112, 3)).astype(np.uint8)
-            calib_label = "synthetic uniform noise (no --calibration given): int8 accuracy not representative"
+    calib, calib_label = (_calibration_images(opts) if models and ("int8" in quantize_modes or opts.bn_calibration_steps)
+                          else (None, None))
     faces = load_faces(opts.parity_images, opts.num_parity, seed=1) if opts.parity_images else None
 
     rows, ratios = [], []
@@ -355,6 +350,17 @@ def bench(models, quantize_modes, threads, output_dir, options: BenchOptions | N
     meta = _meta(opts, cpu, peaks, peaks_before, calib_label)
     table = write_outputs(rows, output_dir, meta, ratios, cpu)
     return {"rows": rows, "ratios": ratios, "meta": meta, "cpu": cpu, "table": table}
+
+
+def _calibration_images(opts: BenchOptions) -> tuple[np.ndarray, str]:
+    """(images uint8 [num_calibration, 112, 112, 3], label for the rows): real faces from opts.calibration,
+    else seeded uniform noise, labelled as such."""
+    if opts.calibration:
+        from mobiface_tf.export.faces import load_faces
+
+        return load_faces(opts.calibration, opts.num_calibration), f"real faces: {opts.calibration}"
+    calib = np.random.default_rng(0).uniform(0, 255, (opts.num_calibration, 112, 112, 3)).astype(np.uint8)
+    return calib, "synthetic uniform noise (no --calibration given): int8 accuracy not representative"
 
 
 def _file_tail(path: Path) -> dict:
