@@ -136,7 +136,7 @@ def export_student(embedding: Path, out_dir: Path, calibration, parity_images, l
     (for example before MSE ranges were the default) is exported again."""
     import keras
 
-    from mobiface_tf import export as ex
+    from mobiface_tf.export.pipeline import export
 
     paths = {form: out_dir / f"{embedding.parent.name}_{form}.tflite" for form in TFLITE_FORMS}
     model = None
@@ -149,7 +149,7 @@ def export_student(embedding: Path, out_dir: Path, calibration, parity_images, l
         if model is None:
             model = keras.models.load_model(embedding, compile=False)
         log(f"[compare] exporting {embedding.parent.name} as {form}")
-        ex.export(model, path, quantize, calibration_images=calibration if quantize == "int8" else None,
+        export(model, path, quantize, calibration_images=calibration if quantize == "int8" else None,
                   parity_images=parity_images, enforce=False, activation_ranges=ranges or "mse")
     return paths
 
@@ -252,7 +252,7 @@ def run(output_dir, *, data=None, teacher=None, lfw_dir=None, pairs=None, folds=
     """
     from mobiface_tf import litert, models as zoo_models
     from mobiface_tf.data.pipeline import read_manifest
-    from mobiface_tf.export import load_faces
+    from mobiface_tf.export.faces import load_faces
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

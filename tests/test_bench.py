@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mobiface_tf import bench, litert
+from mobiface_tf import bench, bench_report, litert
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "benchmark_model_sample.txt"
@@ -58,13 +58,13 @@ def test_benchmark_model_binary_must_exist(tmp_path):
 def test_markdown_ratio_and_peak_fraction_only_for_float_compute():
     rows = [{"model": "m", "quantize": q, "threads": 1, "latency_ms_p50": p, "macs": 2e8, "undelegated_ops": {}}
             for q, p in (("none", 10.0), ("float16", 10.0), ("int8", 4.0), ("dynamic", 5.0))]
-    rows = [bench.finish_row(r, {1: 40.0}) for r in rows]
+    rows = [bench_report.finish_row(r, {1: 40.0}) for r in rows]
     assert rows[0]["gflops_per_s"] == pytest.approx(40.0) and rows[0]["fraction_of_peak"] == pytest.approx(1.0)
     assert rows[1]["fraction_of_peak"] == pytest.approx(1.0)  # fp16 computes in fp32 on x86 XNNPACK
     assert rows[2]["gflops_per_s"] == pytest.approx(100.0)  # still reported...
     assert rows[2]["fraction_of_peak"] is None and rows[3]["fraction_of_peak"] is None  # ...but not vs an fp32 peak
-    assert bench.ratio(rows, "m") == pytest.approx(0.4)
-    table = bench.markdown_table(rows)
+    assert bench_report.ratio(rows, "m") == pytest.approx(0.4)
+    table = bench_report.markdown_table(rows)
     assert table.splitlines()[0].startswith("| model | quantize | threads")
     assert len(table.splitlines()) == 6
     assert table.splitlines()[4].split("|")[-2].strip() == "-"  # int8 "of fp32 peak" cell is empty
@@ -75,10 +75,10 @@ def test_add_ratios_p50_and_paired():
     times = [[1.0, 2.0, 9.0], [4.0, 4.0, 10.0]]  # int8 first: the fp32 reference need not be first
     for row, t in zip(group, times):
         row.update(bench.latency_stats(t))
-    summary = bench.add_ratios(group, times)
+    summary = bench_report.add_ratios(group, times)
     assert summary == {"model": "m", "threads": 2, "int8_vs_fp32": 0.5, "int8_vs_fp32_paired": 0.5}
     assert group[0]["p50_vs_fp32"] == 0.5 and group[1]["p50_vs_fp32"] == 1.0
-    assert bench.add_ratios(group[:1], times[:1]) is None  # no fp32 row, no ratio
+    assert bench_report.add_ratios(group[:1], times[:1]) is None  # no fp32 row, no ratio
 
 
 def test_interleaved_timing_and_separate_memory(reference_tflite, reference_tflite_uint8):
@@ -92,9 +92,9 @@ def test_interleaved_timing_and_separate_memory(reference_tflite, reference_tfli
 @pytest.mark.slow
 def test_bench_end_to_end_small(tmp_path, lfw_dir):
     """One real export per mode, timed interleaved (few rounds): every JSON row has the contracted fields."""
-    result = bench.bench(["mobilefacenet"], ["none", "int8"], [1], tmp_path, calibration=lfw_dir,
-                         num_calibration=8, parity_images=lfw_dir, num_parity=4, runs=3, warmup=1,
-                         bn_calibration_steps=1, log=lambda s: None)
+    opts = bench.BenchOptions(calibration=lfw_dir, num_calibration=8, parity_images=lfw_dir, num_parity=4, runs=3,
+                              warmup=1, bn_calibration_steps=1)
+    result = bench.bench(["mobilefacenet"], ["none", "int8"], [1], tmp_path, opts, log=lambda s: None)
     data = json.loads((tmp_path / "results.json").read_text())
     md = (tmp_path / "results.md").read_text()
     assert md.startswith(f"CPU: {data['cpu']['model']} (") and "\n| model |" in md
@@ -112,7 +112,7 @@ def test_bench_end_to_end_small(tmp_path, lfw_dir):
     assert data["meta"]["peak_gflops_by_threads"]["1"] == fp32["peak_gflops"] > 0
     # A fraction of the sgemm peak, or (on a busy machine, where the row beat the peak) the "under load" note.
     assert (fp32["fraction_of_peak"] is not None and 0 < fp32["fraction_of_peak"] <= 1) or \
-        (fp32["fraction_of_peak"] is None and fp32["fraction_of_peak_note"] == bench.PEAK_UNDER_LOAD)
+        (fp32["fraction_of_peak"] is None and fp32["fraction_of_peak_note"] == bench_report.PEAK_UNDER_LOAD)
     assert int8["fraction_of_peak"] is None
     assert "real faces" in int8["calibration"]
     assert data["ratios"] == [{"model": "mobilefacenet", "threads": 1, "int8_vs_fp32": int8["p50_vs_fp32"],
@@ -175,9 +175,9 @@ def test_bad_inputs_one_line_error(tmp_path, args, message):
 
 def test_fraction_of_peak_never_exceeds_one():
     """A row faster than the sgemm peak means the peak met a busy machine: no '>100%', a note instead."""
-    row = bench.finish_row({"model": "m", "quantize": "none", "threads": 1, "latency_ms_p50": 4.0, "macs": 2e8,
+    row = bench_report.finish_row({"model": "m", "quantize": "none", "threads": 1, "latency_ms_p50": 4.0, "macs": 2e8,
                             "undelegated_ops": {}}, {1: 80.0})  # 100 GFLOP/s achieved vs an 80 GFLOP/s peak
-    assert row["fraction_of_peak"] is None and row["fraction_of_peak_note"] == bench.PEAK_UNDER_LOAD
-    assert bench.PEAK_UNDER_LOAD in bench.markdown_table([row])
-    row = bench.finish_row(row, {1: 120.0})  # recomputed with the best of before/after: a real fraction again
+    assert row["fraction_of_peak"] is None and row["fraction_of_peak_note"] == bench_report.PEAK_UNDER_LOAD
+    assert bench_report.PEAK_UNDER_LOAD in bench_report.markdown_table([row])
+    row = bench_report.finish_row(row, {1: 120.0})  # recomputed with the best of before/after: a real fraction again
     assert row["fraction_of_peak"] == pytest.approx(100 / 120, abs=1e-3) and "fraction_of_peak_note" not in row

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobiface_tf import identification as ident
+from mobiface_tf.megaface import features
+from mobiface_tf.megaface.layout import read_megaface_layout
+from mobiface_tf.megaface.search import far_key
 
 REPO = Path(__file__).resolve().parents[1]
 FARS = (1e-6, 1e-3, 1e-2)
@@ -95,7 +97,7 @@ def _reference(probes, labels, distractors, fars, max_rank):
     tars = {}
     for far in fars:
         k = int(np.floor(far * negatives.size + 1e-9))
-        tars[ident.far_key(far)] = None if k < 1 else float(np.mean(positives > negatives[k]))
+        tars[far_key(far)] = None if k < 1 else float(np.mean(positives > negatives[k]))
     return [float(np.mean(ranks <= r)) for r in range(1, max_rank + 1)], tars
 
 
@@ -156,11 +158,11 @@ def test_cache_second_run_embeds_nothing(megaface_runs, megaface_root, tiny_mode
     from mobiface_tf.embedder import load_embedder
 
     cache = Path(first["distractor_cache_file"]).parents[1]
-    again = ident.embed_image_folder(load_embedder(tiny_model), megaface_root / "facescrub_images", cache)
-    other = ident.embed_image_folder(load_embedder(tiny_model, preprocess="bgr"), megaface_root / "facescrub_images",
+    again = features.embed_image_folder(load_embedder(tiny_model), megaface_root / "facescrub_images", cache)
+    other = features.embed_image_folder(load_embedder(tiny_model, preprocess="bgr"), megaface_root / "facescrub_images",
                                      cache)
     assert again.num_embedded == 24 and other.num_embedded == 24  # a folder listing is its own entry
-    assert ident.embed_image_folder(load_embedder(tiny_model), megaface_root / "facescrub_images",
+    assert features.embed_image_folder(load_embedder(tiny_model), megaface_root / "facescrub_images",
                                     cache).num_embedded == 0
     assert not np.allclose(again.features, other.features)
 
@@ -199,8 +201,8 @@ def test_folder_shards_and_features_sources(tiny_model, tmp_path):
     from mobiface_tf.embedder import load_embedder
 
     write_synthetic_tfrecords(tmp_path / "shards", num_identities=12, images_per_identity=3, seed=5, shards=2)
-    shards = ident.embed_tfrecords(load_embedder(tiny_model), tmp_path / "shards", tmp_path / "c")
-    folder = ident.read_features_file(npy)
+    shards = features.embed_tfrecords(load_embedder(tiny_model), tmp_path / "shards", tmp_path / "c")
+    folder = features.read_features_file(npy)
     assert sorted(shards.identities()) == sorted(folder.identities())
     by_name = {}
     for name, row in zip(shards.names, shards.features):
@@ -238,22 +240,22 @@ def test_lfw_real_distractors_crowd_the_probes(reference_tflite, lfw_dir, tmp_pa
 
 
 def test_bad_sources_fail_with_one_line(tmp_path, megaface_root):
-    assert ident.parse_random("random:1_000") == 1000
+    assert features.parse_random("random:1_000") == 1000
     for bad in ("random:0", "random:x"):
         with pytest.raises(ValueError, match="random:N with N >= 1"):
-            ident.parse_random(bad)
+            features.parse_random(bad)
     with pytest.raises(FileNotFoundError, match="face source not found"):
-        ident.source_kind(tmp_path / "nothing")
+        features.source_kind(tmp_path / "nothing")
     np.save(tmp_path / "f.npy", np.ones((3, 4), np.float32))
     with pytest.raises(FileNotFoundError, match="no name list beside it"):
-        ident.read_features_file(tmp_path / "f.npy")
+        features.read_features_file(tmp_path / "f.npy")
     (tmp_path / "f.txt").write_text("a/1\nb/2\n")
     with pytest.raises(ValueError, match=r"holds \(3, 4\) but .* lists 2 names"):
-        ident.read_features_file(tmp_path / "f.npy")
+        features.read_features_file(tmp_path / "f.npy")
     with pytest.raises(FileNotFoundError, match="1 of 2 listed images are missing"):
-        ident.embed_image_files(None, megaface_root / "facescrub_images", ["Person_0/Person_0_0.png", "nope.png"])
+        features.embed_image_files(None, megaface_root / "facescrub_images", ["Person_0/Person_0_0.png", "nope.png"])
     with pytest.raises(FileNotFoundError, match="facescrub_features_list.json' not found"):
-        ident.read_megaface_layout(tmp_path)
+        read_megaface_layout(tmp_path)
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_identify.py"), f"--megaface={tmp_path}"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: MegaFace layout")

@@ -9,7 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-from mobiface_tf import export as ex
+from mobiface_tf.export.batchnorm import activation_stds, calibrate_batchnorm
+from mobiface_tf.export.convert import to_tflite
+from mobiface_tf.export.faces import load_faces
+from mobiface_tf.export.parity import PARITY_MIN, ParityError, cosine
+from mobiface_tf.export.pipeline import export
+from mobiface_tf.export.prelu import rewrite_prelu
 from mobiface_tf import litert
 from mobiface_tf.models.zoo import build_config
 
@@ -45,7 +50,7 @@ def test_rewrite_is_exact_in_every_form():
     negative = np.r_[rng.uniform(0.1, 0.9, 6), -0.4, 0.0]       # a <= 0: cannot fold (c = (1-a)/a) -> "fast"
     spread = np.r_[rng.uniform(0.2, 0.9, 6), 0.01, 0.02]        # 0 < a <= 1 but a 90x spread -> "fast" (int8 range)
     model = _toy([in_range, above_one, negative, spread])
-    clone, summary = ex.rewrite_prelu(model)
+    clone, summary = rewrite_prelu(model)
     assert summary == {"fold": ["p0"], "fast": ["p2", "p3", "p_nobn"], "general": ["p1"]}
     assert not any(isinstance(l, keras.layers.PReLU) for l in clone.layers)
     x = rng.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
@@ -64,7 +69,7 @@ def test_rewrite_mobiface_equal_within_1e5():
             alpha = rng.uniform(0.2, 0.6, layer.get_weights()[0].shape)
             alpha.flat[0] = 1.3 if layer.name.startswith("stage3") else alpha.flat[0]
             layer.set_weights([alpha.astype("float32")])
-    clone, summary = ex.rewrite_prelu(model)
+    clone, summary = rewrite_prelu(model)
     assert len(summary["general"]) == 14 and len(summary["fold"]) == 17 and not summary["fast"]
     x = rng.uniform(0, 255, (2, 112, 112, 3)).astype("float32")
     want, got = np.asarray(model(x)), np.asarray(clone(x))
@@ -79,15 +84,15 @@ def gdc():
 
 @pytest.fixture(scope="module")
 def faces(lfw_dir):
-    return ex.load_faces(lfw_dir, 24, seed=3)
+    return load_faces(lfw_dir, 24, seed=3)
 
 
 @pytest.mark.slow
 def test_int8_prelu_rewrite_gives_one_partition(gdc, faces):
-    stock = litert.delegation(litert.make_interpreter(ex.to_tflite(gdc, "int8", faces[:8])))
+    stock = litert.delegation(litert.make_interpreter(to_tflite(gdc, "int8", faces[:8])))
     assert stock["partitions"] > 1 and stock["undelegated_ops"] == {"PRELU": 31}
-    clone, _ = ex.rewrite_prelu(gdc)
-    content = ex.to_tflite(clone, "int8", faces[:8])
+    clone, _ = rewrite_prelu(gdc)
+    content = to_tflite(clone, "int8", faces[:8])
     assert "PRELU" not in litert.op_counts(content)
     assert litert.delegation(litert.make_interpreter(content)) == {"partitions": 1, "undelegated_ops": {}, "num_undelegated": 0}
 
@@ -96,13 +101,13 @@ def test_int8_prelu_rewrite_gives_one_partition(gdc, faces):
 @pytest.mark.parametrize("mode", ["none", "float16", "dynamic", "int8"])
 def test_parity_on_lfw_faces(gdc, faces, mode, tmp_path):
     out = tmp_path / f"gdc_{mode}.tflite"
-    report = ex.export(gdc, out, mode, faces[:16], faces[16:])  # raises ParityError under the fp32/fp16 bars
+    report = export(gdc, out, mode, faces[:16], faces[16:])  # raises ParityError under the fp32/fp16 bars
     saved = json.loads(Path(str(out) + ".parity.json").read_text())
     assert saved["parity"] == report["parity"] and saved["size_bytes"] == out.stat().st_size
     p = report["parity"]
     assert p["num_images"] == 8 and p["cosine_min"] <= p["cosine_mean"]
-    if mode in ex.PARITY_MIN:
-        assert p["cosine_min"] >= ex.PARITY_MIN[mode]
+    if mode in PARITY_MIN:
+        assert p["cosine_min"] >= PARITY_MIN[mode]
     else:  # reported only; a floor far below the 0.98 aim still catches a broken conversion
         assert p["cosine_mean"] >= 0.9
     if mode == "int8":
@@ -114,17 +119,17 @@ def test_int8_io_model_is_scored_by_the_embedder(gdc, faces, tmp_path):
     from mobiface_tf.embedder import load_embedder
 
     out = tmp_path / "gdc_int8_io.tflite"
-    ex.export(gdc, out, "int8", faces[:16], faces[16:], int8_io="int8")
+    export(gdc, out, "int8", faces[:16], faces[16:], int8_io="int8")
     emb = load_embedder(out).embed(faces[16:])
     ref = np.asarray(gdc(faces[16:].astype("float32")))
-    assert ex.cosine(emb, ref).mean() >= 0.9
+    assert cosine(emb, ref).mean() >= 0.9
 
 
 def test_parity_enforced(gdc, tmp_path, monkeypatch):
-    monkeypatch.setitem(ex.PARITY_MIN, "none", 1.5)  # unreachable: the export must fail loudly
+    monkeypatch.setitem(PARITY_MIN, "none", 1.5)  # unreachable: the export must fail loudly
     x = np.random.default_rng(0).uniform(0, 255, (2, 112, 112, 3)).astype("uint8")
-    with pytest.raises(ex.ParityError, match="min cosine"):
-        ex.export(gdc, tmp_path / "m.tflite", "none", parity_images=x)
+    with pytest.raises(ParityError, match="min cosine"):
+        export(gdc, tmp_path / "m.tflite", "none", parity_images=x)
     assert (tmp_path / "m.tflite.parity.json").exists()
 
 
@@ -133,9 +138,9 @@ def test_load_faces_image_dir_and_tfrecords(tmp_path):
     from mobiface_tf.data.synthetic import write_synthetic_tfrecords
 
     write_synthetic_tfrecords(tmp_path / "tfr", num_identities=2, images_per_identity=3, seed=0, shards=1)
-    from_tfr = ex.load_faces(str(tmp_path / "tfr" / "*.tfrecord"), 4)
+    from_tfr = load_faces(str(tmp_path / "tfr" / "*.tfrecord"), 4)
     assert from_tfr.shape == (4, 112, 112, 3) and from_tfr.dtype == np.uint8
-    assert ex.load_faces(tmp_path / "tfr", 100).shape[0] == 6  # a shard directory works too
+    assert load_faces(tmp_path / "tfr", 100).shape[0] == 6  # a shard directory works too
     # A seeded sample spanning the shards and identities (records are stored grouped by identity), the same for
     # one seed and different for another: calibration (seed 0) and parity (seed 1) faces are not the same faces.
     import tensorflow as tf
@@ -146,9 +151,9 @@ def test_load_faces_image_dir_and_tfrecords(tmp_path):
     for serialized in tf.data.TFRecordDataset(sorted(str(f) for f in (tmp_path / "many").glob("*.tfrecord"))):
         image, label = parse_example(serialized)
         label_of[image.numpy().tobytes()] = int(label)
-    a, b = (ex.load_faces(tmp_path / "many", 20, seed=s) for s in (0, 1))
+    a, b = (load_faces(tmp_path / "many", 20, seed=s) for s in (0, 1))
     tf.random.set_seed(123)  # training sets TF's global seed; the sample must not depend on it
-    a2 = ex.load_faces(tmp_path / "many", 20, seed=0)
+    a2 = load_faces(tmp_path / "many", 20, seed=0)
     assert np.array_equal(a, a2) and not np.array_equal(a, b)
     people = {label_of[f.tobytes()] for f in a}
     assert len(people) >= 8, sorted(people)  # the first 20 records in storage order hold 2 people
@@ -158,7 +163,7 @@ def test_load_faces_image_dir_and_tfrecords(tmp_path):
     rgb = np.zeros((112, 112, 3), np.uint8)
     rgb[..., 0] = 200  # red
     cv2.imwrite(str(tmp_path / "img" / "a" / "x.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    got = ex.load_faces(tmp_path / "img", 5)
+    got = load_faces(tmp_path / "img", 5)
     assert got.shape == (1, 112, 112, 3) and got[0, 0, 0].tolist() == [200, 0, 0]  # RGB, not BGR
 
 
@@ -205,17 +210,17 @@ def test_calibrate_batchnorm_restores_unit_scale():
         x = keras.layers.ReLU()(x)
     model = keras.Model(inp, x)
     images = np.random.default_rng(0).uniform(0, 1, (16, 16, 16, 3)).astype("float32")
-    assert ex.activation_stds(model, images)["bn3"] < 1e-4  # shrinking with depth: the failure mode fixed here
+    assert activation_stds(model, images)["bn3"] < 1e-4  # shrinking with depth: the failure mode fixed here
     kernels = [model.get_layer(f"c{i}").get_weights()[0].copy() for i in range(4)]
-    info = ex.calibrate_batchnorm(model, images, steps=3, batch_size=8)
+    info = calibrate_batchnorm(model, images, steps=3, batch_size=8)
     assert info == {"steps": 3, "batch_size": 8, "num_bn": 4}
-    for std in ex.activation_stds(model, images).values():
+    for std in activation_stds(model, images).values():
         assert 0.5 < std < 2.0
     for i in range(4):  # only BN statistics change
         assert np.array_equal(model.get_layer(f"c{i}").get_weights()[0], kernels[i])
         assert model.get_layer(f"bn{i}").momentum == 0.9  # restored
     with pytest.raises(ValueError, match="steps=0"):
-        ex.calibrate_batchnorm(model, images, steps=0)
+        calibrate_batchnorm(model, images, steps=0)
 
 
 @pytest.mark.slow
@@ -227,12 +232,12 @@ def test_calibrated_mobilenet_v1_int8_is_not_zero(faces, tmp_path):
     """
     keras.utils.set_random_seed(0)
     model = build_config("mobilenet_v1_gdc")
-    assert min(ex.activation_stds(model, faces[:4]).values()) < 1e-6
-    ex.calibrate_batchnorm(model, faces[:16], steps=2, batch_size=16)
-    stds = ex.activation_stds(model, faces[16:])
+    assert min(activation_stds(model, faces[:4]).values()) < 1e-6
+    calibrate_batchnorm(model, faces[:16], steps=2, batch_size=16)
+    stds = activation_stds(model, faces[16:])
     assert all(0.3 < s < 3.0 for s in stds.values()), stds
     out = tmp_path / "v1_int8.tflite"
-    report = ex.export(model, out, "int8", faces[:16], faces[16:], enforce=False)
+    report = export(model, out, "int8", faces[:16], faces[16:], enforce=False)
     assert report["partitions"] == 1
     got = litert.run_batched(litert.make_interpreter(model_path=out), faces[16:].astype("float32"))
     want = np.asarray(model(faces[16:].astype("float32")))
@@ -253,8 +258,8 @@ def test_export_over_a_model_drops_its_stale_sidecar(tmp_path):
     side = write_sidecar(out, {"threshold": -0.03, "num_positive": 300, "num_negative": 300})
     tiny = keras.models.load_model(save_tiny_model(tmp_path / "tiny.keras", 16, 0), compile=False)
     faces = np.stack([person(i, 0) for i in range(4)])
-    ex.export(tiny, out, "none", parity_images=faces)
+    export(tiny, out, "none", parity_images=faces)
     assert not side.exists()
     write_sidecar(out, {"threshold": 0.3, "num_positive": 300, "num_negative": 300})
-    ex.export(tiny, out, "none", parity_images=faces)  # the same bytes again: the sidecar still fits
+    export(tiny, out, "none", parity_images=faces)  # the same bytes again: the sidecar still fits
     assert sidecar_path(out).is_file()

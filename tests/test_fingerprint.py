@@ -50,7 +50,9 @@ def test_onnx_external_data_is_part_of_the_model(tmp_path):
 def test_every_caller_keys_on_the_same_fingerprint(tmp_path):
     """identify's index, the threshold sidecar and bench_identify's embedding cache agree for a SavedModel-style
     directory (the manifest's teacher is checked in test_distill): one function, one value."""
-    from mobiface_tf import identification, identify, sidecar
+    from mobiface_tf import sidecar
+    from mobiface_tf.gallery import model_key
+    from mobiface_tf.megaface import features
 
     saved = tmp_path / "saved_model"
     saved.mkdir()
@@ -58,7 +60,7 @@ def test_every_caller_keys_on_the_same_fingerprint(tmp_path):
     (saved / "weights.bin").write_bytes(b"weights")
     expected = model_fingerprint(saved)
     emb = types.SimpleNamespace(path=saved, embedding_dim=8, preprocess="raw", flip=False)
-    assert identify.model_key(saved, emb, aligned=True)["sha256"] == expected
-    assert identification.embedder_cache_key(emb).startswith(expected[:16])
+    assert model_key(saved, emb, aligned=True)["sha256"] == expected
+    assert features.embedder_cache_key(emb).startswith(expected[:16])
     written = sidecar.write_sidecar(saved, {"threshold": 0.3, "num_positive": 300, "num_negative": 300})
     assert json.loads(written.read_text())["model_sha256"] == expected

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobiface_tf import identification as ident
+from mobiface_tf.megaface import search
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,15 +41,15 @@ def _reference(emb, labels, distractors, far):
 def test_chunked_search_matches_reference(chunk_size):
     rng = np.random.default_rng(0)
     emb, labels = _probes(rng)
-    distractors = ident.random_unit_vectors(5000, 32, seed=1, chunk_size=1234)
-    res = ident.megaface_identification(emb, labels, distractors, far=1e-3, chunk_size=chunk_size)
+    distractors = search.random_unit_vectors(5000, 32, seed=1, chunk_size=1234)
+    res = search.megaface_search(emb, labels, distractors, fars=1e-3, max_rank=1, chunk_size=chunk_size)
     rank1, trials, tar, threshold = _reference(emb, labels, distractors, 1e-3)
     assert 0.05 < rank1 < 0.95 and 0.05 < tar < 0.95  # a non-trivial case
     assert res.num_rank1_trials == trials == 10 * 4 * 3
     assert res.rank1 == pytest.approx(rank1)
-    assert res.threshold == pytest.approx(threshold, abs=1e-6)
-    assert res.tar_at_far == pytest.approx(tar)
-    assert res.achieved_far <= 1e-3
+    assert res.threshold_at_far["0.001"] == pytest.approx(threshold, abs=1e-6)
+    assert res.tar_at_far["0.001"] == pytest.approx(tar)
+    assert np.mean(emb @ distractors.T > res.threshold_at_far["0.001"] + 1e-6) <= 1e-3  # the FAR it achieves
     assert res.num_negative_pairs == 40 * 5000 and res.num_positive_pairs == 10 * 6
     assert res.gflops_per_s > 0
 
@@ -57,26 +57,26 @@ def test_chunked_search_matches_reference(chunk_size):
 def test_iterable_distractors_and_errors():
     rng = np.random.default_rng(3)
     emb, labels = _probes(rng, dim=16)
-    array = ident.random_unit_vectors(3000, 16, seed=5, chunk_size=500)
-    from_array = ident.megaface_identification(emb, labels, array, far=1e-3, chunk_size=500)
-    streamed = ident.megaface_identification(emb, labels, ident.random_unit_chunks(3000, 16, seed=5, chunk_size=500),
-                                             far=1e-3, chunk_size=500, num_distractors=3000)
+    array = search.random_unit_vectors(3000, 16, seed=5, chunk_size=500)
+    from_array = search.megaface_search(emb, labels, array, fars=1e-3, chunk_size=500)
+    streamed = search.megaface_search(emb, labels, search.random_unit_chunks(3000, 16, seed=5, chunk_size=500),
+                                      fars=1e-3, chunk_size=500, num_distractors=3000)
     assert (streamed.rank1, streamed.tar_at_far) == (from_array.rank1, from_array.tar_at_far)
     np.testing.assert_allclose(np.linalg.norm(array, axis=1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="pass num_distractors"):
-        ident.megaface_identification(emb, labels, iter([array]))
+        search.megaface_search(emb, labels, iter([array]))
     with pytest.raises(ValueError, match=r"distractors must be \[N, 16\].*\(3000, 8\)"):
-        ident.megaface_identification(emb, labels, array[:, :8])
+        search.megaface_search(emb, labels, array[:, :8])
     with pytest.raises(ValueError, match="got 3000 distractors but num_distractors=4000"):
-        ident.megaface_identification(emb, labels, iter([array]), chunk_size=5000, num_distractors=4000)
+        search.megaface_search(emb, labels, iter([array]), chunk_size=5000, num_distractors=4000)
 
 
 def test_unmeasurable_far_is_none_with_reason():
     rng = np.random.default_rng(4)
     emb, labels = _probes(rng, dim=16)
-    res = ident.megaface_identification(emb, labels, ident.random_unit_vectors(100, 16), far=1e-6)
-    assert res.tar_at_far is None and res.threshold is None
-    assert "needs >= 1000000 negative pairs, have 4000" in res.reason
+    res = search.megaface_search(emb, labels, search.random_unit_vectors(100, 16), fars=1e-6)
+    assert res.tar_at_far == {"1e-06": None} and res.threshold_at_far == {"1e-06": None}
+    assert "needs >= 1000000 negative pairs, have 4000" in res.reason_at_far["1e-06"]
     assert 0.0 <= res.rank1 <= 1.0
 
 

@@ -14,6 +14,8 @@ import pytest
 from conftest import person, save_tiny_model, write_png
 
 from mobiface_tf import identify as ident
+from mobiface_tf.gallery import INDEX_NAME, Gallery, model_key, read_index, write_index
+from mobiface_tf.gallery import enroll as enroll_gallery
 from mobiface_tf.faces import DEFAULT_THRESHOLD, FaceError, load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,15 +55,15 @@ def gallery(tmp_path):
 
 
 def enroll(gallery, emb, model_path, **kw):
-    return ident.enroll(gallery, emb, ident.model_key(model_path, emb, aligned=True), aligner=None,
-                        warn=kw.pop("warn", lambda m: None), **kw)
+    return enroll_gallery(gallery, emb, model_key(model_path, emb, aligned=True), aligner=None,
+                          warn=kw.pop("warn", lambda m: None), **kw)
 
 
 def test_enrol_caches_by_content_hash(gallery, embedder, models):
     spy = CountingEmbedder(embedder)
     g = enroll(gallery, spy, models["a16"])
     assert (spy.count, g.embedded, g.reused, g.removed) == (6, 6, 0, 0)
-    assert g.index_written and (gallery / ident.INDEX_NAME).is_file()
+    assert g.index_written and (gallery / INDEX_NAME).is_file()
     assert g.names == ["id0", "id1", "id2"] and g.num_images == [2, 2, 2]
     # Template = renormalised mean of the unit embeddings of the identity's photos.
     e = embedder.embed(np.stack([person(1, 0), person(1, 1)]))
@@ -82,12 +84,12 @@ def test_enrol_caches_by_content_hash(gallery, embedder, models):
     os.remove(gallery / "id1" / "0.png")
     g = enroll(gallery, spy, models["a16"])
     assert (g.embedded, g.removed, g.num_images) == (0, 1, [2, 1, 2, 1])
-    meta, table = ident.read_index(gallery / ident.INDEX_NAME)
+    meta, table = read_index(gallery / INDEX_NAME)
     assert len(meta["entries"]) == len(table) == 6
     assert "id1/0.png" not in meta["paths"]
     # No temp files left behind by the atomic write, and the index is plain arrays (no pickle needed).
-    assert sorted(p.name for p in gallery.iterdir() if p.is_file()) == [ident.INDEX_NAME]
-    with np.load(gallery / ident.INDEX_NAME, allow_pickle=False) as z:
+    assert sorted(p.name for p in gallery.iterdir() if p.is_file()) == [INDEX_NAME]
+    with np.load(gallery / INDEX_NAME, allow_pickle=False) as z:
         assert sorted(z.files) == ["embeddings", "meta"] and z["embeddings"].dtype == np.float32
 
 
@@ -120,7 +122,7 @@ def test_index_of_other_embedding_size_or_model_is_an_error(gallery, models):
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "wrong_rows"])
 def test_corrupt_index_is_rebuilt_with_a_warning(gallery, embedder, models, damage):
     enroll(gallery, embedder, models["a16"])
-    path = gallery / ident.INDEX_NAME
+    path = gallery / INDEX_NAME
     data = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(data[:len(data) // 2])
@@ -129,14 +131,14 @@ def test_corrupt_index_is_rebuilt_with_a_warning(gallery, embedder, models, dama
     elif damage == "empty":
         path.write_bytes(b"")
     else:  # valid npz whose header points at rows that do not exist
-        meta, table = ident.read_index(path)
-        ident.write_index(path, meta, table[:2])
+        meta, table = read_index(path)
+        write_index(path, meta, table[:2])
     warnings = []
     spy = CountingEmbedder(embedder)
     g = enroll(gallery, spy, models["a16"], warn=warnings.append)
     assert spy.count == 6 and g.embedded == 6 and g.reused == 0
     assert len(warnings) == 1 and "corrupt" in warnings[0] and "rebuilding" in warnings[0]
-    assert ident.read_index(path) is not None  # rewritten, readable again
+    assert read_index(path) is not None  # rewritten, readable again
 
 
 def test_unusable_gallery_photos_are_skipped_and_remembered(gallery, embedder, models):
@@ -160,7 +162,7 @@ def test_read_only_gallery_still_answers(gallery, embedder, models):
         os.chmod(gallery, 0o755)
     assert not g.index_written and len(g.names) == 3
     assert any("cannot write index" in w and "--index" in w for w in warnings)
-    assert not (gallery / ident.INDEX_NAME).exists()
+    assert not (gallery / INDEX_NAME).exists()
 
 
 def test_run_prints_answers_and_one_line_errors(gallery, models, tmp_path, capsys):
@@ -236,8 +238,8 @@ def test_lfw_identification_top1(lfw_dir, reference_tflite, tmp_path):
     # Query cap keeps the runtime bounded (George_W_Bush alone has 530 photos): at most 5 per identity.
     queries = [(name, p) for name, _, rest in split for p in rest[:5]]
     emb, aligner = load_model(reference_tflite), FaceAligner()
-    key = ident.model_key(reference_tflite, emb, aligned=False)
-    g = ident.enroll(gallery, emb, key, aligner=aligner)
+    key = model_key(reference_tflite, emb, aligned=False)
+    g = enroll_gallery(gallery, emb, key, aligner=aligner)
     assert len(g.names) == 20 and g.embedded == 60 and not g.skipped
     results = ident.identify(g, emb, [p for _, p in queries], top=5, threshold=DEFAULT_THRESHOLD, aligner=aligner)
     assert not [r for r in results if "error" in r]
@@ -274,8 +276,8 @@ def _random_gallery(num_ids, per_id, dim=32, noise=0.9, seed=0):
     labels = np.repeat(np.arange(num_ids), per_id)
     means = np.stack([emb[labels == i].mean(0) for i in range(num_ids)])
     templates = (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
-    return ident.Gallery([f"id{i}" for i in range(num_ids)], templates, [per_id] * num_ids, 0, 0, 0, [],
-                         Path("x"), False, emb, labels)
+    return Gallery([f"id{i}" for i in range(num_ids)], templates, [per_id] * num_ids, 0, 0, 0, [],
+                   Path("x"), False, emb, labels)
 
 
 def test_far_threshold_against_brute_force():

@@ -219,7 +219,7 @@ def test_find_image_every_extension_any_case(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- every reader
 def test_export_calibration_faces_are_upright(tmp_path):
-    from mobiface_tf.export import load_faces
+    from mobiface_tf.export.faces import load_faces
 
     up = _upright(112, 112)
     (tmp_path / "faces").mkdir()
@@ -257,6 +257,7 @@ def _rotated_copies(src: Path, out: Path) -> list[Path]:
 def test_verify_identify_and_realign_read_every_orientation_upright(real, lfw_dir, tmp_path):
     """Real MTCNN and the reference TFLite: a sideways-stored photo answers as its upright original does."""
     from mobiface_tf import identify as ident
+    from mobiface_tf.gallery import enroll, model_key
     from mobiface_tf import verify as ver
     from mobiface_tf.evaluate import embed_paths
     from mobiface_tf.faces import DEFAULT_THRESHOLD
@@ -278,8 +279,8 @@ def test_verify_identify_and_realign_read_every_orientation_upright(real, lfw_di
     (gallery / "Tony_Blair").mkdir()
     (gallery / "Tony_Blair" / "1.jpg").write_bytes((lfw_dir / "Tony_Blair" / "Tony_Blair_0001.jpg").read_bytes())
     warnings = []
-    g = ident.enroll(gallery, emb, ident.model_key(model, emb, aligned=False), aligner=aligner,
-                     warn=warnings.append)
+    g = enroll(gallery, emb, model_key(model, emb, aligned=False), aligner=aligner,
+               warn=warnings.append)
     assert warnings == [] and sorted(g.names) == ["Tony_Blair", "subject"]
     results = ident.identify(g, emb, [d / "face_b.jpg", rotated[5], rotated[7]], 1, DEFAULT_THRESHOLD, aligner)
     assert [r.get("error") for r in results] == [None] * 3

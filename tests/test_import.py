@@ -128,7 +128,7 @@ def test_import_reference_tflite_matches_it_on_real_faces(reference_tflite, lfw_
     """The publisher's TFLite (BN folded, PReLU as MAXIMUM/MINIMUM/MUL/ADD, MXNet's symmetric pads, -127.5 * 1/128
     in the graph) imports into a .keras that takes raw RGB and gives the same embedding on real LFW faces."""
     from mobiface_tf.embedder import load_embedder, stated_preprocess
-    from mobiface_tf.export import load_faces
+    from mobiface_tf.export.faces import load_faces
     from mobiface_tf.commands.import_model import run
 
     out = tmp_path / "imported.keras"

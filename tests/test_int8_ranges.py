@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mobiface_tf import export as ex
+from mobiface_tf.export import convert, ranges
 from mobiface_tf import litert
 
 
@@ -17,31 +17,31 @@ def test_quantization_mse_matches_tensorflow_fake_quant(lo, hi):
     values = np.random.default_rng(0).normal(0, 1.5 * max(hi, -lo), 20000)
     fq = tf.quantization.fake_quant_with_min_max_vars(tf.constant(values, tf.float32), lo, hi, num_bits=8).numpy()
     oracle = float(np.mean((values - fq.astype(np.float64)) ** 2))
-    assert ex.quantization_mse(values, lo, hi) == pytest.approx(oracle, rel=1e-3)
+    assert ranges.quantization_mse(values, lo, hi) == pytest.approx(oracle, rel=1e-3)
 
 
 def test_mse_range_clips_heavy_tails_and_keeps_uniform_ranges():
     rng = np.random.default_rng(1)
     heavy = rng.laplace(0, 1, 1_000_000)  # Laplace(0, b=1): min/max near +-14
     lo, hi = heavy.min(), heavy.max()
-    new_lo, new_hi = ex.mse_range(heavy, lo, hi)
+    new_lo, new_hi = ranges.mse_range(heavy, lo, hi)
     # Outside formula: the MSE-optimal 8-bit clip of a Laplace(b) is +-9.89 b (Banner et al. 2019, "Post training
     # 4-bit quantization of convolutional networks for rapid-deployment", sec. 3). Our grid steps 2.5 % of max.
     assert new_hi == pytest.approx(9.89, abs=0.8) and new_lo == pytest.approx(-9.89, abs=0.8), (new_lo, new_hi)
-    assert ex.quantization_mse(heavy, new_lo, new_hi) < 0.8 * ex.quantization_mse(heavy, lo, hi)
+    assert ranges.quantization_mse(heavy, new_lo, new_hi) < 0.8 * ranges.quantization_mse(heavy, lo, hi)
     # The search reaches the best pair of the whole grid (within 1 %).
     sub = heavy[:100_000]
-    s_lo, s_hi = ex.mse_range(sub, sub.min(), sub.max())
-    best = min(ex.quantization_mse(sub, sub.min() * a, sub.max() * b)
-               for a in ex.CLIP_FRACTIONS for b in ex.CLIP_FRACTIONS)
-    assert ex.quantization_mse(sub, s_lo, s_hi) <= 1.01 * best
+    s_lo, s_hi = ranges.mse_range(sub, sub.min(), sub.max())
+    best = min(ranges.quantization_mse(sub, sub.min() * a, sub.max() * b)
+               for a in ranges.CLIP_FRACTIONS for b in ranges.CLIP_FRACTIONS)
+    assert ranges.quantization_mse(sub, s_lo, s_hi) <= 1.01 * best
 
     uniform = rng.uniform(-1, 3, 200000)  # nothing to gain from clipping a uniform distribution
-    u_lo, u_hi = ex.mse_range(uniform, uniform.min(), uniform.max())
+    u_lo, u_hi = ranges.mse_range(uniform, uniform.min(), uniform.max())
     assert u_hi - u_lo >= 0.95 * (uniform.max() - uniform.min())
 
     relu = np.maximum(rng.laplace(0, 1, 100000), 0)  # one-sided: the low end stays at 0
-    r_lo, r_hi = ex.mse_range(relu, 0.0, relu.max())
+    r_lo, r_hi = ranges.mse_range(relu, 0.0, relu.max())
     assert r_lo == 0.0 and 0 < r_hi < relu.max()
 
 
@@ -70,11 +70,11 @@ def test_int8_export_with_mse_ranges_beats_minmax():
     calib = rng.uniform(0, 255, (64, 24, 24, 3)).astype(np.float32)
     test = rng.uniform(0, 255, (32, 24, 24, 3)).astype(np.float32)
     ref = np.asarray(model(test))
-    assert _float32_tensors(ex.to_tflite(model, "none")) > 10  # the check below can tell float from int8
+    assert _float32_tensors(convert.to_tflite(model, "none")) > 10  # the check below can tell float from int8
     errors = {}
-    for method in ex.ACTIVATION_RANGES:
+    for method in convert.ACTIVATION_RANGES:
         stats = {}
-        content = ex.to_tflite(model, "int8", calib, activation_ranges=method, stats=stats)
+        content = convert.to_tflite(model, "int8", calib, activation_ranges=method, stats=stats)
         assert _float32_tensors(content) == 2, method
         out = litert.run_batched(litert.make_interpreter(content), test)
         errors[method] = float(np.mean((out - ref) ** 2) / np.mean(ref ** 2))
@@ -95,12 +95,12 @@ def test_split_conversion_equals_the_converter(monkeypatch):
     rng = np.random.default_rng(3)
     calib = rng.uniform(0, 255, (16, 24, 24, 3)).astype(np.float32)
     test = rng.uniform(0, 255, (4, 24, 24, 3)).astype(np.float32)
-    original = ex.clip_activation_ranges
-    monkeypatch.setattr(ex, "clip_activation_ranges",
+    original = ranges.clip_activation_ranges
+    monkeypatch.setattr(ranges, "clip_activation_ranges",
                         lambda calibrated, images, method="mse", seed=0: original(calibrated, images, "calibrator"))
-    for io in ex.INT8_IO:
-        split = ex.to_tflite(model, "int8", calib, int8_io=io, activation_ranges="mse")
-        stock = ex.to_tflite(model, "int8", calib, int8_io=io, activation_ranges="minmax")
+    for io in convert.INT8_IO:
+        split = convert.to_tflite(model, "int8", calib, int8_io=io, activation_ranges="mse")
+        stock = convert.to_tflite(model, "int8", calib, int8_io=io, activation_ranges="minmax")
 
         def tensors(content):
             return [(d["name"], d["dtype"], tuple(np.round(d["quantization_parameters"]["scales"], 12)),
@@ -117,4 +117,4 @@ def test_split_conversion_equals_the_converter(monkeypatch):
 
 def test_unknown_activation_ranges_is_refused():
     with pytest.raises(ValueError, match="activation_ranges"):
-        ex.to_tflite(_heavy_tailed_net(), "int8", np.zeros((2, 24, 24, 3), np.float32), activation_ranges="kl")
+        convert.to_tflite(_heavy_tailed_net(), "int8", np.zeros((2, 24, 24, 3), np.float32), activation_ranges="kl")

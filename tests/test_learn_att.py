@@ -83,7 +83,7 @@ def test_att_closed_set_identification(att_dir, tmp_path):
     # Full-integer int8 of the *trained* network (random-init nets amplify noise, so their parity means
     # little): calibrated on the training faces, scored on the held-out faces. One XNNPACK partition.
     import keras
-    from mobiface_tf.export import export
+    from mobiface_tf.export.pipeline import export
 
     report = export(keras.models.load_model(tmp_path / "model" / "embedding.keras"), tmp_path / "att_int8.tflite",
                     "int8", calibration_images=gx, parity_images=qx)

@@ -58,7 +58,7 @@ def _tiny():
 def tiny(tmp_path_factory):
     import tensorflow as tf
 
-    from mobiface_tf.export import frozen_function, to_tflite
+    from mobiface_tf.export.convert import frozen_function, to_tflite
 
     model = _tiny()
     images = np.random.default_rng(0).uniform(0, 255, (16, 24, 24, 3)).astype(np.float32)

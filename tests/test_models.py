@@ -4,7 +4,7 @@ import pytest
 import keras
 from tensorflow.python.framework import ops as tf_ops
 
-from mobiface_tf.export import frozen_function
+from mobiface_tf.export.convert import frozen_function
 from mobiface_tf.models import build, count_macs
 from mobiface_tf.models.zoo import CONFIGS, build_config, static_row
 
@@ -161,7 +161,7 @@ def test_keras_save_load_identical(models, name, tmp_path):
 
 def _tflite_embed(model, x):
     from mobiface_tf import litert
-    from mobiface_tf.export import to_tflite
+    from mobiface_tf.export.convert import to_tflite
     interp = litert.make_interpreter(to_tflite(model))
     assert tuple(interp.get_input_details()[0]["shape"]) == (1, 112, 112, 3)
     return litert.run_batched(interp, x)

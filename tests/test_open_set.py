@@ -13,6 +13,7 @@ import pytest
 from conftest import person, save_tiny_model, write_png
 
 from mobiface_tf import identify as ident
+from mobiface_tf.gallery import Gallery
 from mobiface_tf import open_set
 
 
@@ -34,7 +35,7 @@ def synthetic_gallery(num_ids, per_id=2, dim=128, noise=1.0, seed=0, duplicate_o
     labels = np.repeat(np.arange(k), per_id)
     means = np.stack([emb[labels == i].mean(0) for i in range(k)])
     templates = (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
-    return ident.Gallery(names, templates, [per_id] * k, 0, 0, 0, [], Path("x"), False, emb, labels)
+    return Gallery(names, templates, [per_id] * k, 0, 0, 0, [], Path("x"), False, emb, labels)
 
 
 # ----------------------------------------------------------------------------------------------- the tail

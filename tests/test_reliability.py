@@ -426,7 +426,7 @@ def test_wrong_input_size_tflite_is_refused_before_detection(tmp_path, lfw_dir, 
 
 # ============================================================================ 9. calibration
 def test_int8_calibration_needs_enough_faces_and_skips_hidden_files(tmp_path):
-    from mobiface_tf.export import load_calibration_faces
+    from mobiface_tf.export.faces import load_calibration_faces
 
     folder = _faces(tmp_path / "calib", ["a"], n=3, ext=".png")
     (folder / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # macOS litter: not a face

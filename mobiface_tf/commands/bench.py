@@ -70,22 +70,26 @@ def main(argv):
     del argv
     if not FLAGS.static:
         _check_outputs(FLAGS.output_dir)
-    from mobiface_tf import bench as bench_lib
+    from mobiface_tf.bench import BenchOptions, bench
+    from mobiface_tf.bench_report import static_table
 
     try:
         if FLAGS.static:
-            _, table = bench_lib.static_table(FLAGS.models)
+            _, table = static_table(FLAGS.models)
             print(table)
             return
         threads = [int(t) for t in FLAGS.threads]
         if any(t < 1 for t in threads):
             raise ValueError(f"--threads must be positive integers, got {FLAGS.threads}")
         calibration = FLAGS.calibration or (str(DEFAULT_LFW) if DEFAULT_LFW.is_dir() else None)
-        result = bench_lib.bench(FLAGS.models, FLAGS.quantize, threads, FLAGS.output_dir, calibration,
-                                 FLAGS.num_calibration, FLAGS.parity_images or calibration, FLAGS.num_parity,
-                                 FLAGS.runs, FLAGS.warmup, FLAGS.extra_tflite, FLAGS.benchmark_model, FLAGS.profile,
-                                 FLAGS.bn_calibration_steps, reference_dir=FLAGS.reference_dir if FLAGS.reference else None,
-                                 litert_benchmark=FLAGS.litert_benchmark)
+        opts = BenchOptions(calibration=calibration, num_calibration=FLAGS.num_calibration,
+                            parity_images=FLAGS.parity_images or calibration, num_parity=FLAGS.num_parity,
+                            runs=FLAGS.runs, warmup=FLAGS.warmup, extra_tflite=FLAGS.extra_tflite,
+                            benchmark_model=FLAGS.benchmark_model, profile=FLAGS.profile,
+                            bn_calibration_steps=FLAGS.bn_calibration_steps,
+                            reference_dir=FLAGS.reference_dir if FLAGS.reference else None,
+                            litert_benchmark=FLAGS.litert_benchmark)
+        result = bench(FLAGS.models, FLAGS.quantize, threads, FLAGS.output_dir, opts)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     print(result["table"])

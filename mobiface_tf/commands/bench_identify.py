@@ -16,7 +16,7 @@ cached under --cache_dir keyed by the model's sha256, the preprocess and the fli
 Distractor rows of a probe identity (same first path component) are dropped: a mate among the distractors
 would count as an error.
 
-The protocol and the search are mobiface_tf/identification.py's. Real runs also search N random unit
+The protocol and the search are mobiface_tf/megaface/search.py's. Real runs also search N random unit
 vectors of the same dimension (--compare_random) to show what random distractors would have claimed.
 """
 import json
@@ -28,7 +28,10 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from mobiface_tf import identification as ident
+from mobiface_tf.megaface.features import (DEFAULT_CACHE_DIR, embed_image_files, load_probes, load_source, parse_random,
+                                           select_probe_rows, source_kind)
+from mobiface_tf.megaface.layout import read_megaface_layout
+from mobiface_tf.megaface.search import megaface_search, random_unit_vectors
 from mobiface_tf.fingerprint import model_fingerprint
 from mobiface_tf.commands import SHARED_DATA as _DATA
 from mobiface_tf.outputs import check_output_dir, check_output_file
@@ -61,7 +64,7 @@ flags.DEFINE_list("far", ["1e-6", "1e-5", "1e-4"], "target false accept rates (e
 flags.DEFINE_integer("max_rank", 10, "length of the CMC curve", lower_bound=1)
 flags.DEFINE_boolean("compare_random", True, "real distractors: also search N random unit vectors, same probes")
 flags.DEFINE_integer("seed", 0, "random distractor seed")
-flags.DEFINE_string("cache_dir", str(ident.DEFAULT_CACHE_DIR), "embedding cache folder")
+flags.DEFINE_string("cache_dir", str(DEFAULT_CACHE_DIR), "embedding cache folder")
 flags.DEFINE_string("output", None, "optional JSON output path")
 
 
@@ -100,9 +103,9 @@ def _synthetic_probes(dim, max_probes, per_identity, seed):
 def _search(emb, labels, distractors, num_distractors=None):
     """One search bracketed by sgemm peaks (the machine may be shared): the search dict plus speed fields."""
     peak = sgemm_gflops(threads=FLAGS.threads)
-    res = ident.megaface_search(emb, labels, distractors, fars=_fars(), max_rank=FLAGS.max_rank,
-                                chunk_size=FLAGS.chunk_size, num_distractors=num_distractors, threads=FLAGS.threads,
-                                progress=FLAGS.progress)
+    res = megaface_search(emb, labels, distractors, fars=_fars(), max_rank=FLAGS.max_rank,
+                          chunk_size=FLAGS.chunk_size, num_distractors=num_distractors, threads=FLAGS.threads,
+                          progress=FLAGS.progress).to_dict()
     peak_after = sgemm_gflops(threads=FLAGS.threads)
     sgemm = max(peak, peak_after)
     res.update(sgemm_gflops=sgemm, sgemm_gflops_before=peak, sgemm_gflops_after=peak_after,
@@ -146,15 +149,15 @@ def _embed_fields(prefix, feats) -> dict:
 
 
 def _random_baseline(emb, labels, num, dim) -> dict:
-    rnd = ident.random_unit_vectors(num, dim, seed=FLAGS.seed)
-    res = ident.megaface_search(emb, labels, rnd, fars=_fars(), max_rank=FLAGS.max_rank, chunk_size=FLAGS.chunk_size,
-                                threads=FLAGS.threads)
+    rnd = random_unit_vectors(num, dim, seed=FLAGS.seed)
+    res = megaface_search(emb, labels, rnd, fars=_fars(), max_rank=FLAGS.max_rank, chunk_size=FLAGS.chunk_size,
+                          threads=FLAGS.threads).to_dict()
     return {k: res[k] for k in ("rank1", "cmc", "tar_at_far", "threshold_at_far", "num_distractors")}
 
 
 # ----------------------------------------------------------------------------------------------- modes
 def _random_mode() -> dict:
-    num = ident.parse_random(FLAGS.distractors)
+    num = parse_random(FLAGS.distractors)
     dim = FLAGS.dim or _embedder().embedding_dim
     t0 = time.perf_counter()
     # Against random distractors no face figure is reported, so the probes need not be faces either: only
@@ -163,7 +166,7 @@ def _random_mode() -> dict:
     probe_seconds = time.perf_counter() - t0
     rss_before = _peak_rss_mb()
     t0 = time.perf_counter()
-    distractors = ident.random_unit_vectors(num, dim, seed=FLAGS.seed)
+    distractors = random_unit_vectors(num, dim, seed=FLAGS.seed)
     gen_seconds = time.perf_counter() - t0
     rss_generated = _peak_rss_mb()
     res = _search(emb, labels, distractors)
@@ -190,15 +193,15 @@ def _real_mode() -> dict:
     progress = FLAGS.progress
     same = Path(FLAGS.distractors).resolve() == Path(FLAGS.probes).resolve()
     if same:  # one tree: embed it whole once, then pick the probes from it
-        probes_all = ident.load_source(FLAGS.probes, embedder, FLAGS.cache_dir, progress)
-        rows, labels = ident.select_probe_rows(probes_all.names, FLAGS.min_per_identity,
+        probes_all = load_source(FLAGS.probes, embedder, FLAGS.cache_dir, progress)
+        rows, labels = select_probe_rows(probes_all.names, FLAGS.min_per_identity,
                                                FLAGS.max_per_identity or None, FLAGS.max_probes)
         probes, dist_all = probes_all.subset(rows), probes_all
     else:
-        probes, labels = ident.load_probes(FLAGS.probes, embedder, FLAGS.cache_dir, FLAGS.min_per_identity,
+        probes, labels = load_probes(FLAGS.probes, embedder, FLAGS.cache_dir, FLAGS.min_per_identity,
                                            FLAGS.max_per_identity or None, FLAGS.max_probes, progress)
         probes_all = probes
-        dist_all = ident.load_source(FLAGS.distractors, embedder, FLAGS.cache_dir, progress)
+        dist_all = load_source(FLAGS.distractors, embedder, FLAGS.cache_dir, progress)
     probe_ids = set(probes.identities())
     keep = np.array([i not in probe_ids for i in dist_all.identities()])
     distractors = dist_all.subset(keep)
@@ -233,16 +236,16 @@ def _real_mode() -> dict:
 
 
 def _megaface_mode() -> dict:
-    layout = ident.read_megaface_layout(FLAGS.megaface, FLAGS.facescrub_images, FLAGS.megaface_images,
+    layout = read_megaface_layout(FLAGS.megaface, FLAGS.facescrub_images, FLAGS.megaface_images,
                                         FLAGS.remove_noise)
     embedder = _embedder()
     progress = FLAGS.progress
-    probes = ident.embed_image_files(embedder, layout.probe_root, layout.probe_paths, FLAGS.cache_dir,
+    probes = embed_image_files(embedder, layout.probe_root, layout.probe_paths, FLAGS.cache_dir,
                                      progress=progress)
     names = sorted(set(layout.probe_ids))
     labels = np.searchsorted(names, layout.probe_ids)
     union = sorted(set().union(*layout.sets.values()))
-    dist = ident.embed_image_files(embedder, layout.distractor_root, union, FLAGS.cache_dir, progress=progress)
+    dist = embed_image_files(embedder, layout.distractor_root, union, FLAGS.cache_dir, progress=progress)
     row = {n: i for i, n in enumerate(dist.names)}
     feats = dist.features
     chunk = FLAGS.chunk_size
@@ -275,13 +278,13 @@ def _megaface_mode() -> dict:
 def _bench() -> int:
     if FLAGS.output:  # before any embedding: the report must be writable
         check_output_file(FLAGS.output, "--output", example="identify.json")
-    if FLAGS.megaface or (FLAGS.distractors and ident.source_kind(FLAGS.distractors) != "random"):  # faces embedded
-        check_output_dir(FLAGS.cache_dir, "--cache_dir", make_parent=FLAGS.cache_dir == str(ident.DEFAULT_CACHE_DIR))
+    if FLAGS.megaface or (FLAGS.distractors and source_kind(FLAGS.distractors) != "random"):  # faces embedded
+        check_output_dir(FLAGS.cache_dir, "--cache_dir", make_parent=FLAGS.cache_dir == str(DEFAULT_CACHE_DIR))
     if FLAGS.megaface:
         out = _megaface_mode()
     elif FLAGS.distractors is None:
         raise ValueError("pass --distractors=SRC (image folder, TFRecord shards, X.npy) or random:N, or --megaface=ROOT")
-    elif ident.source_kind(FLAGS.distractors) == "random":
+    elif source_kind(FLAGS.distractors) == "random":
         out = _random_mode()
     else:
         out = _real_mode()

@@ -68,12 +68,12 @@ def run(source, output, backbone="mobilefacenet", embedding_dim=None, source_pre
     out = _check_paths(source, output)
     faces = None
     if check_faces:
-        from mobiface_tf.export import load_faces
+        from mobiface_tf.export.faces import load_faces
 
         faces = load_faces(check_faces, num_check, seed=1)
     bn = None
     if bn_faces:
-        from mobiface_tf.export import load_faces
+        from mobiface_tf.export.faces import load_faces
 
         bn = load_faces(bn_faces, num_bn_faces, seed=2)
     model, report = importer.import_model(source, backbone, embedding_dim, source_preprocess, faces, num_check,

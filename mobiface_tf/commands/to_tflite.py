@@ -83,31 +83,34 @@ def main(argv):
     check_output_file(FLAGS.output, "--output", example="model.tflite")
     check_output_file(f"{FLAGS.output}.parity.json", "--output (its parity report)")
     _step(t0, "loading TensorFlow and the model")
-    from mobiface_tf import export as ex
+    from mobiface_tf.export.batchnorm import calibrate_batchnorm
+    from mobiface_tf.export.faces import load_calibration_faces, load_faces
+    from mobiface_tf.export.parity import ParityError
+    from mobiface_tf.export.pipeline import export
 
     try:
         if FLAGS.quantize == "int8" and not FLAGS.calibration:
             raise ValueError("--quantize=int8 needs --calibration=DIR or TFRecord glob of real aligned faces")
         _step(t0, "reading calibration / parity faces")
-        calib = ex.load_calibration_faces(FLAGS.calibration, FLAGS.num_calibration, FLAGS.allow_few_calibration) \
+        calib = load_calibration_faces(FLAGS.calibration, FLAGS.num_calibration, FLAGS.allow_few_calibration) \
             if FLAGS.quantize == "int8" else None
         model = _build_model()
         source = FLAGS.parity_images or FLAGS.calibration
         if not source:
             raise ValueError("the parity report needs real faces: pass --parity_images=DIR (e.g. "
                              "../shared/data/lfw/lfw-112x112) or --calibration")
-        faces = ex.load_faces(source, FLAGS.num_parity, seed=1)
+        faces = load_faces(source, FLAGS.num_parity, seed=1)
         if FLAGS.backbone and FLAGS.bn_calibration_steps:
             # A random-init network's activations vanish through its layers and int8 rounds them to zero;
             # a trained one's BN layers normalise them. A --model is trained: its statistics stay as saved.
-            bn_faces = calib if calib is not None else ex.load_faces(source, FLAGS.num_calibration)
-            ex.calibrate_batchnorm(model, bn_faces, steps=FLAGS.bn_calibration_steps)
+            bn_faces = calib if calib is not None else load_faces(source, FLAGS.num_calibration)
+            calibrate_batchnorm(model, bn_faces, steps=FLAGS.bn_calibration_steps)
         rewrite = {"auto": None, "on": True, "off": False}[FLAGS.prelu_rewrite]
         _step(t0, f"converting to TFLite ({FLAGS.quantize}) and measuring parity on {len(faces)} faces "
                   "(tens of seconds on a CPU)")
-        report = ex.export(model, FLAGS.output, FLAGS.quantize, calib, faces, FLAGS.int8_io, rewrite=rewrite,
+        report = export(model, FLAGS.output, FLAGS.quantize, calib, faces, FLAGS.int8_io, rewrite=rewrite,
                            activation_ranges=FLAGS.activation_ranges)
-    except (ValueError, FileNotFoundError, ex.ParityError) as e:
+    except (ValueError, FileNotFoundError, ParityError) as e:
         sys.exit(f"error: {e}")
     _step(t0, "done")
     p = report["parity"]

@@ -40,14 +40,16 @@ def main(argv):
     import keras
     import numpy as np
 
-    from mobiface_tf import export as ex
+    from mobiface_tf.export.convert import ACTIVATION_RANGES
+    from mobiface_tf.export.faces import load_faces
+    from mobiface_tf.export.pipeline import export
     from mobiface_tf.compare import heldout_accuracy
 
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
-    unknown = [m for m in FLAGS.methods if m not in ex.ACTIVATION_RANGES]
+    unknown = [m for m in FLAGS.methods if m not in ACTIVATION_RANGES]
     if unknown:
-        sys.exit(f"error: unknown --methods {unknown}; expected some of {list(ex.ACTIVATION_RANGES)}")
+        sys.exit(f"error: unknown --methods {unknown}; expected some of {list(ACTIVATION_RANGES)}")
     folds = [int(f) for f in FLAGS.folds]
     out = Path(FLAGS.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,15 +61,15 @@ def main(argv):
     model = keras.models.load_model(FLAGS.model, compile=False)
     if "keras_accuracy" not in study:
         study["keras_accuracy"] = heldout_accuracy(FLAGS.model, FLAGS.lfw_dir, FLAGS.pairs, folds, threads=2)["accuracy"]
-    parity_faces = ex.load_faces(FLAGS.data, FLAGS.num_parity, seed=1000)
+    parity_faces = load_faces(FLAGS.data, FLAGS.num_parity, seed=1000)
     done = {(r["method"], r["seed"]) for r in study["rows"]}
     for method in FLAGS.methods:
         for seed in range(FLAGS.seeds):
             if (method, seed) in done:
                 continue
-            calib = ex.load_faces(FLAGS.data, FLAGS.num_calibration, seed=seed)
+            calib = load_faces(FLAGS.data, FLAGS.num_calibration, seed=seed)
             tfl = out / f"int8_{method}_seed{seed}.tflite"
-            report = ex.export(model, tfl, "int8", calib, parity_faces, enforce=False, activation_ranges=method)
+            report = export(model, tfl, "int8", calib, parity_faces, enforce=False, activation_ranges=method)
             acc = heldout_accuracy(tfl, FLAGS.lfw_dir, FLAGS.pairs, folds, threads=2)["accuracy"]
             row = {"method": method, "seed": seed, "heldout_accuracy": acc,
                    "accuracy_drop_vs_keras": study["keras_accuracy"] - acc,

@@ -6,7 +6,7 @@
 Protocol: people of ../shared/data/celeba_small with >= 3 photos are enrolled with their first 2 photos (file
 name order); their other photos are genuine queries. People with exactly 1 photo are strangers (queries that
 are not enrolled). Every photo goes through identify's normal path: MTCNN alignment (mobiface_tf.align) and
-the model, via mobiface_tf.identify.enroll, whose index files (one per set, under --out) cache the embeddings,
+the model, via mobiface_tf.gallery.enroll, whose index files (one per set, under --out) cache the embeddings,
 so a rerun only re-hashes the photos. The photos are copied under --out (identity folders as enroll expects).
 
 Then, at --far, the threshold is set two ways from the gallery's own impostor scores:
@@ -71,7 +71,7 @@ def main(argv):
     del argv
     from mobiface_tf.align import FaceAligner
     from mobiface_tf.faces import load_model
-    from mobiface_tf.identify import enroll, model_key
+    from mobiface_tf.gallery import enroll, model_key
 
     out = Path(FLAGS.out)
     sets = split_people(Path(FLAGS.data), FLAGS.enrolled)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mobiface_tf import identify as ident
+from mobiface_tf.gallery import Gallery
 from mobiface_tf import open_set
 
 FARS = (1e-2, 1e-3, 1e-4)
@@ -47,10 +48,10 @@ def with_duplicate(g, q, person: str):
         return None
     t = photos.mean(0)
     names = g.names + [person + "_dup"]
-    return ident.Gallery(names, np.concatenate([g.templates, (t / np.linalg.norm(t))[None]]).astype(np.float32),
-                         g.num_images + [2], 0, 0, 0, [], g.index_path, False,
-                         np.concatenate([g.image_embeddings, photos]).astype(np.float32),
-                         np.concatenate([g.image_labels, [len(g.names)] * 2]))
+    return Gallery(names, np.concatenate([g.templates, (t / np.linalg.norm(t))[None]]).astype(np.float32),
+                   g.num_images + [2], 0, 0, 0, [], g.index_path, False,
+                   np.concatenate([g.image_embeddings, photos]).astype(np.float32),
+                   np.concatenate([g.image_labels, [len(g.names)] * 2]))
 
 
 def injection(g, q, s, far: float, trials: int) -> dict:
@@ -67,8 +68,8 @@ def injection(g, q, s, far: float, trials: int) -> dict:
         near = ident.near_duplicates(gd)
         flagged = [(a, b) for a, b, _ in near.pairs]
         keep = np.array([q.names[lab] != person for lab in q.image_labels])
-        qk = ident.Gallery(q.names, q.templates, q.num_images, 0, 0, 0, [], q.index_path, False,
-                           q.image_embeddings[keep], q.image_labels[keep])
+        qk = Gallery(q.names, q.templates, q.num_images, 0, 0, 0, [], q.index_path, False,
+                     q.image_embeddings[keep], q.image_labels[keep])
         pair = [sc for a, b, sc in near.pairs if gd.names[b] == person + "_dup" and gd.names[a] == person]
         sums, counts = open_set.identity_sums(gd.image_embeddings, gd.image_labels, len(gd.names))
         score = float(sums[gd.names.index(person)] @ sums[-1]) / 4

@@ -1,0 +1,308 @@
+"""The enrolled gallery of mobiface_tf.identify: folders of photos -> one template per identity, and its index.
+
+The gallery is one folder per identity (DIR/<name>/<photo>). Each identity's template is the mean of the
+L2-normalised embeddings of its photos, renormalised (averaging unit vectors, as face templates are built in
+the IJB-style "template" protocols, keeps one sharp photo from dominating).
+
+Enrolment is cached in an index file (default DIR/.mobiface_index.npz) holding one embedding per distinct photo
+content (sha256), plus the model's fingerprint (mobiface_tf.fingerprint: every file it reads, an ONNX model's
+external data included) and embedding size. A rerun embeds only new or changed photos; deleted photos leave
+the index. The index is an .npz of plain arrays + a JSON string (no pickle), written to a temp file and renamed,
+so a crash never leaves half an index. An index that cannot be read is rebuilt with a warning; one built by
+another model or embedding size is an error (pass --index or --rebuild_index).
+
+What is a photo and what is an identity is mobiface_tf.images' rule (Pillow reads it; folder names compared in
+Unicode NFC, so NFC and NFD folders of one name are merged, with a warning). Files left out are counted in
+"skipped" and named in warnings. A photo whose bytes are filed under two identities is named in a warning and
+marked in `Gallery.far_excluded`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import stat
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from mobiface_tf.faces import FaceError, load_face
+from mobiface_tf.fingerprint import file_sha256, model_fingerprint
+from mobiface_tf.images import IMAGE_EXTENSIONS, hidden_reason, identity_name, list_identity_tree, merge_message
+
+INDEX_NAME = ".mobiface_index.npz"
+INDEX_VERSION = 1
+_EMBED_CHUNK = 256  # crops held in memory before embedding: 256 x 112x112x3 = 9.6 MB
+
+
+class IndexCorrupt(Exception):
+    """The index file exists but cannot be trusted; it is rebuilt."""
+
+
+@dataclasses.dataclass
+class Gallery:
+    """An enrolled gallery: one unit-norm template per identity folder, plus what enrolment did.
+
+    templates: [K, D] float32, row k for names[k]; image_embeddings / image_labels: [N, D] and [N] per usable
+    photo; embedded / reused / removed / skipped: index bookkeeping of this run.
+    """
+
+    names: list[str]            # identity folder names, sorted
+    templates: np.ndarray       # [K, D] float32, unit rows
+    num_images: list[int]       # photos behind each template
+    embedded: int               # photos embedded in this run
+    reused: int                 # photos whose embedding came from the index
+    removed: int                # index entries dropped because their photo is gone or changed
+    skipped: list[tuple[str, str]]  # (relative path, reason): files that are not photos, photos without a face
+    index_path: Path
+    index_written: bool
+    image_embeddings: np.ndarray | None = None  # [N, D] unit embedding of each usable gallery photo
+    image_labels: np.ndarray | None = None      # [N] index into `names` of each of those photos
+    # [N] True for a photo whose bytes are also filed under another identity: left out of --far's impostor scores
+    far_excluded: np.ndarray | None = None
+    shared_photos: list[list[str]] = dataclasses.field(default_factory=list)  # relative paths of one content
+    merged: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)  # (identity, NFC-equal folders)
+
+    def summary(self) -> str:
+        """One line: identities, images, what was embedded / reused / removed / skipped, and the index path."""
+        return (f"gallery: {len(self.names)} identities, {sum(self.num_images)} images "
+                f"(embedded {self.embedded} new, reused {self.reused}, removed {self.removed}, "
+                f"skipped {len(self.skipped)}); index {self.index_path}")
+
+
+# ----------------------------------------------------------------------------------------------- the index
+def model_key(model_path, embedder, aligned: bool) -> dict:
+    """What the cached embeddings depend on, besides each photo's bytes."""
+    return {"path": str(Path(model_path).resolve()), "sha256": model_fingerprint(model_path),
+            "embedding_dim": int(embedder.embedding_dim), "preprocess": embedder.preprocess,
+            "flip": bool(embedder.flip), "aligned": bool(aligned)}
+
+
+def read_index(path: Path) -> tuple[dict, np.ndarray] | None:
+    """(meta, embeddings [N, D]) or None when there is no index; IndexCorrupt when it cannot be trusted."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"][()]))
+            emb = np.asarray(z["embeddings"], np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise IndexCorrupt(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(meta, dict) or meta.get("version") != INDEX_VERSION or not isinstance(meta.get("model"), dict):
+        raise IndexCorrupt(f"unknown index layout (version {meta.get('version') if isinstance(meta, dict) else '?'})")
+    entries = meta.get("entries")
+    dim = meta["model"].get("embedding_dim")
+    if emb.ndim != 2 or not isinstance(entries, dict) or emb.shape[1] != dim:
+        raise IndexCorrupt(f"embeddings {emb.shape} do not match the header (embedding_dim {dim})")
+    if any(not isinstance(r, int) or not 0 <= r < len(emb) for r in entries.values()) or not np.isfinite(emb).all():
+        raise IndexCorrupt("entries point outside the embedding table or embeddings are not finite")
+    if not isinstance(meta.get("failed", {}), dict):
+        raise IndexCorrupt("'failed' is not a mapping")
+    return meta, emb
+
+
+def write_index(path: Path, meta: dict, embeddings: np.ndarray) -> None:
+    """Atomic: write a temp file in the same folder, fsync, then rename over the old index."""
+    folder = path.parent
+    # The owner-write bit too: root ignores a read-only mode, but a read-only gallery (shared data) stays untouched.
+    if not (os.access(folder, os.W_OK) and folder.stat().st_mode & stat.S_IWUSR):
+        raise PermissionError(errno.EACCES, "folder is read-only", str(folder))
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), embeddings=np.asarray(embeddings, np.float32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the write failed: leave no temp file behind
+            os.unlink(tmp)
+
+
+def check_compatible(meta: dict, key: dict, index_path: Path) -> None:
+    """Embeddings of another model or size cannot be mixed with ours: say so rather than guess."""
+    old = meta["model"]
+    hint = f"pass --index=OTHER.npz for a separate index, or --rebuild_index to replace {str(index_path)!r}"
+    if old.get("embedding_dim") != key["embedding_dim"]:
+        raise FaceError(f"index {str(index_path)!r} holds {old.get('embedding_dim')}-d embeddings but model "
+                        f"{key['path']!r} gives {key['embedding_dim']}-d; {hint}")
+    for field in ("sha256", "preprocess", "flip", "aligned"):
+        if old.get(field) != key[field]:
+            raise FaceError(f"index {str(index_path)!r} was built with another {field} "
+                            f"({old.get('path')!r}, {field}={old.get(field)!r}; now {key['path']!r}, "
+                            f"{field}={key[field]!r}); {hint}")
+
+
+# ----------------------------------------------------------------------------------------------- enrolment
+def scan_gallery(gallery_dir, on_merge=None) -> tuple[list[tuple[str, str, Path]], list[tuple[str, str]]]:
+    """([(identity, path relative to the gallery, path)], [(relative path, reason)] left out), both sorted.
+
+    Listed by mobiface_tf.images.list_identity_tree, the one rule of what is a photo (Pillow reads it: .avif,
+    .jfif, .webp, .tif, .gif too) and what is an identity (folder names in Unicode NFC: an NFC and an NFD
+    folder of one name are one identity, reported through on_merge(name, folders)). Hidden entries
+    (.ipynb_checkpoints, ._x.jpg, __MACOSX) are never identities or photos. Raises FaceError when DIR is
+    missing or not a directory.
+    """
+    if not gallery_dir:
+        raise FaceError("--gallery is required: a folder laid out as DIR/<identity>/<photo>")
+    root = Path(gallery_dir)
+    if not root.is_dir():
+        raise FaceError(f"gallery not found or not a directory: {str(root)!r}; pass --gallery=DIR laid out as "
+                        "DIR/<identity>/<photo>")
+    identities, left_out = list_identity_tree(root, on_merge=on_merge)
+    files = [(name, f.relative_to(root).as_posix(), f) for name, found in identities for f in found]
+    return files, [(sk.path.relative_to(root).as_posix(), sk.reason) for sk in left_out]
+
+
+def _report_left_out(left_out, index_path: Path, root: Path, listed: set, warn) -> list[tuple[str, str]]:
+    """Warn about files the listing left out (one line each; one line for all hidden entries) and about
+    identity folders left with no photo; returns them, the index's own files excepted."""
+    ours = [(rel, why) for rel, why in left_out
+            if not (index_path.parent.resolve() == root.resolve() and rel.startswith(index_path.name))]
+    hidden = [rel for rel, _ in ours if any(hidden_reason(part) for part in rel.split("/"))]
+    for rel, why in ours:
+        if rel not in hidden:
+            warn(f"skipped gallery file {rel}: {why}")
+    if hidden:
+        warn(f"left out {len(hidden)} hidden or OS-litter entries ({', '.join(hidden[:3])}"
+             f"{', ...' if len(hidden) > 3 else ''})")
+    folders = {rel.split("/")[0] for rel, _ in ours if "/" in rel and rel not in hidden}
+    for name in sorted({identity_name(n) for n in folders} - listed):
+        warn(f"identity {name!r} has no usable photo and is left out of the gallery")
+    return ours
+
+
+def _shared_photos(files, hashes, warn) -> tuple[list[list[str]], set[str]]:
+    """Photos whose bytes are filed under two or more identities: a warning naming them, and their hashes."""
+    by_hash: dict[str, list[tuple[str, str]]] = {}
+    for (name, rel, _), h in zip(files, hashes):
+        by_hash.setdefault(h, []).append((name, rel))
+    shared, shared_hashes = [], set()
+    for h, where in by_hash.items():
+        if len({name for name, _ in where}) > 1:
+            shared.append([rel for _, rel in where])
+            shared_hashes.add(h)
+            warn(f"the same photo (sha256 {h[:12]}) is filed under {len({n for n, _ in where})} identities: "
+                 f"{' and '.join(rel for _, rel in where)}; it counts for each of their templates and is left out "
+                 "of --far's impostor scores. Remove the mis-filed copy")
+    return shared, shared_hashes
+
+
+def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebuild: bool = False,
+           warn=lambda msg: print(f"warning: {msg}", file=sys.stderr), progress: bool = False) -> Gallery:
+    """Build the identity templates, embedding only photos whose content the index does not hold.
+
+    aligner=None means the gallery photos are aligned crops (key["aligned"] must then be True). progress=True
+    shows a bar on stderr over the photos to embed (MTCNN + the model: ~0.1-0.2 s each on a CPU core).
+    """
+    from tqdm import tqdm
+
+    root = Path(gallery_dir)
+    merged = []
+
+    def on_merge(name, folders):  # NFC and NFD folders of one name: one identity, said once
+        merged.append((name, folders))
+        warn(merge_message(name, folders))
+
+    files, left_out = scan_gallery(root, on_merge=on_merge)
+    index_path = Path(index_path) if index_path else root / INDEX_NAME
+    left_out = _report_left_out(left_out, index_path, root, {f[0] for f in files}, warn)
+    cached, failed_before = {}, {}
+    meta_old = None
+    if not rebuild:
+        try:
+            loaded = read_index(index_path)
+        except IndexCorrupt as e:
+            warn(f"index {index_path} is corrupt ({e}); rebuilding it")
+            loaded = None
+        if loaded is not None:
+            meta_old, emb_old = loaded
+            check_compatible(meta_old, key, index_path)
+            cached = {h: emb_old[r] for h, r in meta_old["entries"].items()}
+            failed_before = dict(meta_old.get("failed", {}))
+
+    # Hash every photo; the hash, not the path, decides reuse (a renamed photo is not embedded again).
+    hashes = []
+    for _, rel, path in files:
+        try:
+            hashes.append(file_sha256(path))
+        except OSError as e:
+            raise FaceError(f"cannot read gallery photo {str(path)!r} ({e.strerror})") from None
+    shared, shared_hashes = _shared_photos(files, hashes, warn)
+
+    vectors: dict[str, np.ndarray] = {}
+    failed: dict[str, str] = {}
+    todo, queued = [], set()
+    for (_, rel, path), h in zip(files, hashes):
+        if h in cached:
+            vectors[h] = cached[h]
+        elif h in failed_before:
+            failed[h] = failed_before[h]
+        elif h not in queued:  # two copies of one photo are embedded once
+            queued.add(h)
+            todo.append((h, rel, path))
+    embedded = 0
+    bar = tqdm(total=len(todo), unit="photo", desc="enrolling", disable=not progress or not todo, file=sys.stderr)
+    for start in range(0, len(todo), _EMBED_CHUNK):
+        crops, keys = [], []
+        for h, rel, path in todo[start:start + _EMBED_CHUNK]:
+            bar.update(1)
+            try:
+                crop, _ = load_face(path, aligner)
+            except FaceError as e:
+                failed[h] = str(e)
+                continue
+            crops.append(crop)
+            keys.append(h)
+        if crops:
+            emb = embedder.embed(np.stack(crops))
+            vectors.update(zip(keys, emb))
+            embedded += len(crops)
+    bar.close()
+
+    # Templates: mean of unit embeddings, renormalised.
+    per_id: dict[str, list[np.ndarray]] = {}
+    per_id_shared: dict[str, list[bool]] = {}
+    skipped = list(left_out)
+    for (name, rel, _), h in zip(files, hashes):
+        if h in vectors:
+            per_id.setdefault(name, []).append(vectors[h])
+            per_id_shared.setdefault(name, []).append(h in shared_hashes)
+        else:
+            skipped.append((rel, failed[h]))
+            warn(f"skipped gallery photo {rel}: {failed[h]}")
+    for name in sorted({f[0] for f in files} - set(per_id)):
+        warn(f"identity {name!r} has no usable photo and is left out of the gallery")
+    if not per_id:
+        raise FaceError(f"gallery {str(root)!r} has no identity folder with a usable face photo; lay it out as "
+                        f"DIR/<identity>/<photo> with one of {', '.join(IMAGE_EXTENSIONS)}")
+    names = sorted(per_id)
+    means = np.stack([np.mean(per_id[n], axis=0) for n in names])
+    templates = (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+
+    # The index keeps exactly the current photos' hashes: stale entries (deleted or changed photos) go.
+    live = list(dict.fromkeys(h for h in hashes if h in vectors))
+    live_failed = {h: failed[h] for h in dict.fromkeys(hashes) if h in failed}
+    removed = len(set(cached) - set(live)) + len(set(failed_before) - set(live_failed))
+    reused = sum(1 for h in hashes if h in cached)
+    written = False
+    changed = meta_old is None or embedded or removed or live_failed.keys() != failed_before.keys()
+    if changed:
+        meta = {"version": INDEX_VERSION, "model": key,
+                "entries": {h: i for i, h in enumerate(live)}, "failed": live_failed,
+                "paths": {rel: h for (_, rel, _), h in zip(files, hashes)}}  # for people reading the index
+        table = np.stack([vectors[h] for h in live]).astype(np.float32)
+        try:
+            write_index(index_path, meta, table)
+            written = True
+        except OSError as e:
+            warn(f"cannot write index {index_path} ({e.strerror}: {e.filename}); enrolment is not cached. "
+                 "Pass --index=PATH in a writable folder")
+    labels = np.array([names.index(n) for n in names for _ in per_id[n]], np.int64)
+    return Gallery(names, templates, [len(per_id[n]) for n in names], embedded, reused, removed, skipped,
+                   index_path, written, np.concatenate([np.stack(per_id[n]) for n in names]).astype(np.float32),
+                   labels, np.array([x for n in names for x in per_id_shared[n]], bool), shared, merged)
