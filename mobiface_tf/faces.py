@@ -10,7 +10,6 @@ whose message is one line naming the bad value and what to do; the CLIs print it
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2

@@ -8,17 +8,8 @@ the IJB-style "template" protocols, keeps one sharp photo from dominating). A qu
 is the cosine similarity to its template; the answer is the top-K identities, or "unknown" when even the best
 score is not above the threshold (same threshold as verify: --threshold, the model's sidecar, or the default).
 
-Enrolment is cached in an index file (default DIR/.mobiface_index.npz) holding one embedding per distinct photo
-content (sha256), plus the model's fingerprint (mobiface_tf.fingerprint: every file it reads, an ONNX model's
-external data included) and embedding size. A rerun embeds only new or changed photos; deleted photos leave
-the index. The index is an .npz of plain arrays + a JSON string (no pickle), written to a temp file and renamed,
-so a crash never leaves half an index. An index that cannot be read is rebuilt with a warning; one built by
-another model or embedding size is an error (pass --index or --rebuild_index).
-
-What is a photo and what is an identity is mobiface_tf.images' rule (Pillow reads it; folder names compared in
-Unicode NFC, so NFC and NFD folders of one name are merged, with a warning). Files left out are counted in
-"skipped" and named in warnings. A photo whose bytes are filed under two identities is named in a warning and
-left out of --far's impostor scores.
+Enrolment (the photo and identity rules, shared photos, the cached index keyed on the model's fingerprint) is
+mobiface_tf/gallery.py's; see its docstring.
 
 After enrolment, identity pairs that look like one person (mean cross-photo cosine above the median genuine
 score of the gallery) are listed in one warning line each and in the JSON ("near_duplicates"); they are never

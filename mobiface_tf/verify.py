@@ -9,7 +9,6 @@ template (mobiface_tf.align), embedded, and the two unit embeddings are compared
 """
 from __future__ import annotations
 
-import os
 
 if __name__ == "__main__":  # `python -m mobiface_tf.verify`: the verify command via mobiface_tf.cli,
     # before TensorFlow is imported (quiet start-up)

@@ -5,7 +5,6 @@ tiny real Keras model of conftest on synthetic aligned crops for the identify CL
 """
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -10,7 +10,6 @@ import logging
 import os
 import resource
 import signal
-import struct
 import subprocess
 import sys
 from pathlib import Path

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 FLAGS = flags.FLAGS
 

@@ -17,7 +17,6 @@ so far and prints a warning naming it).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys

@@ -168,3 +168,33 @@ def write_synthetic_tfrecords(out_dir, num_identities: int, images_per_identity:
     }
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def write_benchmark_shards(out_dir, lfw_dir, num_images: int, num_classes: int = 1) -> str:
+    """8 TFRecord shards of real face JPEGs for speed benchmarks (tools/research/bench_data.py, bench_distill.py).
+
+    The first `num_images` JPEGs of an LFW-style tree `lfw_dir` (<Name>/<Name>_NNNN.jpg; JPEGs only: the pipeline
+    decodes image/encoded as JPEG), labelled i % num_classes; where `lfw_dir` is absent, synthetic identities
+    instead. Returns a one-line description of what was written. Labels carry no identity: speed only.
+    """
+    import os
+    from pathlib import Path
+
+    from mobiface_tf.data.manifest import write_manifest
+    from mobiface_tf.data.tfrecord import AtomicShardWriter, make_example, shard_name
+    from mobiface_tf.images import list_identity_tree
+
+    lfw = Path(lfw_dir)
+    if not lfw.is_dir():
+        write_synthetic_tfrecords(out_dir, max(1, num_images // 16), 16, seed=0, shards=8)
+        return f"SYNTHETIC ({num_images} generated faces; {lfw} not found)"
+    files = sorted(f for _, photos in list_identity_tree(lfw)[0] for f in photos
+                   if f.suffix.lower() in (".jpg", ".jpeg"))[:num_images]
+    writers = [AtomicShardWriter(os.path.join(out_dir, shard_name(s, 8))) for s in range(8)]
+    for i, f in enumerate(files):
+        writers[i % 8].write(make_example(f.read_bytes(), i % num_classes, f.name))
+    shards = [{"file": shard_name(s, 8), "num_images": w.count, "bytes": w.commit()} for s, w in enumerate(writers)]
+    write_manifest(out_dir, {"num_images": len(files), "num_classes": num_classes, "class_names": [],
+                             "skipped": [], "shards": shards})
+    return f"LFW 112x112 JPEGs ({len(files)} from {lfw})"
+

@@ -25,27 +25,6 @@ flags.DEFINE_integer("batch_size", 256, "Batch size.", lower_bound=1)
 flags.DEFINE_float("seconds", 5.0, "Timed seconds per setting (after a warm-up).", lower_bound=0.5)
 
 
-def _write_shards(out_dir: str, num_images: int) -> str:
-    from mobiface_tf.data.synthetic import write_synthetic_tfrecords
-    from mobiface_tf.data.manifest import write_manifest
-    from mobiface_tf.data.tfrecord import AtomicShardWriter, make_example, shard_name
-    lfw = Path(FLAGS.lfw_dir)
-    if not lfw.is_dir():
-        write_synthetic_tfrecords(out_dir, max(1, num_images // 16), 16, seed=0, shards=8)
-        return f"SYNTHETIC ({num_images} generated faces; {lfw} not found)"
-    from mobiface_tf.images import list_identity_tree
-    # The shards store the files' bytes as image/encoded, which the pipeline decodes as JPEG: JPEGs only.
-    files = sorted(f for _, photos in list_identity_tree(lfw)[0] for f in photos
-                   if f.suffix.lower() in (".jpg", ".jpeg"))[:num_images]
-    writers = [AtomicShardWriter(os.path.join(out_dir, shard_name(s, 8))) for s in range(8)]
-    for i, f in enumerate(files):
-        writers[i % 8].write(make_example(f.read_bytes(), i % 1000, f.name))
-    shards = [{"file": shard_name(s, 8), "num_images": w.count, "bytes": w.commit()} for s, w in enumerate(writers)]
-    write_manifest(out_dir, {"num_images": len(files), "num_classes": 1000, "class_names": [], "skipped": [],
-                             "shards": shards})
-    return f"LFW 112x112 JPEGs ({len(files)} from {lfw})"
-
-
 def _time(pattern: str, threads: int) -> tuple[float, float]:
     from mobiface_tf.data.pipeline import make_dataset
     ds = make_dataset(pattern, FLAGS.batch_size, training=True, seed=0, shuffle_buffer=2048, threads=threads)
@@ -67,7 +46,9 @@ def main(argv):
     """
     del argv
     with tempfile.TemporaryDirectory() as tmp:
-        what = _write_shards(tmp, FLAGS.num_images)
+        from mobiface_tf.data.synthetic import write_benchmark_shards
+
+        what = write_benchmark_shards(tmp, FLAGS.lfw_dir, FLAGS.num_images, num_classes=1000)
         rows = [(int(t), *_time(tmp, int(t))) for t in FLAGS.threads]
     print(f"\n`{' '.join([os.path.basename(sys.executable), 'tools/research/bench_data.py'] + sys.argv[1:])}` "
           f"on {os.cpu_count()} CPU cores; data: {what}; batch {FLAGS.batch_size}, training=True\n")

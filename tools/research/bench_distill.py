@@ -17,7 +17,6 @@ for forward + backward, + 2 x teacher MACs) and the same-run numpy sgemm GFLOP/s
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -46,26 +45,6 @@ flags.DEFINE_integer("teacher_threads", 1, "LiteRT / onnxruntime threads of the 
 flags.DEFINE_float("mixup", 0.5, "Mixup probability in the augment / online configurations.")
 flags.DEFINE_list("configs", ["plain", "augment", "online"], "Configurations to time.")
 flags.DEFINE_string("json_out", "", "Also write the figures to this JSON file.")
-
-
-def _write_shards(out_dir: str, lfw: Path, num_images: int) -> str:
-    from mobiface_tf.data.manifest import write_manifest
-    from mobiface_tf.data.synthetic import write_synthetic_tfrecords
-    from mobiface_tf.data.tfrecord import AtomicShardWriter, make_example, shard_name
-    from mobiface_tf.images import list_identity_tree
-
-    if not lfw.is_dir():
-        write_synthetic_tfrecords(out_dir, max(1, num_images // 16), 16, seed=0, shards=8)
-        return f"SYNTHETIC ({num_images} generated faces; {lfw} not found)"
-    files = sorted(f for _, photos in list_identity_tree(lfw)[0] for f in photos
-                   if f.suffix.lower() in (".jpg", ".jpeg"))[:num_images]
-    writers = [AtomicShardWriter(os.path.join(out_dir, shard_name(s, 8))) for s in range(8)]
-    for i, f in enumerate(files):
-        writers[i % 8].write(make_example(f.read_bytes(), 0, f.name))
-    shards = [{"file": shard_name(s, 8), "num_images": w.count, "bytes": w.commit()} for s, w in enumerate(writers)]
-    write_manifest(out_dir, {"num_images": len(files), "num_classes": 1, "class_names": [], "skipped": [],
-                             "shards": shards})
-    return f"LFW 112x112 JPEGs ({len(files)} from {lfw})"
 
 
 def _datasets(data: str, teacher, dim: int) -> dict:
@@ -141,7 +120,9 @@ def main(argv):
         print("error: this benchmark times pipeline teachers (.tflite / .onnx)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        source = _write_shards(tmp, Path(FLAGS.lfw_dir), FLAGS.num_images)
+        from mobiface_tf.data.synthetic import write_benchmark_shards
+
+        source = write_benchmark_shards(tmp, FLAGS.lfw_dir, FLAGS.num_images)
         datasets = _datasets(tmp, teacher, teacher.embedding_dim)
         backbone, step = _student_step(teacher.embedding_dim)
         iters = {name: iter(ds) for name, ds in datasets.items()}

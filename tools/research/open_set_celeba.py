@@ -18,12 +18,10 @@ One process; the model runs on the CPU.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
