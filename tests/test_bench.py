@@ -12,13 +12,12 @@ of ~2.9 s print in %g form, e.g. avg=2.9e+06), as the issue asks.
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from mobiface_tf import bench, bench_report, litert
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 SAMPLE = REPO / "tests" / "data" / "benchmark_model_sample.txt"
 ROW_FIELDS = {"model", "quantize", "threads", "params", "macs", "size_bytes", "latency_ms_p50", "latency_ms_p90",
               "partitions", "gflops_per_s", "peak_gflops", "fraction_of_peak", "undelegated_ops", "peak_rss_mb",

@@ -13,7 +13,7 @@ from mobiface_tf.megaface import features
 from mobiface_tf.megaface.layout import read_megaface_layout
 from mobiface_tf.megaface.search import far_key
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 FARS = (1e-6, 1e-3, 1e-2)
 
 

@@ -4,12 +4,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 FIELDS = ("model", "form", "params", "macs", "size_bytes", "latency_ms_p50", "heldout_accuracy", "heldout_folds",
           "train_seconds")
 

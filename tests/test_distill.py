@@ -13,7 +13,7 @@ import pytest
 from conftest import (checkpoint_float_vars, kill_after_first_checkpoint, make_onnx_embedder, onnx_reference,
                       train_config)
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
@@ -274,7 +274,6 @@ def test_distillation_alone_on_unlabelled_faces_learns(tmp_path):
     the student-teacher cosine rises well above its start."""
     import tensorflow as tf
 
-    from mobiface_tf.data import synthetic
     from mobiface_tf.data.tfrecord import encode_jpeg, read_examples
     from mobiface_tf.training.loop import train_model
 

@@ -7,14 +7,13 @@ import socket
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mobiface_tf.data.synthetic import write_synthetic_tfrecords
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 UPDATE_RTOL = 0.02  # relative L2 error of a parameter update; observed 2e-6 to 2e-3 (see the tests)
 COMMON = dict(embedding_dim=64, batch_size=8, steps=3, lr=0.05, log_every=1, ckpt_every=100, seed=5,

@@ -10,7 +10,7 @@ import pytest
 
 from mobiface_tf import evaluate as ev
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 
 
 def _random_scores(rng, n_per_fold=60, folds=10, sep=0.35):

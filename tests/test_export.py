@@ -18,7 +18,7 @@ from mobiface_tf.export.prelu import rewrite_prelu
 from mobiface_tf import litert
 from mobiface_tf.models.zoo import build_config
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 
 
 def _toy(alphas):

@@ -18,7 +18,7 @@ from mobiface_tf.gallery import INDEX_NAME, Gallery, model_key, read_index, writ
 from mobiface_tf.gallery import enroll as enroll_gallery
 from mobiface_tf.faces import DEFAULT_THRESHOLD, FaceError, load_model
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 
 
 class CountingEmbedder:

@@ -13,7 +13,7 @@ from conftest import person
 from mobiface_tf.images import (IMAGE_EXTENSIONS, ImageError, decode_image_rgb, find_image, image_header,
                                 image_reason, image_size, list_identity_tree, list_images, load_image_rgb)
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 CASES = (REPO / ".." / "shared" / "cases").resolve()
 
 

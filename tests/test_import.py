@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from conftest import train_config
 from mobiface_tf.data.synthetic import write_synthetic_tfrecords
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONDONTWRITEBYTECODE="1")
 NET = dict(backbone="mobiface", head="gdc", embedding_dim=16)
 TINY = dict(NET, batch_size=8, log_every=1, lr=0.05, shuffle_buffer=32, ckpt_every=1)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 TRAIN_IMAGES = range(1, 8)
 HELD_OUT = range(8, 11)

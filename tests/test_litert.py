@@ -12,7 +12,7 @@ import pytest
 
 from mobiface_tf import litert
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 SAMPLE = REPO / "tests" / "data" / "litert_benchmark_sample.txt"
 
 _BLOCK_TF = """

@@ -15,7 +15,7 @@ import pytest
 from conftest import train_config
 from mobiface_tf.data.synthetic import write_synthetic_tfrecords
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONDONTWRITEBYTECODE="1")
 TINY = dict(embedding_dim=16, batch_size=4, log_every=1, lr=0.01, shuffle_buffer=16)
 

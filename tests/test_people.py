@@ -3,13 +3,12 @@ import json
 import subprocess
 import sys
 import unicodedata
-from pathlib import Path
 
 import pytest
 
 from mobiface_tf.data import people
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 
 
 def test_canonical_name_spaces_underscores_case_and_nfc():

@@ -20,7 +20,7 @@ from mobiface_tf.data.sources import IRHeader, pack_ir, write_recordio
 from mobiface_tf.data.synthetic import render_identity, write_synthetic_folder
 from mobiface_tf.data.tfrecord import read_examples
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 TOOL = str(REPO / "tools" / "prepare_data.py")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 

@@ -11,7 +11,7 @@ import pytest
 
 from mobiface_tf import quiet
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 README = REPO / "README.md"
 
 

@@ -24,7 +24,7 @@ from mobiface_tf.data.sources import IRHeader, RecordIOReader, pack_ir, write_re
 from mobiface_tf.embedder import EmbeddingError, load_embedder
 from mobiface_tf.evaluate import verification_report
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 CASES = (REPO / ".." / "shared" / "cases").resolve()
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONDONTWRITEBYTECODE="1")
 

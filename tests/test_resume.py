@@ -3,7 +3,6 @@ weights (model, margin head, optimizer slots) as an uninterrupted N-step run, wi
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ import tensorflow as tf
 from conftest import checkpoint_float_vars as float_vars, kill_after_first_checkpoint
 from mobiface_tf.data.synthetic import write_synthetic_tfrecords
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
 
 

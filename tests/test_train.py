@@ -18,7 +18,7 @@ from mobiface_tf.training.model import build_backbone
 from mobiface_tf.training.schedules import PiecewiseWithWarmup, decayed_variables
 from mobiface_tf.data.synthetic import write_synthetic_tfrecords
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,7 +20,7 @@ from conftest import person, save_tiny_model, write_png
 from mobiface_tf.fingerprint import model_fingerprint
 from mobiface_tf.sidecar import MIN_PAIRS_PER_KIND, drop_stale_sidecar, sidecar_path, write_sidecar
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
