@@ -251,23 +251,46 @@ def _shard_sources(out):
     return {e["source"]: e["jpeg"] for f in sorted(out.glob("*.tfrecord")) for e in read_examples(str(f))}
 
 
+def _sources_by_shard(out):
+    from mobiface_tf.data.tfrecord import read_examples
+
+    return {f.name: {e["source"] for e in read_examples(str(f))} for f in sorted(out.glob("*.tfrecord"))}
+
+
 def test_changed_inputs_rebuild_their_shards(tmp_path):
-    inp = _faces(tmp_path / "in", ["A", "B"], n=3)
-    (tmp_path / "in" / "B" / "9.jpg").write_bytes(b"")  # skipped: zero bytes
+    """A fixed, replaced or rewritten input rebuilds exactly the shard it lands in, and no other: the changes
+    are made in two different shards, and a third shard that holds neither must be reused byte for byte."""
+    inp = _faces(tmp_path / "in", ["A", "B", "C"], n=4)
+    (inp / "B" / "9.jpg").write_bytes(b"")  # skipped: zero bytes
     out = tmp_path / "out"
-    first = _prepare(inp, out)
+    first = _prepare(inp, out, shards=4)
     assert len(first["skipped"]) == 1 and first["rebuilt"] == []
-    assert _prepare(inp, out)["rebuilt"] == []  # unchanged: every shard reused
-    cv2.imwrite(str(inp / "B" / "9.jpg"), np.zeros((112, 112, 3), np.uint8))  # fixed
-    fresh = np.full((112, 112, 3), 200, np.uint8)
-    cv2.imwrite(str(inp / "A" / "0.jpg"), fresh)  # replaced
-    m = _prepare(inp, out)
-    assert m["skipped"] == [] and m["num_images"] == 7
-    assert {r["shard"] for r in m["rebuilt"]} <= {s["file"] for s in m["shards"]} and m["rebuilt"]
-    assert _shard_sources(out)["A/0.jpg"] == (inp / "A" / "0.jpg").read_bytes()
+    assert _prepare(inp, out, shards=4)["rebuilt"] == []  # unchanged: every shard reused
+    by_shard = _sources_by_shard(out)
+    shard_of = {src: shard for shard, srcs in by_shard.items() for src in srcs}
+    replaced = "A/0.jpg"
+    other = next(src for src in sorted(shard_of) if shard_of[src] != shard_of[replaced])
+    untouched = sorted(set(by_shard) - {shard_of[replaced], shard_of[other]})
+    assert untouched, by_shard
+    before = {shard: (out / shard).read_bytes() for shard in untouched}
+
+    cv2.imwrite(str(inp / replaced), np.full((112, 112, 3), 200, np.uint8))  # replaced: one shard only
+    m = _prepare(inp, out, shards=4)
+    assert {r["shard"] for r in m["rebuilt"]} == {shard_of[replaced]}, m["rebuilt"]
+    assert _shard_sources(out)[replaced] == (inp / replaced).read_bytes()
+
+    cv2.imwrite(str(inp / other), np.full((112, 112, 3), 50, np.uint8))  # rewritten, in another shard
+    m = _prepare(inp, out, shards=4)
+    assert {r["shard"] for r in m["rebuilt"]} == {shard_of[other]}, m["rebuilt"]
+    assert all((out / shard).read_bytes() == data for shard, data in before.items())  # reused as they were
+
+    cv2.imwrite(str(inp / "B" / "9.jpg"), np.zeros((112, 112, 3), np.uint8))  # fixed: it is read now
+    m = _prepare(inp, out, shards=4)
+    assert m["skipped"] == [] and m["num_images"] == 13 and m["rebuilt"]
+    assert "B/9.jpg" in _shard_sources(out)
     (inp / "A" / "1.jpg").unlink()  # removed: inputs move between shards, all rebuilt
-    m = _prepare(inp, out)
-    assert len(m["rebuilt"]) == 2 and "A/1.jpg" not in _shard_sources(out)
+    m = _prepare(inp, out, shards=4)
+    assert len(m["rebuilt"]) == 4 and "A/1.jpg" not in _shard_sources(out)
 
 
 def test_output_lock_and_output_file(tmp_path):
