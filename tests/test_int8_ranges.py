@@ -97,7 +97,7 @@ def test_split_conversion_equals_the_converter(monkeypatch):
     test = rng.uniform(0, 255, (4, 24, 24, 3)).astype(np.float32)
     original = ranges.clip_activation_ranges
     monkeypatch.setattr(ranges, "clip_activation_ranges",
-                        lambda calibrated, images, method="mse", seed=0: original(calibrated, images, "calibrator"))
+                        lambda calibrated, images, method="mse", seed=0: original(calibrated, images, "minmax"))
     for io in convert.INT8_IO:
         split = convert.to_tflite(model, "int8", calib, int8_io=io, activation_ranges="mse")
         stock = convert.to_tflite(model, "int8", calib, int8_io=io, activation_ranges="minmax")

@@ -21,7 +21,7 @@ from mobiface_tf.litert import make_interpreter
 # (the "MSE" calibrator of TensorRT and AIMET; Nagel et al. 2021, "A White Paper on Neural Network
 # Quantization", sec. 3.5): rare clipped outliers are traded for a finer grid. "observed" (the true
 # min/max, no clipping) isolates reason 2.
-ACTIVATION_RANGE_METHODS = ("mse", "observed", "calibrator")  # see clip_activation_ranges
+ACTIVATION_RANGE_METHODS = ("mse", "observed", "minmax")  # see clip_activation_ranges
 CLIP_FRACTIONS = np.linspace(1.0, 0.2, 33)  # candidate ends, as fractions of the observed min / max
 CLIP_SAMPLES_PER_TENSOR = 1 << 18  # activation values kept per tensor for the search (random subset)
 
@@ -68,7 +68,7 @@ def clip_activation_ranges(calibrated: bytes, images, method: str = "mse", seed:
         every intermediate tensor kept; each tensor's exact min/max and a random subset of its values
         (at most CLIP_SAMPLES_PER_TENSOR) are recorded.
       method: "mse": `mse_range` searched from the exact min/max; "observed": the exact min/max;
-        "calibrator": the calibrator's ranges left as they are (the converter's own result; for tests).
+        "minmax": the calibrator's ranges left as they are (the converter's own min/max; the same name as to_tflite's --activation_ranges=minmax).
     Returns (model bytes with the new ranges, {"tensors": how many carry a range, "calibrator_wider": how
     many calibrator ranges were wider than every value the tensor held, "range_kept_fraction_median":
     median of new width / calibrator width, "seconds": wall time}). Model inputs keep their range (raw
@@ -88,7 +88,7 @@ def clip_activation_ranges(calibrated: bytes, images, method: str = "mse", seed:
     inputs = set(int(i) for i in graph.inputs)
     ranged = [i for i, t in enumerate(graph.tensors) if i not in inputs and t.quantization is not None
               and t.quantization.min is not None and len(t.quantization.min) == 1]
-    if method == "calibrator":
+    if method == "minmax":
         return calibrated, {"tensors": len(ranged), "calibrator_wider": None, "range_kept_fraction_median": 1.0,
                             "seconds": 0.0}
     interp = make_interpreter(calibrated, preserve_all_tensors=True)
@@ -130,7 +130,7 @@ def quantize_calibrated(converter, images, int8_io: str = "float", method: str =
     TFLITE_BUILTINS_INT8), with the activation ranges of `clip_activation_ranges(method)`.
 
     The converter's own two steps, split where tf.lite.experimental.QuantizationDebugger splits them
-    (calibrate only, then the MLIR quantiser; private API of the pinned TF). With method="calibrator"
+    (calibrate only, then the MLIR quantiser; private API of the pinned TF). With method="minmax"
     the result equals `converter.convert()` (tested). `stats`, if a dict, receives the range statistics.
     """
     import warnings
