@@ -264,7 +264,7 @@ def test_hidden_entries_subfolders_and_exif_photos(tmp_path):
     reasons = {s["path"]: s["reason"] for s in m["skipped"]}
     assert set(reasons) == {".ipynb_checkpoints", "__MACOSX", "synthetic_id0000/.DS_Store",
                             "synthetic_id0000/._0001.jpg", "synthetic_id0002/notes.txt", "stray.jpg"}
-    assert "hidden" in reasons[".ipynb_checkpoints"] and "not an image file" in reasons["synthetic_id0002/notes.txt"]
+    assert "hidden" in reasons[".ipynb_checkpoints"] and "not an image" in reasons["synthetic_id0002/notes.txt"]
     assert "not inside an identity folder" in reasons["stray.jpg"]
     assert m["num_images"] == 3 + 4 + 4 + 2 and m["num_images"] + len(m["skipped"]) == m["num_inputs"] == 19
     exs = {e["source"]: e for e in all_examples(out)}
