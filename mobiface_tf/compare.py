@@ -222,7 +222,7 @@ def make_synthetic_setup(root: Path, num_train_ids: int = 12, num_heldout_ids: i
 
     from mobiface_tf import models
     from mobiface_tf.data import synthetic
-    from mobiface_tf.data.prepare import add_teacher
+    from mobiface_tf.data.teacher_shards import add_teacher
 
     root.mkdir(parents=True, exist_ok=True)
     teacher = root / "teacher_synthetic.keras"
