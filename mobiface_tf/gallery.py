@@ -32,7 +32,8 @@ import numpy as np
 
 from mobiface_tf.faces import FaceError, load_face
 from mobiface_tf.fingerprint import file_sha256, model_fingerprint
-from mobiface_tf.images import IMAGE_EXTENSIONS, hidden_reason, identity_name, list_identity_tree, merge_message
+from mobiface_tf.identity_folders import identity_name, list_identity_tree, merge_message
+from mobiface_tf.images import IMAGE_EXTENSIONS, hidden_reason
 
 INDEX_NAME = ".mobiface_index.npz"
 INDEX_VERSION = 1
@@ -141,7 +142,7 @@ def check_compatible(meta: dict, key: dict, index_path: Path) -> None:
 def scan_gallery(gallery_dir, on_merge=None) -> tuple[list[tuple[str, str, Path]], list[tuple[str, str]]]:
     """([(identity, path relative to the gallery, path)], [(relative path, reason)] left out), both sorted.
 
-    Listed by mobiface_tf.images.list_identity_tree, the one rule of what is a photo (Pillow reads it: .avif,
+    Listed by mobiface_tf.identity_folders.list_identity_tree, the one rule of what is a photo (Pillow reads it: .avif,
     .jfif, .webp, .tif, .gif too) and what is an identity (folder names in Unicode NFC: an NFC and an NFD
     folder of one name are one identity, reported through on_merge(name, folders)). Hidden entries
     (.ipynb_checkpoints, ._x.jpg, __MACOSX) are never identities or photos. Raises FaceError when DIR is
