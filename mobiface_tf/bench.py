@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from mobiface_tf.bench_report import PEAK_NOTE, add_ratios, finish_row, write_outputs
-from mobiface_tf.litert import (MIN_RUNS, cpu_info, cpu_label, memory_in_subprocess, op_counts, run_litert_benchmark,
+from mobiface_tf.litert import (MIN_RUNS, cpu_info, cpu_label, memory_in_subprocess, op_counts,
                                 time_interleaved_in_subprocess)
+from mobiface_tf.litert_benchmark import run_litert_benchmark
 
 # The publisher's MobileFaceNet TFLite files, benchmarked as reference rows by `--reference` (model name =
 # file stem). They are research material in ../shared/data/models, never copied into the repo.

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobiface_tf.compare_report import markdown, plot
 from mobiface_tf.fingerprint import model_fingerprint  # the key of every cached row and of the timing run
 
 STUDENTS = ("mobiface_gdc", "mobilefacenet", "mobilenet_v1_gdc")
@@ -154,65 +155,6 @@ def export_student(embedding: Path, out_dir: Path, calibration, parity_images, l
     return paths
 
 
-# ------------------------------------------------------------------------------------------------ outputs
-def markdown(rows: list, meta: dict) -> str:
-    """The results table as Markdown (one line per row of `rows`) followed by the budget, protocol and CPU notes from `meta`."""
-    head = ("| network | form | params | MACs | size | p50 1 thread (ms) | held-out acc | Δ vs Keras | train |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
-    lines = []
-    for r in rows:
-        drop = r.get("accuracy_drop_vs_keras")
-        delta = "" if drop is None else f"{-100 * drop:+.2f} pt"
-        lines.append("| {model} | {form} | {params} | {macs} | {size} | {lat} | {acc} | {delta} | {train} |".format(
-            model=r["model"], form=r["form"],
-            params=f"{r['params'] / 1e6:.2f} M" if r.get("params") else "n/a",
-            macs=f"{r['macs'] / 1e6:.0f} M" if r.get("macs") else "n/a",
-            size=f"{r['size_bytes'] / 1e6:.2f} MB" if r.get("size_bytes") else "n/a",
-            lat=f"{r['latency_ms_p50']:.2f}" if r.get("latency_ms_p50") else "n/a",
-            acc=f"{r['heldout_accuracy']:.4f}" if r.get("heldout_accuracy") is not None else "n/a",
-            delta=delta, train=f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") else "n/a"))
-    b = meta["budget"]
-    notes = [f"Held-out LFW accuracy: folds {meta['folds']} of {meta['pairs']} ({meta['num_pairs']} pairs, "
-             "cross-validated over those folds, flip test); the students never saw those people.",
-             f"Budget: {b['steps']} steps of batch {b['batch_size']} per network ({b['steps'] * b['batch_size']:,} "
-             f"images), distillation only (cosine), teacher {meta['teacher']}.",
-             "int8: full-integer, activation ranges clipped to the least quantisation error on the calibration "
-             "faces (the export's default); int8_minmax: the same with the converter's own min/max ranges.",
-             f"Latency: 1 thread, one interleaved LiteRT run over every file; CPU: {meta['cpu_label']}."]
-    if meta.get("synthetic"):
-        notes.insert(0, "SYNTHETIC DATA: a smoke run; these figures say nothing about real faces.")
-    return head + "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-
-
-def plot(rows: list, path: Path, title: str) -> Path:
-    """PNG of held-out accuracy (%) against 1-thread TFLite p50 latency (ms), one colour per network, one marker per form; returns `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
-    marks = {"none": "o", "float16": "s", "int8": "^", "int8_minmax": "v"}
-    for model in dict.fromkeys(r["model"] for r in rows):
-        pts = [r for r in rows if r["model"] == model and r.get("latency_ms_p50") and r.get("heldout_accuracy")]
-        if not pts:
-            continue
-        line, = ax.plot([r["latency_ms_p50"] for r in pts], [100 * r["heldout_accuracy"] for r in pts], "-", lw=0.8,
-                        alpha=0.5)
-        for r in pts:
-            ax.plot(r["latency_ms_p50"], 100 * r["heldout_accuracy"], marks.get(r["form"], "o"),
-                    color=line.get_color(), label=f"{model} {r['form']}")
-    ax.set_xlabel("TFLite latency p50, 1 thread (ms)")
-    ax.set_ylabel("held-out LFW accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 # ------------------------------------------------------------------------------------------------ the run
 def make_synthetic_setup(root: Path, num_train_ids: int = 12, num_heldout_ids: int = 8, images: int = 6,
                          log=print) -> dict:
@@ -222,7 +164,7 @@ def make_synthetic_setup(root: Path, num_train_ids: int = 12, num_heldout_ids: i
 
     from mobiface_tf import models
     from mobiface_tf.data import synthetic
-    from mobiface_tf.data.prepare import add_teacher
+    from mobiface_tf.data.teacher_shards import add_teacher
 
     root.mkdir(parents=True, exist_ok=True)
     teacher = root / "teacher_synthetic.keras"
@@ -250,8 +192,7 @@ def run(output_dir, *, data=None, teacher=None, lfw_dir=None, pairs=None, folds=
 
     Raises ValueError (one line, what to do) for missing inputs or unknown network names.
     """
-    from mobiface_tf import litert, models as zoo_models
-    from mobiface_tf.data.pipeline import read_manifest
+    from mobiface_tf import litert
     from mobiface_tf.export.faces import load_faces
 
     output_dir = Path(output_dir)
@@ -260,6 +201,43 @@ def run(output_dir, *, data=None, teacher=None, lfw_dir=None, pairs=None, folds=
         raise ValueError(f"--steps must be >= 1, got {steps}")
     for m in models:
         resolve_student(m, 128)  # names checked before any work
+    data, teacher, lfw_dir, pairs, folds, manifest = _check_inputs(output_dir, data, teacher, lfw_dir, pairs, folds,
+                                                                   synthetic, log)
+    dim = embedding_dim or int(manifest["teacher"]["embedding_dim"])
+    calibration = load_faces(data, num_calibration, seed=0)
+    parity_images = load_faces(data, 64, seed=1)
+    heldout = (lfw_dir, pairs, list(folds))
+    rows, files = [], {}
+    for name in models:
+        rows += _student_rows(name, output_dir, data, steps, dim, heldout, calibration, parity_images, files, log,
+                              train_overrides)
+    teacher_rows = _teacher_rows(teacher, teacher_uint8, output_dir, heldout, files, log) if teacher else []
+    lat = _latency(files, output_dir, latency_rounds, log)
+    all_rows = rows + teacher_rows
+    _add_latency(all_rows, rows, lat)
+    cpu = litert.cpu_info()
+    pairs_total = all_rows[0]["heldout_pairs"] if all_rows else None
+    meta = {"folds": list(folds), "pairs": str(pairs), "num_pairs": pairs_total,
+            "teacher": Path(teacher).name if teacher else None, "synthetic": bool(synthetic),
+            "budget": dict(steps=steps, batch_size=train_overrides.get("batch_size", RECIPE["batch_size"]),
+                           embedding_dim=dim, recipe={**RECIPE, **train_overrides},
+                           train_seconds_total=sum(r["train_seconds"] or 0 for r in rows if r["form"] == "keras")),
+            "data": str(data), "num_train_images": int(manifest["num_images"]), "cpu": cpu,
+            "cpu_label": litert.cpu_label(cpu), "int8_max_drop": INT8_MAX_DROP}
+    result = {"rows": all_rows, **meta}
+    _write(output_dir / "results.json", result)
+    (output_dir / "results.md").write_text(markdown(all_rows, meta))
+    plot(all_rows, output_dir / "accuracy_vs_latency.png",
+         f"held-out LFW (folds {','.join(map(str, folds))}) vs 1-thread latency"
+         + (" - SYNTHETIC" if synthetic else ""))
+    return result
+
+
+def _check_inputs(output_dir: Path, data, teacher, lfw_dir, pairs, folds, synthetic: bool, log):
+    """(data, teacher, lfw_dir, pairs, folds, data manifest): the synthetic setup when asked, shards prepared from
+    --lfw_dir without the held-out people when no --data; ValueError (what to do) for missing inputs."""
+    from mobiface_tf.data.pipeline import read_manifest
+
     if synthetic:
         setup = make_synthetic_setup(output_dir / "synthetic", log=log)
         data, teacher, lfw_dir, pairs, folds = (setup[k] for k in ("data", "teacher", "lfw_dir", "pairs", "folds"))
@@ -282,68 +260,83 @@ def run(output_dir, *, data=None, teacher=None, lfw_dir=None, pairs=None, folds=
     if not synthetic and not (excluded and set(folds) <= set(excluded["folds"])):
         raise ValueError(f"the shards in {data} were not made without the people of folds {list(folds)} "
                          "(manifest 'excluded'); re-run tools/prepare_data.py with --exclude_pairs/--exclude_folds")
-    dim = embedding_dim or int(manifest["teacher"]["embedding_dim"])
-    calibration = load_faces(data, num_calibration, seed=0)
-    parity_images = load_faces(data, 64, seed=1)
+    return data, teacher, lfw_dir, pairs, folds, manifest
 
-    rows, files = [], {}
-    for name in models:
-        model_dir = output_dir / "models" / name
-        trained = train_student(name, model_dir, data, steps, dim, log=log, **train_overrides)
-        import keras
 
-        net = keras.models.load_model(trained["embedding"], compile=False)
-        static = {"params": int(net.count_params()), "macs": int(zoo_models.count_macs(net))}
-        paths = export_student(trained["embedding"], output_dir / "tflite", calibration, parity_images, log=log)
-        for form in FORMS:
-            path = trained["embedding"] if form == "keras" else paths[form]
-            cache = _row_cache(output_dir, name, form)
-            row = _read(cache)
-            sha = model_fingerprint(path)
-            if row is None or row.get("steps") != steps or row.get("file_sha256") != sha:  # a re-export re-scores
-                log(f"[compare] scoring {name} {form} on folds {list(folds)}")
-                acc = heldout_accuracy(path, lfw_dir, pairs, list(folds), threads=2)
-                row = dict(model=name, form=form, **static, size_bytes=Path(path).stat().st_size,
-                           heldout_accuracy=acc["accuracy"], heldout_accuracy_std=acc["accuracy_std"],
-                           heldout_folds=acc["folds"], heldout_pairs=acc["num_pairs"],
-                           train_seconds=trained["train_seconds"], steps=steps, file=str(path), file_sha256=sha)
-                if form != "keras":
-                    rep = json.loads(Path(str(path) + ".parity.json").read_text())
-                    row.update(partitions=rep.get("partitions"), parity_cosine_mean=(rep.get("parity") or {}).get(
-                        "cosine_mean"), num_calibration=rep.get("num_calibration"),
-                        activation_ranges=(rep.get("activation_ranges") or {}).get("method"))
-                _write(cache, row)
-            row["train_seconds"] = trained["train_seconds"]
-            rows.append(row)
+def _student_rows(name: str, output_dir: Path, data, steps: int, dim: int, heldout, calibration, parity_images,
+                  files: dict, log, train_overrides: dict) -> list:
+    """Train (or resume) one student, export it, and score each of its FORMS on the held-out folds (cached per
+    row; a re-export re-scores). Adds its .tflite files to `files`."""
+    import keras
+
+    from mobiface_tf import models as zoo_models
+
+    lfw_dir, pairs, folds = heldout
+    model_dir = output_dir / "models" / name
+    trained = train_student(name, model_dir, data, steps, dim, log=log, **train_overrides)
+    net = keras.models.load_model(trained["embedding"], compile=False)
+    static = {"params": int(net.count_params()), "macs": int(zoo_models.count_macs(net))}
+    paths = export_student(trained["embedding"], output_dir / "tflite", calibration, parity_images, log=log)
+    rows = []
+    for form in FORMS:
+        path = trained["embedding"] if form == "keras" else paths[form]
+        cache = _row_cache(output_dir, name, form)
+        row = _read(cache)
+        sha = model_fingerprint(path)
+        if row is None or row.get("steps") != steps or row.get("file_sha256") != sha:  # a re-export re-scores
+            log(f"[compare] scoring {name} {form} on folds {folds}")
+            acc = heldout_accuracy(path, lfw_dir, pairs, folds, threads=2)
+            row = dict(model=name, form=form, **static, size_bytes=Path(path).stat().st_size,
+                       heldout_accuracy=acc["accuracy"], heldout_accuracy_std=acc["accuracy_std"],
+                       heldout_folds=acc["folds"], heldout_pairs=acc["num_pairs"],
+                       train_seconds=trained["train_seconds"], steps=steps, file=str(path), file_sha256=sha)
             if form != "keras":
-                files[f"{name}.{form}"] = str(path)
+                rep = json.loads(Path(str(path) + ".parity.json").read_text())
+                row.update(partitions=rep.get("partitions"), parity_cosine_mean=(rep.get("parity") or {}).get(
+                    "cosine_mean"), num_calibration=rep.get("num_calibration"),
+                    activation_ranges=(rep.get("activation_ranges") or {}).get("method"))
+            _write(cache, row)
+        row["train_seconds"] = trained["train_seconds"]
+        rows.append(row)
+        if form != "keras":
+            files[f"{name}.{form}"] = str(path)
+    return rows
 
-    # The teacher (and the publisher's own int8 of it, when it sits beside it) as reference rows.
+
+def _teacher_rows(teacher, teacher_uint8, output_dir: Path, heldout, files: dict, log) -> list:
+    """The teacher (and the publisher's own int8 of it, when it sits beside it) as reference rows, scored on the
+    held-out folds (cached). Adds its .tflite files to `files`."""
+    lfw_dir, pairs, folds = heldout
     teacher_rows = []
-    if teacher:
-        refs = [("none", Path(teacher))]
-        sib = Path(teacher_uint8) if teacher_uint8 else Path(str(teacher).replace("_fp32.tflite", "_uint8.tflite"))
-        if sib != Path(teacher) and sib.is_file():
-            refs.append(("int8", sib))
-        for form, path in refs:
-            if path.suffix.lower() != ".tflite" and form != "none":
-                continue
-            cache = _row_cache(output_dir, "teacher", form)
-            row = _read(cache)
-            if row is None:
-                log(f"[compare] scoring the teacher {path.name} on folds {list(folds)}")
-                acc = heldout_accuracy(path, lfw_dir, pairs, list(folds), threads=2)
-                row = dict(model=f"teacher:{path.stem}", form=form if path.suffix == ".tflite" else "keras",
-                           params=None, macs=None, size_bytes=path.stat().st_size if path.is_file() else None,
-                           heldout_accuracy=acc["accuracy"], heldout_accuracy_std=acc["accuracy_std"],
-                           heldout_folds=acc["folds"], heldout_pairs=acc["num_pairs"], train_seconds=None,
-                           file=str(path))
-                _write(cache, row)
-            teacher_rows.append(row)
-            if path.suffix.lower() == ".tflite":
-                files[f"teacher.{form}"] = str(path)
+    refs = [("none", Path(teacher))]
+    sib = Path(teacher_uint8) if teacher_uint8 else Path(str(teacher).replace("_fp32.tflite", "_uint8.tflite"))
+    if sib != Path(teacher) and sib.is_file():
+        refs.append(("int8", sib))
+    for form, path in refs:
+        if path.suffix.lower() != ".tflite" and form != "none":
+            continue
+        cache = _row_cache(output_dir, "teacher", form)
+        row = _read(cache)
+        if row is None:
+            log(f"[compare] scoring the teacher {path.name} on folds {folds}")
+            acc = heldout_accuracy(path, lfw_dir, pairs, folds, threads=2)
+            row = dict(model=f"teacher:{path.stem}", form=form if path.suffix == ".tflite" else "keras",
+                       params=None, macs=None, size_bytes=path.stat().st_size if path.is_file() else None,
+                       heldout_accuracy=acc["accuracy"], heldout_accuracy_std=acc["accuracy_std"],
+                       heldout_folds=acc["folds"], heldout_pairs=acc["num_pairs"], train_seconds=None,
+                       file=str(path))
+            _write(cache, row)
+        teacher_rows.append(row)
+        if path.suffix.lower() == ".tflite":
+            files[f"teacher.{form}"] = str(path)
+    return teacher_rows
 
-    # One interleaved timing run over every .tflite (students and teacher), 1 thread.
+
+def _latency(files: dict, output_dir: Path, latency_rounds: int, log) -> dict:
+    """One interleaved timing run over every .tflite (students and teacher), 1 thread; cached in latency.json
+    while the files (by sha256) and the rounds are the same."""
+    from mobiface_tf import litert
+
     keys = sorted(files)
     lat_path = output_dir / "latency.json"
     lat = _read(lat_path)
@@ -355,7 +348,11 @@ def run(output_dir, *, data=None, teacher=None, lfw_dir=None, pairs=None, folds=
                "p50_ms": {k: float(np.median(t)) for k, t in zip(keys, times)},
                "p90_ms": {k: float(np.percentile(t, 90)) for k, t in zip(keys, times)}}
         _write(lat_path, lat)
-    all_rows = rows + teacher_rows
+    return lat
+
+
+def _add_latency(all_rows: list, rows: list, lat: dict) -> None:
+    """Each row gains its p50/p90 latency and its accuracy drop against its own Keras model (students only)."""
     for r in all_rows:
         key = f"teacher.{r['form']}" if r["model"].startswith("teacher:") else f"{r['model']}.{r['form']}"
         r["latency_ms_p50"] = lat["p50_ms"].get(key)
@@ -364,20 +361,3 @@ def run(output_dir, *, data=None, teacher=None, lfw_dir=None, pairs=None, folds=
                          None)
         r["accuracy_drop_vs_keras"] = None if keras_acc is None or r["form"] == "keras" else \
             keras_acc - r["heldout_accuracy"]
-
-    cpu = litert.cpu_info()
-    pairs_total = all_rows[0]["heldout_pairs"] if all_rows else None
-    meta = {"folds": list(folds), "pairs": str(pairs), "num_pairs": pairs_total,
-            "teacher": Path(teacher).name if teacher else None, "synthetic": bool(synthetic),
-            "budget": dict(steps=steps, batch_size=train_overrides.get("batch_size", RECIPE["batch_size"]),
-                           embedding_dim=dim, recipe={**RECIPE, **train_overrides},
-                           train_seconds_total=sum(r["train_seconds"] or 0 for r in rows if r["form"] == "keras")),
-            "data": str(data), "num_train_images": int(manifest["num_images"]), "cpu": cpu,
-            "cpu_label": litert.cpu_label(cpu), "int8_max_drop": INT8_MAX_DROP}
-    result = {"rows": all_rows, **meta}
-    _write(output_dir / "results.json", result)
-    (output_dir / "results.md").write_text(markdown(all_rows, meta))
-    plot(all_rows, output_dir / "accuracy_vs_latency.png",
-         f"held-out LFW (folds {','.join(map(str, folds))}) vs 1-thread latency"
-         + (" - SYNTHETIC" if synthetic else ""))
-    return result

@@ -32,7 +32,8 @@ import numpy as np
 
 from mobiface_tf.faces import FaceError, load_face
 from mobiface_tf.fingerprint import file_sha256, model_fingerprint
-from mobiface_tf.images import IMAGE_EXTENSIONS, hidden_reason, identity_name, list_identity_tree, merge_message
+from mobiface_tf.identity_folders import identity_name, list_identity_tree, merge_message
+from mobiface_tf.images import IMAGE_EXTENSIONS, hidden_reason
 
 INDEX_NAME = ".mobiface_index.npz"
 INDEX_VERSION = 1
@@ -141,7 +142,7 @@ def check_compatible(meta: dict, key: dict, index_path: Path) -> None:
 def scan_gallery(gallery_dir, on_merge=None) -> tuple[list[tuple[str, str, Path]], list[tuple[str, str]]]:
     """([(identity, path relative to the gallery, path)], [(relative path, reason)] left out), both sorted.
 
-    Listed by mobiface_tf.images.list_identity_tree, the one rule of what is a photo (Pillow reads it: .avif,
+    Listed by mobiface_tf.identity_folders.list_identity_tree, the one rule of what is a photo (Pillow reads it: .avif,
     .jfif, .webp, .tif, .gif too) and what is an identity (folder names in Unicode NFC: an NFC and an NFD
     folder of one name are one identity, reported through on_merge(name, folders)). Hidden entries
     (.ipynb_checkpoints, ._x.jpg, __MACOSX) are never identities or photos. Raises FaceError when DIR is
@@ -199,8 +200,6 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
     aligner=None means the gallery photos are aligned crops (key["aligned"] must then be True). progress=True
     shows a bar on stderr over the photos to embed (MTCNN + the model: ~0.1-0.2 s each on a CPU core).
     """
-    from tqdm import tqdm
-
     root = Path(gallery_dir)
     merged = []
 
@@ -211,28 +210,53 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
     files, left_out = scan_gallery(root, on_merge=on_merge)
     index_path = Path(index_path) if index_path else root / INDEX_NAME
     left_out = _report_left_out(left_out, index_path, root, {f[0] for f in files}, warn)
-    cached, failed_before = {}, {}
-    meta_old = None
-    if not rebuild:
-        try:
-            loaded = read_index(index_path)
-        except IndexCorrupt as e:
-            warn(f"index {index_path} is corrupt ({e}); rebuilding it")
-            loaded = None
-        if loaded is not None:
-            meta_old, emb_old = loaded
-            check_compatible(meta_old, key, index_path)
-            cached = {h: emb_old[r] for h, r in meta_old["entries"].items()}
-            failed_before = dict(meta_old.get("failed", {}))
+    meta_old, cached, failed_before = (None, {}, {}) if rebuild else _load_cache(index_path, key, warn)
+    hashes = _hash_photos(files)
+    shared, shared_hashes = _shared_photos(files, hashes, warn)
+    vectors, failed, embedded = _embed_new(files, hashes, cached, failed_before, embedder, aligner, progress)
+    names, per_id, per_id_shared, skipped = _group_by_identity(files, hashes, vectors, failed, shared_hashes,
+                                                               left_out, root, warn)
+    means = np.stack([np.mean(per_id[n], axis=0) for n in names])  # templates: mean of unit embeddings,
+    templates = (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)  # renormalised
+    removed, reused, written = _update_index(index_path, key, files, hashes, vectors, failed, cached,
+                                             failed_before, meta_old is None or embedded, warn)
+    labels = np.array([names.index(n) for n in names for _ in per_id[n]], np.int64)
+    return Gallery(names, templates, [len(per_id[n]) for n in names], embedded, reused, removed, skipped,
+                   index_path, written, np.concatenate([np.stack(per_id[n]) for n in names]).astype(np.float32),
+                   labels, np.array([x for n in names for x in per_id_shared[n]], bool), shared, merged)
 
-    # Hash every photo; the hash, not the path, decides reuse (a renamed photo is not embedded again).
+
+def _load_cache(index_path: Path, key: dict, warn) -> tuple[dict | None, dict, dict]:
+    """(the index's meta or None, {hash: embedding} it holds, {hash: reason} of photos that failed before).
+    A corrupt index is warned about and rebuilt; an index of another model raises (check_compatible)."""
+    try:
+        loaded = read_index(index_path)
+    except IndexCorrupt as e:
+        warn(f"index {index_path} is corrupt ({e}); rebuilding it")
+        loaded = None
+    if loaded is None:
+        return None, {}, {}
+    meta_old, emb_old = loaded
+    check_compatible(meta_old, key, index_path)
+    return meta_old, {h: emb_old[r] for h, r in meta_old["entries"].items()}, dict(meta_old.get("failed", {}))
+
+
+def _hash_photos(files) -> list[str]:
+    """The sha256 of every photo: the hash, not the path, decides reuse (a renamed photo is not embedded
+    again). FaceError when one cannot be read."""
     hashes = []
     for _, rel, path in files:
         try:
             hashes.append(file_sha256(path))
         except OSError as e:
             raise FaceError(f"cannot read gallery photo {str(path)!r} ({e.strerror})") from None
-    shared, shared_hashes = _shared_photos(files, hashes, warn)
+    return hashes
+
+
+def _embed_new(files, hashes, cached, failed_before, embedder, aligner, progress):
+    """({hash: embedding} of every usable photo, {hash: reason} of those without a face, number embedded now):
+    cached photos and known failures are reused; two copies of one photo are embedded once."""
+    from tqdm import tqdm
 
     vectors: dict[str, np.ndarray] = {}
     failed: dict[str, str] = {}
@@ -263,8 +287,12 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
             vectors.update(zip(keys, emb))
             embedded += len(crops)
     bar.close()
+    return vectors, failed, embedded
 
-    # Templates: mean of unit embeddings, renormalised.
+
+def _group_by_identity(files, hashes, vectors, failed, shared_hashes, left_out, root: Path, warn):
+    """(sorted identity names, {name: [embedding]}, {name: [photo shared with another identity?]}, skipped
+    [(rel, reason)]); warns per skipped photo and empty identity. FaceError when no identity is usable."""
     per_id: dict[str, list[np.ndarray]] = {}
     per_id_shared: dict[str, list[bool]] = {}
     skipped = list(left_out)
@@ -280,17 +308,20 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
     if not per_id:
         raise FaceError(f"gallery {str(root)!r} has no identity folder with a usable face photo; lay it out as "
                         f"DIR/<identity>/<photo> with one of {', '.join(IMAGE_EXTENSIONS)}")
-    names = sorted(per_id)
-    means = np.stack([np.mean(per_id[n], axis=0) for n in names])
-    templates = (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+    return sorted(per_id), per_id, per_id_shared, skipped
 
-    # The index keeps exactly the current photos' hashes: stale entries (deleted or changed photos) go.
+
+def _update_index(index_path: Path, key: dict, files, hashes, vectors, failed, cached, failed_before, new_or_embedded,
+                  warn) -> tuple[int, int, bool]:
+    """Rewrite the index when anything changed; it keeps exactly the current photos' hashes (stale entries of
+    deleted or changed photos go). Returns (entries removed, photos reused, index written); a write error is
+    a warning (enrolment is then not cached)."""
     live = list(dict.fromkeys(h for h in hashes if h in vectors))
     live_failed = {h: failed[h] for h in dict.fromkeys(hashes) if h in failed}
     removed = len(set(cached) - set(live)) + len(set(failed_before) - set(live_failed))
     reused = sum(1 for h in hashes if h in cached)
     written = False
-    changed = meta_old is None or embedded or removed or live_failed.keys() != failed_before.keys()
+    changed = new_or_embedded or removed or live_failed.keys() != failed_before.keys()
     if changed:
         meta = {"version": INDEX_VERSION, "model": key,
                 "entries": {h: i for i, h in enumerate(live)}, "failed": live_failed,
@@ -302,7 +333,4 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
         except OSError as e:
             warn(f"cannot write index {index_path} ({e.strerror}: {e.filename}); enrolment is not cached. "
                  "Pass --index=PATH in a writable folder")
-    labels = np.array([names.index(n) for n in names for _ in per_id[n]], np.int64)
-    return Gallery(names, templates, [len(per_id[n]) for n in names], embedded, reused, removed, skipped,
-                   index_path, written, np.concatenate([np.stack(per_id[n]) for n in names]).astype(np.float32),
-                   labels, np.array([x for n in names for x in per_id_shared[n]], bool), shared, merged)
+    return removed, reused, written

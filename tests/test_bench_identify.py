@@ -217,7 +217,7 @@ def test_folder_shards_and_features_sources(tiny_model, tmp_path):
 def test_lfw_real_distractors_crowd_the_probes(reference_tflite, lfw_dir, tmp_path):
     """Reference model on a small LFW subset: real distractor faces score far higher against a probe than
     random directions do, so the FAR threshold rises and rank-1 cannot beat the random-distractor figure."""
-    from mobiface_tf.images import list_identity_tree
+    from mobiface_tf.identity_folders import list_identity_tree
 
     sub = tmp_path / "lfw_subset"
     people, _ = list_identity_tree(lfw_dir)

@@ -314,7 +314,7 @@ def test_distillation_alone_on_unlabelled_faces_learns(tmp_path):
 
 
 def _distill_data(root):
-    from mobiface_tf.data.prepare import add_teacher
+    from mobiface_tf.data.teacher_shards import add_teacher
     from mobiface_tf.data.synthetic import write_synthetic_tfrecords
 
     write_synthetic_tfrecords(root, num_identities=5, images_per_identity=8, seed=1, shards=2)

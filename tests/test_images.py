@@ -10,8 +10,9 @@ from PIL import Image
 
 from conftest import person
 
-from mobiface_tf.images import (IMAGE_EXTENSIONS, ImageError, decode_image_rgb, find_image, image_header,
-                                image_reason, image_size, list_identity_tree, list_images, load_image_rgb)
+from mobiface_tf.identity_folders import find_image, list_identity_tree
+from mobiface_tf.images import (IMAGE_EXTENSIONS, ImageError, decode_image_rgb, image_header, image_reason, image_size,
+                                list_images, load_image_rgb)
 
 from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 CASES = (REPO / ".." / "shared" / "cases").resolve()

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from mobiface_tf import litert
+from mobiface_tf import litert, litert_benchmark
 
 from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 SAMPLE = REPO / "tests" / "data" / "litert_benchmark_sample.txt"
@@ -138,7 +138,7 @@ def test_partitions_op_counts_and_litert_benchmark_verdict(tiny):
     assert int8["undelegated_ops"].get("PRELU") == 1 and int8["partitions"] >= 1 and int8["num_undelegated"] >= 1
     assert litert.op_counts(paths["fp32"].read_bytes())["PRELU"] == 1
     for name, deleg in (("fp32", fp32), ("int8", int8)):
-        lb = litert.run_litert_benchmark(paths[name], threads=1, runs=3, warmup=1)
+        lb = litert_benchmark.run_litert_benchmark(paths[name], threads=1, runs=3, warmup=1)
         assert lb["num_runs"] == 3 and lb["num_warmup_runs"] == 1
         assert 0 <= lb["min_ms"] <= lb["median_ms"] <= lb["max_ms"]  # printed to 0.01 ms: a tiny model may show 0.00
         assert lb["fully_accelerated"] is (deleg["num_undelegated"] == 0), (name, lb, deleg)
@@ -148,22 +148,22 @@ def test_litert_benchmark_command_is_the_installed_tool():
     """bench runs the module behind the wheel's `litert-benchmark` console script."""
     script = Path(sys.executable).parent / "litert-benchmark"
     if script.exists():
-        assert litert.LITERT_BENCHMARK_MODULE in script.read_text()
-    cmd = litert.litert_benchmark_command("m.tflite", threads=2, runs=7, warmup=3)
-    assert cmd[1:3] == ["-m", litert.LITERT_BENCHMARK_MODULE]
+        assert litert_benchmark.LITERT_BENCHMARK_MODULE in script.read_text()
+    cmd = litert_benchmark.litert_benchmark_command("m.tflite", threads=2, runs=7, warmup=3)
+    assert cmd[1:3] == ["-m", litert_benchmark.LITERT_BENCHMARK_MODULE]
     assert {"--model=m.tflite", "--num_threads=2", "--num_runs=7", "--warmup_runs=3"} <= set(cmd)
     with pytest.raises(FileNotFoundError, match="nope.tflite"):
-        litert.run_litert_benchmark("nope.tflite")
+        litert_benchmark.run_litert_benchmark("nope.tflite")
 
 
 def test_parse_litert_benchmark_real_output():
     """A real recording of the tool (tests/data/litert_benchmark_sample.txt, reference uint8 model)."""
-    out = litert.parse_litert_benchmark(SAMPLE.read_text())
+    out = litert_benchmark.parse_litert_benchmark(SAMPLE.read_text())
     assert out == {"init_ms": 4.46, "warmup_first_ms": 2.38, "warmup_avg_ms": 2.09, "num_warmup_runs": 3,
                    "avg_ms": 1.84, "num_runs": 20, "min_ms": 1.81, "max_ms": 1.89, "median_ms": 1.84, "std_ms": 0.02,
                    "p5_ms": 1.81, "p95_ms": 1.87, "throughput_mb_s": 19.52, "fully_accelerated": False}
     with pytest.raises(ValueError, match="Inference \\(median\\)"):
-        litert.parse_litert_benchmark("ERROR benchmark_litert_model: Model file not found: x.tflite\n")
+        litert_benchmark.parse_litert_benchmark("ERROR benchmark_litert_model: Model file not found: x.tflite\n")
 
 
 def test_cpu_info_fields():

@@ -94,9 +94,9 @@ def test_stale_lock_of_a_dead_pid_is_taken_over(synth, tmp_path, caplog):
 def test_lock_held_by_another_process_and_released_when_it_dies(tmp_path):
     """The lock itself, between two real processes: busy (naming the holder's pid) while the holder lives; free,
     and reported as taken over, once it was SIGKILLed (the kernel drops its flock; the file stays)."""
-    from mobiface_tf.training.lock import ModelDirBusy, ModelDirLock
+    from mobiface_tf.locks import ModelDirBusy, ModelDirLock
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mobiface_tf.training.lock import "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mobiface_tf.locks import "
                                "ModelDirLock\nModelDirLock(sys.argv[1]).acquire()\nprint('held', flush=True)\n"
                                "time.sleep(120)", str(tmp_path)], stdout=subprocess.PIPE, text=True, env=ENV,
                               cwd=REPO)
@@ -119,7 +119,7 @@ def test_final_files_use_unique_temporary_names_and_never_replace_a_model_with_a
     import keras
 
     from mobiface_tf.training.embedding import save_embedding_model
-    from mobiface_tf.training.lock import unique_temp, write_atomic
+    from mobiface_tf.locks import unique_temp, write_atomic
     from mobiface_tf.training.model import build_backbone
 
     target = tmp_path / "embedding.keras"

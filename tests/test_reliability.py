@@ -297,12 +297,18 @@ def test_output_lock_and_output_file(tmp_path):
     inp = _faces(tmp_path / "in", ["A", "B"], n=1)
     out = tmp_path / "out"
     out.mkdir()
-    (out / ".prepare.lock").write_text(str(os.getppid()))  # a live process holds it
-    with pytest.raises(ValueError, match=r"being written by another prepare_data run.*\.prepare\.lock"):
-        _prepare(inp, out)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (out / ".prepare.lock").write_text(str(dead.pid))  # left by a killed run: taken over
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom mobiface_tf.locks import OutputLock\n"
+                               "OutputLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(60)",
+                               str(out)], stdout=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
+    try:  # a live process holds it
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=rf"being written by another prepare_data run \(pid {holder.pid}; "
+                                             r".*\.prepare\.lock"):
+            _prepare(inp, out)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / ".prepare.lock").exists()  # left by a killed run: taken over
     assert _prepare(inp, out)["num_images"] == 2 and not (out / ".prepare.lock").exists()
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is an existing file"):

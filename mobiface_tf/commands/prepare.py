@@ -19,7 +19,8 @@ from absl import app, flags
 
 from mobiface_tf.images import DEFAULT_MAX_PIXELS
 from mobiface_tf.outputs import check_output_dir
-from mobiface_tf.data.prepare import add_teacher, prepare
+from mobiface_tf.data.prepare import prepare
+from mobiface_tf.data.teacher_shards import add_teacher
 from mobiface_tf.data.sources import RecordIOError
 
 FLAGS = flags.FLAGS

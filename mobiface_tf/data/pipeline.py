@@ -208,15 +208,7 @@ def make_dataset(file_pattern, batch_size: int, training: bool, seed: int | None
       cycle_length: shards read at once by the interleave.
       threads: tf.data private threadpool size (None: TF's default, all cores).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if (augment is not None or teacher is not None) and not training:
-        raise ValueError("augment and an online teacher apply to training datasets only")
-    if augment is not None and teacher_dim:
-        raise ValueError("augmentations change the pixels, but precomputed teacher embeddings only cover the crop "
-                         "and its mirror: use an online teacher (--teacher=MODEL) with augmentations")
-    if teacher is not None and not teacher.in_pipeline:
-        raise ValueError(f"teacher {teacher.path.name!r} runs inside the training step, not in the input pipeline")
+    _check_dataset_args(batch_size, training, teacher_dim, augment, teacher)
     files = match_files(file_pattern)
     counts = _expected_counts(files, skip_corrupt)
     ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(counts, tf.int64)))
@@ -260,9 +252,27 @@ def make_dataset(file_pattern, batch_size: int, training: bool, seed: int | None
         # (the interpreter is not re-entrant); the prefetch below overlaps it with the training step.
         ds = ds.map(teacher.attach)
     ds = ds.prefetch(AUTOTUNE)
+    return ds.with_options(_options(deterministic, threads))
+
+
+def _check_dataset_args(batch_size: int, training: bool, teacher_dim: int, augment, teacher) -> None:
+    """ValueError for settings make_dataset cannot honour (checked before any file is read)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if (augment is not None or teacher is not None) and not training:
+        raise ValueError("augment and an online teacher apply to training datasets only")
+    if augment is not None and teacher_dim:
+        raise ValueError("augmentations change the pixels, but precomputed teacher embeddings only cover the crop "
+                         "and its mirror: use an online teacher (--teacher=MODEL) with augmentations")
+    if teacher is not None and not teacher.in_pipeline:
+        raise ValueError(f"teacher {teacher.path.name!r} runs inside the training step, not in the input pipeline")
+
+
+def _options(deterministic: bool, threads: int | None) -> tf.data.Options:
+    """tf.data options: determinism, and with `threads` a private threadpool of that size (1 intra-op thread)."""
     opts = tf.data.Options()
     opts.deterministic = deterministic
     if threads:
         opts.threading.private_threadpool_size = threads
         opts.threading.max_intra_op_parallelism = 1
-    return ds.with_options(opts)
+    return opts

@@ -17,7 +17,8 @@ import os
 import struct
 from pathlib import Path, PurePosixPath
 
-from mobiface_tf.images import IMAGE_EXTENSIONS, list_identity_tree
+from mobiface_tf.identity_folders import list_identity_tree
+from mobiface_tf.images import IMAGE_EXTENSIONS
 
 RECORDIO_MAGIC = 0xCED7230A
 _IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2

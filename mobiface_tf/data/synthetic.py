@@ -182,7 +182,7 @@ def write_benchmark_shards(out_dir, lfw_dir, num_images: int, num_classes: int =
 
     from mobiface_tf.data.manifest import write_manifest
     from mobiface_tf.data.tfrecord import AtomicShardWriter, make_example, shard_name
-    from mobiface_tf.images import list_identity_tree
+    from mobiface_tf.identity_folders import list_identity_tree
 
     lfw = Path(lfw_dir)
     if not lfw.is_dir():

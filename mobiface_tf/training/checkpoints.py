@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from mobiface_tf.training.config import CHECKPOINTS, CONFIG_FILE, FLAGS_FILE, PIPELINE_SETTINGS
 from mobiface_tf.training.errors import TrainingDiverged
-from mobiface_tf.training.lock import write_atomic
+from mobiface_tf.locks import write_atomic
 
 log = logging.getLogger(__name__)
 

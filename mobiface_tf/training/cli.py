@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from mobiface_tf.training.config import check_flagfile_paths, config_from_flags
 from mobiface_tf.training.errors import TrainingDiverged, TrainingInterrupted
-from mobiface_tf.training.lock import ModelDirBusy
+from mobiface_tf.locks import ModelDirBusy
 from mobiface_tf.training.loop import train
 from mobiface_tf.training.strategy import make_strategy
 

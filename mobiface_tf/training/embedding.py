@@ -11,7 +11,7 @@ import numpy as np
 
 from mobiface_tf.sidecar import drop_stale_sidecar
 from mobiface_tf.training.errors import TrainingDiverged
-from mobiface_tf.training.lock import unique_temp
+from mobiface_tf.locks import unique_temp
 from mobiface_tf.training.model import build_backbone
 
 

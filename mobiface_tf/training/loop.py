@@ -23,7 +23,7 @@ from mobiface_tf.training.config import CHECKPOINTS, EMBEDDING_FILE, TrainConfig
 from mobiface_tf.training.embedding import save_embedding_model
 from mobiface_tf.training.errors import TrainingInterrupted
 from mobiface_tf.training.inputs import check_inputs, worker_dataset
-from mobiface_tf.training.lock import ModelDirLock
+from mobiface_tf.locks import ModelDirLock
 from mobiface_tf.training.model import Parts, build_parts, set_body_frozen
 from mobiface_tf.training.progress import Progress
 from mobiface_tf.training.schedules import make_schedule
@@ -52,7 +52,7 @@ def train(cfg: TrainConfig, *, strategy=None, flags_text: str | None = None) -> 
     `flags_text` is written to model_dir/flags.txt on the first run.
 
     One training per model_dir: ModelDirBusy (naming the other run's pid) when a live run holds its lock; a
-    stale lock left by a killed run is taken over with a warning (mobiface_tf.training.lock).
+    stale lock left by a killed run is taken over with a warning (mobiface_tf.locks).
     Raises ValueError for bad settings or input files (message says what to do; every file is opened before
     step 1), TrainingDiverged on a NaN / Inf loss or model, TrainingInterrupted after SIGINT / SIGTERM (a
     checkpoint of that step is saved first) and OSError when a checkpoint or the model cannot be written.

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from mobiface_tf.images import IMAGE_EXTENSIONS, find_image, list_identity_tree
+from mobiface_tf.identity_folders import find_image, list_identity_tree
+from mobiface_tf.images import IMAGE_EXTENSIONS
 
 
 class Pair(NamedTuple):
@@ -125,7 +126,7 @@ def list_identities(image_dir, min_images: int = 2, max_per_identity: int | None
                     max_images: int | None = None) -> list[tuple[str, list[Path]]]:
     """Identities (sorted by name) of a `<identity>/<image>` tree with at least `min_images` images.
 
-    Listed by mobiface_tf.images.list_identity_tree (every supported extension, photos in sub-folders belong
+    Listed by mobiface_tf.identity_folders.list_identity_tree (every supported extension, photos in sub-folders belong
     to their identity, hidden entries ignored). Used to draw MegaFace-style probes from LFW. Caps keep the
     selection small and deterministic. Raises FileNotFoundError when `image_dir` is not a directory.
     """

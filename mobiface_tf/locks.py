@@ -1,5 +1,7 @@
-"""One training per model_dir, and files that are never half-written.
+"""One writer per folder (a training's model_dir, prepare's --output), and files that are never half-written.
 
+`DirLock` holds an exclusive `fcntl.flock` on one lock file in a folder for the whole run; `ModelDirLock` (training)
+and `OutputLock` (data preparation) differ only in the file name and in their one-line messages.
 `ModelDirLock` holds an exclusive `fcntl.flock` on MODEL_DIR/.train.lock for the whole run; the file records the
 holder's pid and host. The kernel drops the lock when its process dies (even by SIGKILL), so a lock file left by
 a killed run is stale by construction: the next run takes it over and says whose it was. A second run while
@@ -24,6 +26,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".train.lock"
+OUTPUT_LOCK_FILE = ".prepare.lock"
 
 
 class ModelDirBusy(RuntimeError):
@@ -50,14 +53,17 @@ def _read_holder(fd: int) -> dict:
         return {}
 
 
-class ModelDirLock:
-    """Exclusive lock on `model_dir` for one training process; a context manager (acquire / release).
+class DirLock:
+    """Exclusive lock on a folder for one process; a context manager (acquire / release).
 
-    acquire() raises ModelDirBusy ("model_dir X is being trained by pid N ...") when a live run holds it, and
-    logs a warning when it takes over a stale lock left by a killed run (pid N, no longer running)."""
+    Subclasses name the lock file (`lock_file`), the error when a live run holds it (`_busy`) or when it cannot be
+    taken (`_cannot_take`), and whether taking over a stale lock is logged (`warn_stale`)."""
 
-    def __init__(self, model_dir):
-        self.path = Path(model_dir) / LOCK_FILE
+    lock_file = ".lock"
+    warn_stale = True
+
+    def __init__(self, folder):
+        self.path = Path(folder) / self.lock_file
         self.fd: int | None = None
         self.took_over: dict | None = None  # the stale holder's record, when one was taken over
 
@@ -82,11 +88,10 @@ class ModelDirLock:
                 self._record(fd)
                 return
             os.close(fd)
-        raise ModelDirBusy(f"cannot take the lock {self.path}; if no training uses {str(self.path.parent)!r}, "
-                           "delete that file")
+        raise self._cannot_take()
 
     def _lock(self, fd: int) -> bool:
-        """True once this process holds the lock; ModelDirBusy when a live run does."""
+        """True once this process holds the lock; the subclass's `_busy` error when a live run does."""
         holder = _read_holder(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -107,9 +112,11 @@ class ModelDirLock:
             self.took_over = holder
         return True
 
-    def _busy(self, pid) -> ModelDirBusy:
-        return ModelDirBusy(f"model_dir {str(self.path.parent)!r} is being trained by pid {pid} (lock "
-                            f"{self.path}); wait for it to finish, or use another --model_dir")
+    def _busy(self, pid) -> Exception:
+        return RuntimeError(f"{self.path.parent} is locked by pid {pid} (lock {self.path})")
+
+    def _cannot_take(self) -> Exception:
+        return RuntimeError(f"cannot take the lock {self.path}; delete it if no run uses {self.path.parent}")
 
     def _same_file(self, fd: int) -> bool:
         try:
@@ -118,7 +125,7 @@ class ModelDirLock:
             return False
 
     def _record(self, fd: int) -> None:
-        if self.took_over:
+        if self.took_over and self.warn_stale:
             log.warning("warning: took over the stale lock %s left by pid %s (started %s): that run was killed and "
                         "no longer holds it", self.path, self.took_over.get("pid"), self.took_over.get("started", "?"))
         record = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -137,6 +144,41 @@ class ModelDirLock:
         finally:
             os.close(self.fd)
             self.fd = None
+
+
+class ModelDirLock(DirLock):
+    """Exclusive lock on `model_dir` for one training process (MODEL_DIR/.train.lock).
+
+    acquire() raises ModelDirBusy ("model_dir X is being trained by pid N ...") when a live run holds it, and
+    logs a warning when it takes over a stale lock left by a killed run (pid N, no longer running)."""
+
+    lock_file = LOCK_FILE
+
+    def _busy(self, pid) -> ModelDirBusy:
+        return ModelDirBusy(f"model_dir {str(self.path.parent)!r} is being trained by pid {pid} (lock "
+                            f"{self.path}); wait for it to finish, or use another --model_dir")
+
+    def _cannot_take(self) -> ModelDirBusy:
+        return ModelDirBusy(f"cannot take the lock {self.path}; if no training uses {str(self.path.parent)!r}, "
+                            "delete that file")
+
+
+class OutputLock(DirLock):
+    """Exclusive lock on prepare_data's `--output` folder (OUTPUT/.prepare.lock).
+
+    acquire() raises ValueError ("--output X is being written by another prepare_data run (pid N ...") when a
+    live run holds it; a stale lock left by a killed run is taken over silently."""
+
+    lock_file = OUTPUT_LOCK_FILE
+    warn_stale = False
+
+    def _busy(self, pid) -> ValueError:
+        return ValueError(f"--output '{self.path.parent}' is being written by another prepare_data run (pid {pid}; "
+                          f"lock file {self.path}); wait for it to finish, or delete the lock file if no run is "
+                          "active")
+
+    def _cannot_take(self) -> ValueError:
+        return ValueError(f"cannot take the lock file {self.path}; delete it if no prepare_data run is active")
 
 
 def unique_temp(path) -> Path:
