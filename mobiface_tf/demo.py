@@ -16,7 +16,8 @@ From ../shared/data (LFW 112x112 crops + the reference MobileFaceNet) it writes,
   model.tflite              a link to ../shared/data/models/mobilefacenet_insightface_fp32.tflite
 Without ../shared/data the same files are drawn from the quickstart's SYNTHETIC faces (mobiface_tf.data.synthetic;
 the faces are not real, so expect no meaningful answers) and model.tflite links to the quickstart's export
-(quickstart_out/mobiface_quickstart.tflite, made by `make quickstart`) when it exists.
+(quickstart_out/mobiface_quickstart.tflite, made by `make quickstart`) when it exists. With no model of
+either kind, model.tflite links to the student this repo ships (models/mobiface_student_fp32.tflite).
 Rerunning starts afresh (photos, galleries and their enrolment index are rewritten), so the first identify
 run on each gallery prints what the README shows.
 """
@@ -35,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 from PIL import Image
+
+from mobiface_tf.shipped import STUDENT_TFLITE
 
 GALLERY_5 = ("Colin_Powell", "Tony_Blair", "Serena_Williams", "Gerhard_Schroeder", "Ariel_Sharon")
 REFERENCE_MODEL = Path("models") / "mobilefacenet_insightface_fp32.tflite"
@@ -141,6 +144,8 @@ def make_demo(output, data="../shared/data") -> dict:
 
     link = out / "model.tflite"
     target = (Path(data) / REFERENCE_MODEL) if isinstance(src, _LFW) else QUICKSTART_MODEL
+    if not target.is_file() and STUDENT_TFLITE.is_file():  # no reference model: the student this repo ships
+        target = STUDENT_TFLITE
     if link.is_symlink() or link.exists():
         link.unlink()
     if target.is_file():

@@ -37,6 +37,7 @@ from mobiface_tf import open_set
 from mobiface_tf.embedder import EmbeddingError
 from mobiface_tf.faces import FaceError, check_model_path, load_face, load_model, read_photo, resolve_threshold
 from mobiface_tf.gallery import INDEX_NAME, Gallery, enroll, model_key, scan_gallery
+from mobiface_tf.shipped import default_model
 
 
 # ----------------------------------------------------------------------------------------------- open set
@@ -124,6 +125,10 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
     """
     far_info = None
     try:
+        try:
+            model_path = default_model(model_path)  # no --model: the shipped student (mobiface_tf/shipped.py)
+        except ValueError as e:
+            raise FaceError(str(e)) from None
         check_model_path(model_path)
         if not queries:
             raise FaceError("no --query=IMG given; pass one or more --query flags")
@@ -200,7 +205,8 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Flags are defined only when run as a program, so importing this module (tests, verify and identify
     together) never registers duplicate absl flags."""
-    flags.DEFINE_string("model", None, "Embedding model: .keras file, SavedModel dir or .tflite file.")
+    flags.DEFINE_string("model", None, "Embedding model: .keras file, SavedModel dir, .tflite or .onnx file; "
+                       "default: the shipped student models/mobiface_student_fp32.tflite.")
     flags.DEFINE_string("gallery", None, "Gallery folder: one sub-folder of photos per identity.")
     flags.DEFINE_multi_string("query", [], "Query photo; repeat the flag for several.")
     flags.DEFINE_integer("top", 3, "How many identities to list per query.", lower_bound=1)

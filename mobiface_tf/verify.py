@@ -1,6 +1,8 @@
 """Is this the same person? Face verification on two photos.
 
-    python -m mobiface_tf.verify --model=PATH IMG_A IMG_B [--threshold=T] [--json] [--aligned]
+    python -m mobiface_tf.verify [--model=PATH] IMG_A IMG_B [--threshold=T] [--json] [--aligned]
+
+Without --model, the student this project ships (models/mobiface_student_fp32.tflite, mobiface_tf/shipped.py).
 
 Each photo (any size) goes through MTCNN; the largest, most central face is warped to the ArcFace 112x112
 template (mobiface_tf.align), embedded, and the two unit embeddings are compared by cosine similarity.
@@ -25,6 +27,7 @@ from absl import flags
 from mobiface_tf.embedder import EmbeddingError
 from mobiface_tf.faces import (FaceError, check_model_path, face_from_image, load_model, read_photo,
                                resolve_threshold)
+from mobiface_tf.shipped import default_model
 
 
 @dataclasses.dataclass
@@ -79,6 +82,10 @@ def verify(model_path, image_a, image_b, threshold: float | None = None, aligned
     warn(line) hears about a threshold sidecar that is not used (see faces.resolve_threshold).
     """
     # Cheap checks first, so a typo in a path fails before TF and MTCNN load.
+    try:
+        model_path = default_model(model_path)  # no --model: the shipped student (mobiface_tf/shipped.py)
+    except ValueError as e:
+        raise FaceError(str(e)) from None
     check_model_path(model_path)
     t, source = resolve_threshold(model_path, threshold, warn)
     photos = [read_photo(image_a), read_photo(image_b)]
@@ -114,7 +121,8 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Flags are defined only when run as a program, so importing this module (tests, verify and identify
     together) never registers duplicate absl flags."""
-    flags.DEFINE_string("model", None, "Embedding model: .keras file, SavedModel dir or .tflite file.")
+    flags.DEFINE_string("model", None, "Embedding model: .keras file, SavedModel dir, .tflite or .onnx file; "
+                       "default: the shipped student models/mobiface_student_fp32.tflite.")
     flags.DEFINE_float("threshold", None, "Cosine threshold; default: the model's .eval.json sidecar, else the "
                        "documented default in mobiface_tf/faces.py.")
     flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")

@@ -34,6 +34,8 @@ flags.DEFINE_string("montage", None, "Write a montage PNG of the top flagged pai
 flags.DEFINE_integer("montage_pairs", 10, "Pairs in the montage: the flagged ones, or the closest when none is.")
 flags.DEFINE_integer("inject", 20, "Single-duplicate trials: the first N people with >= 2 query photos, "
                      "each enrolled a second time from 2 of their query photos, one at a time.")
+flags.DEFINE_boolean("aligned", False, "--data holds already aligned 112x112 crops (celeba_small_112, LFW-112): skip "
+                     "MTCNN, as identify --aligned does. The figures are then those of the model alone.")
 flags.DEFINE_string("json_out", None, "Write the figures as JSON here (default OUT/<model stem>.json).")
 
 
@@ -41,7 +43,7 @@ def split_people(data: Path, enrolled: int) -> dict[str, dict[str, list[Path]]]:
     """{"gallery": {id: photos}, "queries": {id: photos}, "strangers": {id: [photo]}} by file name order."""
     sets = {"gallery": {}, "queries": {}, "strangers": {}}
     for d in sorted(p for p in data.iterdir() if p.is_dir()):
-        photos = sorted(p for p in d.iterdir() if p.suffix.lower() == ".jpg")
+        photos = sorted(p for p in d.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         if len(photos) > enrolled:
             sets["gallery"][d.name] = photos[:enrolled]
             sets["queries"][d.name] = photos[enrolled:]
@@ -76,8 +78,8 @@ def main(argv):
     print({k: (len(v), sum(map(len, v.values()))) for k, v in sets.items()}, file=sys.stderr)
     roots = materialise(sets, out)
     embedder = load_model(FLAGS.model)
-    aligner = FaceAligner()
-    key = model_key(FLAGS.model, embedder, False)
+    aligner = None if FLAGS.aligned else FaceAligner()
+    key = model_key(FLAGS.model, embedder, FLAGS.aligned)
     stem = Path(FLAGS.model).stem
     galleries = {}
     for name, root in roots.items():
