@@ -174,6 +174,24 @@ def png_header_only(w, h) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
+def bin_with_one_odd_crop(path, odd: int = 5, odd_size: int = 100, num_pairs: int = 10) -> Path:
+    """An InsightFace-style .bin (pickle of JPEG bytes, issame) of `num_pairs` pairs of synthetic 112x112 faces
+    (`person`; pair k: same person when k is even), where image `odd` (counted from 0) is saved at odd_size^2."""
+    import pickle
+
+    import cv2
+
+    images, issame = [], []
+    for k in range(num_pairs):
+        same = k % 2 == 0
+        images += [person(k, 0), person(k, 1) if same else person(k + 1, 0)]
+        issame.append(same)
+    images[odd] = cv2.resize(images[odd], (odd_size, odd_size), interpolation=cv2.INTER_AREA)
+    encoded = [cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes() for im in images]
+    path.write_bytes(pickle.dumps((encoded, issame), protocol=4))
+    return path
+
+
 def lfw_style_heldout(root: Path) -> Path:
     """4 held-out synthetic identities as <Name>/<Name>_NNNN.jpg + an LFW-format pairs.txt (2 folds of 3 same and
     3 different pairs); returns root (root / "pairs.txt" is the pairs file)."""
