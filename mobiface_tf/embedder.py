@@ -15,6 +15,10 @@ other conventions; `preprocess` converts raw RGB 0..255 to what the model wants:
 
 Flip test (as in the ArcFace / InsightFace evaluations): embed the image and its horizontal mirror,
 sum the two embeddings, then L2-normalise.
+
+Output shape: an embedding output [N, D] is used as is; [N, 1, 1, D] and [N, D, 1, 1] (a 1x1 spatial head kept
+by a converted model, NHWC or NCHW) are flattened to [N, D]; any other output is refused when the model is
+loaded (`embedding_size`).
 """
 from __future__ import annotations
 
@@ -47,6 +51,37 @@ def check_finite_embeddings(emb: np.ndarray, where: str) -> np.ndarray:
                              "it cannot answer: it is broken (e.g. saved from a diverged training run). Retrain from "
                              "a finite checkpoint, or use another model")
     return emb
+
+
+def _shape_text(shape) -> str:
+    """'[N, 1, 1, 128]': a model's output shape for messages, unknown axes as N (batch) or ?."""
+    if shape is None:
+        return "an unknown shape"
+    dims = [str(int(d)) if isinstance(d, (int, np.integer)) and d >= 0 else ("N" if k == 0 else "?")
+            for k, d in enumerate(shape)]
+    return f"[{', '.join(dims)}]"
+
+
+def embedding_size(shape, path) -> int:
+    """D of a model's embedding output `shape`: [N, D], or [N, 1, 1, D] / [N, D, 1, 1] (flattened to [N, D]).
+
+    `shape` lists the output's axes, the batch first (it may be unknown: None, -1 or a symbolic name). Any other
+    shape, or an unknown D, raises ValueError: one line naming the model `path` and its output shape.
+    """
+    rest = [int(d) if isinstance(d, (int, np.integer)) and d > 0 else None for d in shape[1:]] \
+        if shape is not None and len(shape) >= 2 else []
+    dim = None
+    if len(rest) == 1:
+        dim = rest[0]
+    elif len(rest) == 3 and rest[:2] == [1, 1]:  # NHWC 1x1 head: [N, 1, 1, D]
+        dim = rest[2]
+    elif len(rest) == 3 and rest[1:] == [1, 1]:  # NCHW 1x1 head: [N, D, 1, 1]
+        dim = rest[0]
+    if dim is None:
+        raise ValueError(f"model {str(path)!r} outputs {_shape_text(shape)}; an embedding must be [N, D] "
+                         "([N, 1, 1, D] and [N, D, 1, 1] are flattened). Add a Flatten or a Reshape to [N, D] at the "
+                         "end of the model and export it again")
+    return dim
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -92,7 +127,11 @@ class Embedder:
         prep = PREPROCESS[self.preprocess]
         for start in range(0, len(images), self.batch_size):
             batch = prep(images[start:start + self.batch_size].astype(np.float32))
-            out[start:start + len(batch)] = self._forward(np.ascontiguousarray(batch, dtype=np.float32))
+            y = np.asarray(self._forward(np.ascontiguousarray(batch, dtype=np.float32)))
+            if y.size != len(batch) * self.embedding_dim:  # the shape was checked at load; a runtime may differ
+                raise ValueError(f"model {str(self.path)!r} gave an output of shape {list(y.shape)} for {len(batch)} "
+                                 f"images; expected [{len(batch)}, {self.embedding_dim}] or that with 1x1 axes")
+            out[start:start + len(batch)] = y.reshape(len(batch), self.embedding_dim)  # [n, 1, 1, D] -> [n, D]
         return check_finite_embeddings(out, repr(str(self.path)))
 
     def embed(self, images, flip: bool | None = None) -> np.ndarray:
@@ -118,7 +157,7 @@ class _KerasEmbedder(Embedder):
         in_shape, out_shape = self.model.input_shape, self.model.output_shape
         if isinstance(in_shape, list) or isinstance(out_shape, list):
             raise ValueError(f"{str(path)!r} has {len(in_shape)} inputs / outputs; expected one image input and one embedding output")
-        super().__init__(path, preprocess, batch_size, in_shape[1:], out_shape[-1])
+        super().__init__(path, preprocess, batch_size, in_shape[1:], embedding_size(out_shape, path))
 
     def _forward(self, batch):
         return np.asarray(self.model.predict_on_batch(batch), np.float32)
@@ -142,7 +181,8 @@ class _SavedModelEmbedder(Embedder):
             raise ValueError(f"SavedModel {str(path)!r} returns {sorted(outputs)}; expected a single embedding output")
         (self._output_name, out_spec), = outputs.items()
         self._tf = tf
-        super().__init__(path, preprocess, batch_size, tuple(spec.shape[1:]), out_spec.shape[-1])
+        out_shape = out_spec.shape.as_list() if out_spec.shape.rank is not None else None
+        super().__init__(path, preprocess, batch_size, tuple(spec.shape[1:]), embedding_size(out_shape, path))
 
     def _forward(self, batch):
         result = self._fn(**{self._input_name: self._tf.constant(batch)})
@@ -160,7 +200,8 @@ class _TFLiteEmbedder(Embedder):
         self._litert = litert
         self._interp = litert.make_interpreter(model_path=path, num_threads=num_threads)
         inp, out = litert.io_details(self._interp, repr(str(path)))
-        super().__init__(path, preprocess, batch_size, tuple(int(s) for s in inp["shape"][1:]), int(out["shape"][-1]))
+        super().__init__(path, preprocess, batch_size, tuple(int(s) for s in inp["shape"][1:]),
+                         embedding_size([int(s) for s in out["shape"]], path))
 
     def _forward(self, batch):
         # Fixed-batch models (ours: 1) are run chunk by chunk, dynamic-batch ones resized (litert.run_batched).
@@ -210,15 +251,13 @@ class _OnnxEmbedder(Embedder):
         if self._in.type not in ("tensor(float)", "tensor(float16)"):
             raise ValueError(f"{str(path)!r} input is {self._in.type}; expected float pixels")
         self._fixed_batch = dims[0]
-        out_dims = _onnx_dims(self._out.shape)
-        if not out_dims or out_dims[-1] is None:
-            # A symbolic embedding size: run once on a blank face to learn it.
+        out_shape = _onnx_dims(self._out.shape or [])
+        if len(out_shape) < 2 or None in out_shape[1:]:
+            # A symbolic (or unknown) output axis: run once on a blank face to learn the shape.
             probe = np.zeros((self._fixed_batch or 1, 3, 112, 112) if self._nchw else
                              (self._fixed_batch or 1, 112, 112, 3), self._dtype)
-            dim = int(self._session.run([self._out.name], {self._in.name: probe})[0].shape[-1])
-        else:
-            dim = out_dims[-1]
-        super().__init__(path, preprocess, batch_size, (112, 112, 3), dim)
+            out_shape = list(self._session.run([self._out.name], {self._in.name: probe})[0].shape)
+        super().__init__(path, preprocess, batch_size, (112, 112, 3), embedding_size(out_shape, path))
 
     def _run(self, chunk):
         x = np.transpose(chunk, (0, 3, 1, 2)) if self._nchw else chunk
@@ -268,8 +307,10 @@ def load_embedder(path, preprocess: str | None = None, batch_size: int = 64, num
     preprocess: one of PREPROCESS; None means what the model states (stated_preprocess), else "raw".
     num_threads: LiteRT / onnxruntime threads (None: the runtime's choice).
     input_size: the model must take [N, input_size, input_size, 3] images (or any size); None: any input.
+    An embedding output [N, 1, 1, D] or [N, D, 1, 1] is flattened to [N, D] (`embedding_size`).
     Raises FileNotFoundError for a missing path and ValueError (one line) for an unknown format, a file that
-    is not a model, a model that is not one image input -> one embedding output, or one of another input size.
+    is not a model, a model that is not one image input -> one embedding output, an output of another shape
+    (naming the model and that shape), or a model of another input size.
     """
     emb = _load_embedder(path, preprocess, batch_size, num_threads)
     hwc = tuple(emb.input_hwc)

@@ -231,12 +231,27 @@ def cosine_scores(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- images -> embeddings
 
-def _embed_loaded(embedder, items, load, flip, aligner, batch_size, progress):
-    """Embed len(items) images, load(item, i) -> uint8 RGB; returns (embeddings [N, D], realign failures)."""
+def _model_size(embedder) -> tuple[int, int] | None:
+    """(width, height) the model takes, or None when it takes any size."""
+    h, w = tuple(embedder.input_hwc)[:2]
+    return None if h is None or w is None else (int(w), int(h))
+
+
+def _embed_loaded(embedder, items, load, flip, aligner, batch_size, progress, where=None,
+                  remake="save the crops at {size}"):
+    """Embed len(items) images, load(item, i) -> uint8 RGB; returns (embeddings [N, D], realign failures).
+
+    With `aligner` every image becomes a template crop whatever its size. Without, every image must be the size
+    the model takes (image 0's for a model of any size): the first that is not stops it with a ValueError naming
+    it (`where(i)`, default "image i"), its size, the expected one, and the ways out (--realign, or `remake`, whose
+    {size} is the expected size), before a batch of mixed sizes reaches numpy's "all input arrays must have the
+    same shape".
+    """
     from tqdm import tqdm
 
     out = np.empty((len(items), embedder.embedding_dim), np.float32)
     failures = 0
+    want, basis = _model_size(embedder), "the model's input"
     bar = tqdm(total=len(items), desc="embedding", unit="img", disable=not progress)
     for start in range(0, len(items), batch_size):
         images = []
@@ -249,6 +264,13 @@ def _embed_loaded(embedder, items, load, flip, aligner, batch_size, progress):
                     image = _fit(image, embedder.input_hwc)
                 else:
                     image = crop
+            else:
+                if want is None:
+                    want, basis = (image.shape[1], image.shape[0]), "the size of image 0"
+                if (image.shape[1], image.shape[0]) != want:
+                    raise ValueError(f"{where(i) if where else f'image {i}'} is {image.shape[1]}x{image.shape[0]}, "
+                                     f"expected {want[0]}x{want[1]} ({basis}); pass --realign to align every image to "
+                                     f"the ArcFace template, or {remake.format(size=f'{want[0]}x{want[1]}')}")
             images.append(image)
         out[start:start + len(images)] = embedder.embed(np.stack(images), flip=flip)
         bar.update(len(images))
@@ -257,11 +279,14 @@ def _embed_loaded(embedder, items, load, flip, aligner, batch_size, progress):
 
 
 def _fit(image, input_hwc):
-    """A crop MTCNN could not re-align is kept; it is only resized if the model needs another size."""
+    """A crop MTCNN could not re-align is kept, resized to the model's input size (the template's, CROP_SIZE, for a
+    model of any size: the re-aligned crops beside it have that size)."""
     import cv2
 
-    h, w = input_hwc[:2]
-    if h is None or w is None or image.shape[:2] == (h, w):
+    from mobiface_tf.images import CROP_SIZE
+
+    h, w = (d if d is not None else CROP_SIZE for d in input_hwc[:2])
+    if image.shape[:2] == (h, w):
         return image
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
 
@@ -274,15 +299,24 @@ def embed_paths(embedder, paths, flip: bool, aligner=None, batch_size: int = 256
     """
     from mobiface_tf.images import load_image_rgb
 
-    return _embed_loaded(embedder, list(paths), lambda p, i: load_image_rgb(p), flip, aligner, batch_size, progress)
+    paths = list(paths)
+    return _embed_loaded(embedder, paths, lambda p, i: load_image_rgb(p), flip, aligner, batch_size, progress,
+                         where=lambda i: f"image {str(paths[i])!r}")
 
 
-def embed_encoded(embedder, encoded, flip: bool, aligner=None, batch_size: int = 256, progress: bool = True):
-    """Like embed_paths, for encoded images held in memory (a .bin)."""
+def embed_encoded(embedder, encoded, flip: bool, aligner=None, batch_size: int = 256, progress: bool = True,
+                  source=None):
+    """Like embed_paths, for encoded images held in memory (a .bin: `source`, its path, names it in errors)."""
     from mobiface_tf.images import decode_image_rgb
 
-    return _embed_loaded(embedder, encoded, lambda data, i: decode_image_rgb(data, f"image {i}"),
-                         flip, aligner, batch_size, progress)
+    prefix = f"{str(source)!r}: " if source is not None else ""
+
+    def where(i):
+        return f"{prefix}image {i} (counting from 0; the {('first', 'second')[i % 2]} image of pair {i // 2})"
+
+    return _embed_loaded(embedder, encoded, lambda data, i: decode_image_rgb(data, f"{prefix}image {i}"),
+                         flip, aligner, batch_size, progress, where=where,
+                         remake="rebuild the .bin with {size} crops (mobiface-make-bin)")
 
 
 def select_folds(pairs, folds):
@@ -329,11 +363,16 @@ def evaluate_lfw(embedder, pairs_file, lfw_dir, flip=False, aligner=None, progre
 
 def evaluate_bin(embedder, bin_path, flip=False, aligner=None, progress=True, num_folds: int = 10, **meta):
     """(report, scores, issame): ten-fold report on an InsightFace .bin (pairs (2k, 2k+1), `num_folds` contiguous
-    folds as InsightFace splits them; a .bin from tools/make_bin.py keeps its protocol's folds in that order)."""
-    from mobiface_tf.data.verification import read_bin
+    folds as InsightFace splits them; a .bin from tools/make_bin.py keeps its protocol's folds in that order).
+
+    Without `aligner` every crop must be the model's input size: ValueError naming the first that is not
+    (binfile.check_image_sizes). With one (--realign) crops of any size are aligned to the template."""
+    from mobiface_tf.data.verification import check_image_sizes, read_bin
 
     encoded, issame = read_bin(bin_path)
-    emb, failures = embed_encoded(embedder, encoded, flip, aligner, progress=progress)
+    if aligner is None:  # crops of another size: one line naming the first, before any embedding
+        check_image_sizes(bin_path, encoded, _model_size(embedder))
+    emb, failures = embed_encoded(embedder, encoded, flip, aligner, progress=progress, source=bin_path)
     scores = cosine_scores(emb[0::2], emb[1::2])
     report = verification_report(scores, issame, sequential_folds(len(issame), num_folds),
                                  dataset=f"bin:{bin_path}", num_images=len(encoded),

@@ -82,10 +82,11 @@ def io_details(interp, name: str = "model") -> tuple[dict, dict]:
 def run_batched(interp, images, batch_size: int = 64) -> np.ndarray:
     """Float outputs [N, D] of `interp` on float images [N, H, W, C] (already preprocessed).
 
-    Inputs are quantised and outputs dequantised as the tensors require. A model whose signature fixes
-    the batch (ours: 1) is invoked in chunks of that size, the last chunk zero-padded; a dynamic-batch
-    model is resized to chunks of `batch_size` (and to the last, smaller chunk). Raises ValueError for
-    a wrong image size or batch_size < 1.
+    Inputs are quantised and outputs dequantised as the tensors require; the output's non-batch axes are
+    flattened ([N, 1, 1, D] -> [N, D]: which output shapes a model may have is decided when it is loaded, by
+    mobiface_tf.embedder.embedding_size). A model whose signature fixes the batch (ours: 1) is invoked in
+    chunks of that size, the last chunk zero-padded; a dynamic-batch model is resized to chunks of
+    `batch_size` (and to the last, smaller chunk). Raises ValueError for a wrong image size or batch_size < 1.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -108,9 +109,9 @@ def run_batched(interp, images, batch_size: int = 64) -> np.ndarray:
         interp.set_tensor(inp["index"], quantize_input(chunk, inp))
         interp.invoke()
         detail = interp.get_output_details()[0]
-        results.append(dequantize_output(interp.get_tensor(out["index"]), detail)[:n])
+        results.append(dequantize_output(interp.get_tensor(out["index"]), detail)[:n].reshape(n, -1))
     if not results:
-        return np.zeros((0, int(out["shape"][-1])), np.float32)
+        return np.zeros((0, int(np.prod(out["shape"][1:]))), np.float32)
     return np.concatenate(results)
 
 

@@ -83,5 +83,6 @@ class OnlineTeacher:
             (in_name, _), = fn.structured_input_signature[1].items()
             (out_name, _), = fn.structured_outputs.items()
             emb = fn(**{in_name: x})[out_name]
+        emb = tf.reshape(emb, [-1, self.embedding_dim])  # [B, 1, 1, D] / [B, D, 1, 1] -> [B, D] (checked at load)
         emb = tf.math.l2_normalize(tf.cast(emb, tf.float32), axis=1, epsilon=1e-12)
         return tf.stop_gradient(emb)

@@ -75,11 +75,13 @@ def cfp_dir(shared_data) -> Path:
 
 
 def make_onnx_embedder(path, dim: int = 16, layout: str = "nchw", size: int = 112, seed: int = 0,
-                       preprocess: str | None = None, batch=None, external_data: bool = False):
+                       preprocess: str | None = None, batch=None, external_data: bool = False, out_shape=None):
     """A small ONNX face "embedder" built with the onnx helper API (nothing downloaded): 16x16 average pooling
     -> flatten (C, H, W order) -> MatMul with a seeded random [3 * (size/16)^2, dim] matrix. Returns (path, W)
     so tests can compute the expected output with numpy (`onnx_reference`). external_data=True keeps W in
-    `<path>.data` (ONNX external data), so two seeds give the same .onnx bytes and different weight files."""
+    `<path>.data` (ONNX external data), so two seeds give the same .onnx bytes and different weight files.
+    out_shape: the output's non-batch axes, e.g. (1, 1, dim) or (dim, 1, 1): a final Reshape of the [N, dim]
+    embedding (None: no Reshape, the output is [N, dim])."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -88,7 +90,7 @@ def make_onnx_embedder(path, dim: int = 16, layout: str = "nchw", size: int = 11
     w = np.random.default_rng(seed).normal(size=(3 * cells * cells, dim)).astype(np.float32)
     shape = [batch, 3, size, size] if layout == "nchw" else [batch, size, size, 3]
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)
-    y = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, dim])
+    y = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, *(out_shape or (dim,))])
     nodes = []
     src = "image"
     if layout == "nhwc":
@@ -96,8 +98,12 @@ def make_onnx_embedder(path, dim: int = 16, layout: str = "nchw", size: int = 11
         src = "chw"
     nodes += [helper.make_node("AveragePool", [src], ["pooled"], kernel_shape=[16, 16], strides=[16, 16]),
               helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
-              helper.make_node("MatMul", ["flat", "W"], ["embedding"])]
-    graph = helper.make_graph(nodes, "tiny_face_embedder", [x], [y], initializer=[numpy_helper.from_array(w, "W")])
+              helper.make_node("MatMul", ["flat", "W"], ["embedding" if out_shape is None else "flat_embedding"])]
+    initializer = [numpy_helper.from_array(w, "W")]
+    if out_shape is not None:
+        initializer.append(numpy_helper.from_array(np.array([-1, *out_shape], np.int64), "out_shape"))
+        nodes.append(helper.make_node("Reshape", ["flat_embedding", "out_shape"], ["embedding"]))
+    graph = helper.make_graph(nodes, "tiny_face_embedder", [x], [y], initializer=initializer)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     if preprocess:
         helper.set_model_props(model, {"preprocess": preprocess})
@@ -166,6 +172,24 @@ def png_header_only(w, h) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def bin_with_one_odd_crop(path, odd: int = 5, odd_size: int = 100, num_pairs: int = 10) -> Path:
+    """An InsightFace-style .bin (pickle of JPEG bytes, issame) of `num_pairs` pairs of synthetic 112x112 faces
+    (`person`; pair k: same person when k is even), where image `odd` (counted from 0) is saved at odd_size^2."""
+    import pickle
+
+    import cv2
+
+    images, issame = [], []
+    for k in range(num_pairs):
+        same = k % 2 == 0
+        images += [person(k, 0), person(k, 1) if same else person(k + 1, 0)]
+        issame.append(same)
+    images[odd] = cv2.resize(images[odd], (odd_size, odd_size), interpolation=cv2.INTER_AREA)
+    encoded = [cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes() for im in images]
+    path.write_bytes(pickle.dumps((encoded, issame), protocol=4))
+    return path
 
 
 def lfw_style_heldout(root: Path) -> Path:

@@ -112,3 +112,75 @@ def test_project_model_keras_roundtrip(tmp_path):
     direct = np.asarray(model(images.astype(np.float32), training=False))
     assert emb.embedding_dim == direct.shape[1]
     np.testing.assert_allclose(emb.embed(images), l2_normalize(direct), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------- output shapes
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory):
+    """One tiny network under four heads sharing its weights, each saved as .keras and converted to .tflite by the
+    real TFLite converter: flat [N, 16], NHWC 1x1 [N, 1, 1, 16] (a Reshape), NCHW 1x1 [N, 16, 1, 1] (that Reshape,
+    then a transpose, as converted PyTorch/ONNX heads are), and [N, 2, 8], which is not an embedding."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((112, 112, 3))
+    x = keras.layers.Rescaling(1 / 128.0, offset=-127.5 / 128.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=4, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    flat = keras.layers.Dense(16)(x)
+    nhwc = keras.layers.Reshape((1, 1, 16))(flat)
+    outputs = {"flat": flat, "nhwc": nhwc, "nchw": keras.layers.Permute((3, 1, 2))(nhwc),
+               "pairs": keras.layers.Reshape((2, 8))(flat)}
+    root = tmp_path_factory.mktemp("heads")
+    for name, out in outputs.items():
+        model = keras.Model(inputs, out)
+        model.save(root / f"{name}.keras")
+        (root / f"{name}.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "keras"])
+@pytest.mark.parametrize("head", ["nhwc", "nchw"])
+def test_1x1_spatial_output_embeds_as_its_flat_twin(heads, head, fmt):
+    """Case tflite-4d-output-numpy-error: [N, 1, 1, D] and [N, D, 1, 1] are flattened to [N, D] (it used to end in
+    numpy's "could not broadcast ... (3,1,1,16) into shape (3,16)", or take D = 1 from the last axis)."""
+    images = np.random.default_rng(1).integers(0, 256, (7, 112, 112, 3), dtype=np.uint8)
+    flat = load_embedder(heads / f"flat.{fmt}", batch_size=3)
+    emb = load_embedder(heads / f"{head}.{fmt}", batch_size=3)  # 7 images: batches of 3, 3 and 1
+    assert emb.embedding_dim == flat.embedding_dim == 16
+    raw = emb.embed_raw(images)
+    assert raw.shape == (7, 16)
+    np.testing.assert_allclose(raw, flat.embed_raw(images), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(emb.embed(images, flip=True), flat.embed(images, flip=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "keras"])
+def test_output_of_another_shape_is_refused_at_load(heads, fmt):
+    """An output that is not [N, D], [N, 1, 1, D] or [N, D, 1, 1] is refused when loaded, in one line naming the
+    model and its shape (it used to load, with D taken from the last axis)."""
+    import re
+
+    path = heads / f"pairs.{fmt}"
+    shape = r"\[(1|N), 2, 8\]" if fmt == "tflite" else r"\[N, 2, 8\]"  # a .tflite's batch is concrete (1)
+    with pytest.raises(ValueError, match=rf"^model {re.escape(repr(str(path)))} outputs {shape}; an embedding must "
+                                         r"be \[N, D\].*Flatten or a Reshape") as err:
+        load_embedder(path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("out_shape", [(1, 1, 16), (16, 1, 1), (2, 8)])
+def test_onnx_output_shapes(tmp_path, out_shape):
+    """The .onnx path follows the same rule: 1x1 spatial outputs embed as the flat model does, others are refused."""
+    from conftest import make_onnx_embedder
+
+    flat_path, _ = make_onnx_embedder(tmp_path / "flat.onnx", dim=16, preprocess="raw")
+    path, _ = make_onnx_embedder(tmp_path / "shaped.onnx", dim=16, preprocess="raw", out_shape=out_shape)
+    if out_shape == (2, 8):
+        with pytest.raises(ValueError, match=r"^model '.*shaped.onnx' outputs \[N, 2, 8\]; an embedding must be"):
+            load_embedder(path)
+        return
+    images = np.random.default_rng(2).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    emb = load_embedder(path, batch_size=2)
+    assert emb.embedding_dim == 16
+    np.testing.assert_allclose(emb.embed(images), load_embedder(flat_path, batch_size=2).embed(images), atol=1e-5)

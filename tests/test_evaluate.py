@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mobiface_tf import evaluate as ev
+from mobiface_tf.embedder import Embedder
 
 from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 
@@ -382,3 +383,75 @@ def test_cli_pairs_and_bin_together(tmp_path):
     assert lfw["num_negative"] == bin_["num_negative"] == 6
     assert lfw["roc_png"] != bin_["roc_png"] and Path(lfw["roc_png"]).is_file() and Path(bin_["roc_png"]).is_file()
     assert "lfw" in proc.stdout.lower() and "bin" in proc.stdout.lower()
+
+
+class _PixelEmbedder(Embedder):
+    """Stands in for a model (no TensorFlow): 8x8 average pooling of the pixels, flattened."""
+
+    def __init__(self, input_hwc=(112, 112, 3)):
+        super().__init__(Path("pixels"), "raw", 64, input_hwc, 14 * 14 * 3)
+
+    def _forward(self, batch):
+        n, h, w, _ = batch.shape
+        return batch.reshape(n, h // 8, 8, w // 8, 8, 3).mean(axis=(2, 4)).reshape(n, -1)
+
+
+class _ResizingAligner:
+    """Stands in for MTCNN (FaceAligner.align): every image 'aligned' to a 112x112 crop, whatever its size."""
+
+    def align(self, image):
+        import types
+
+        import cv2
+
+        return types.SimpleNamespace(crop=cv2.resize(image, (112, 112), interpolation=cv2.INTER_AREA))
+
+
+def test_bin_with_a_crop_of_another_size(tmp_path):
+    """Case bin-mixed-image-sizes-numpy-error: evaluate_bin names the first crop of another size (index, pair, size,
+    expected size, --realign, rebuild) before embedding anything, instead of numpy's "all input arrays must have
+    the same shape"; with an aligner (--realign) crops of any size are scored."""
+    from conftest import bin_with_one_odd_crop
+
+    path = bin_with_one_odd_crop(tmp_path / "odd.bin", odd=5, odd_size=100)
+    with pytest.raises(ValueError, match=r"odd\.bin': image 5 \(counting from 0; the second image of pair 2\) is "
+                                         r"100x100, expected 112x112 \(the model's input\); pass --realign .*rebuild "
+                                         r"the \.bin with 112x112 crops") as err:
+        ev.evaluate_bin(_PixelEmbedder(), path, progress=False)
+    assert "\n" not in str(err.value)
+    # A model of any input size: the expected size is image 0's.
+    with pytest.raises(ValueError, match=r"image 5 .* is 100x100, expected 112x112 \(the size of image 0\)"):
+        ev.evaluate_bin(_PixelEmbedder((None, None, 3)), path, progress=False)
+    report, scores, _ = ev.evaluate_bin(_PixelEmbedder(), path, aligner=_ResizingAligner(), progress=False)
+    assert report["num_pairs"] == 10 and report["realign"] is True and report["realign_failed"] == 0
+    assert np.isfinite(scores).all()
+
+
+def test_lfw_folder_with_a_crop_of_another_size_is_named(tmp_path):
+    """The same kind in an LFW-style folder: the odd crop is named by its path, with its size and the ways out."""
+    from conftest import person, write_png
+
+    paths = [write_png(tmp_path / f"{i}.png", person(i, 0)) for i in range(3)]
+    paths.append(write_png(tmp_path / "odd.png", person(3, 0, size=100)))
+    with pytest.raises(ValueError, match=r"^image '.*odd\.png' is 100x100, expected 112x112 \(the model's input\); "
+                                         r"pass --realign .*, or save the crops at 112x112$"):
+        ev.embed_paths(_PixelEmbedder(), paths, flip=False, batch_size=8, progress=False)
+    emb, failures = ev.embed_paths(_PixelEmbedder(), paths, flip=False, aligner=_ResizingAligner(), progress=False)
+    assert emb.shape == (4, 14 * 14 * 3) and failures == 0
+
+
+def test_cli_bin_with_a_crop_of_another_size_is_one_line(tmp_path):
+    """The command: exit 2 and one `error:` line naming the .bin, the image and both sizes."""
+    from conftest import bin_with_one_odd_crop, save_tiny_model
+
+    path = bin_with_one_odd_crop(tmp_path / "odd.bin", odd=5, odd_size=100)
+    model = save_tiny_model(tmp_path / "tiny.keras", 16, 0)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "evaluate.py"), f"--model={model}", f"--bin={path}",
+         f"--output={tmp_path / 'eval.json'}", "--progress=false", "--write_sidecar=false"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "odd.bin': image 5 " in last and "is 100x100, expected 112x112" in last
+    assert "--realign" in last and "Traceback" not in proc.stderr
+    assert not (tmp_path / "eval.json").exists()

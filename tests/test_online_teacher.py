@@ -67,6 +67,22 @@ def test_graph_teacher_runs_in_the_step_and_equals_its_embedder(tmp_path):
         make_dataset(tmp_path, 4, training=True, augment=AUG, teacher=teacher)
 
 
+def test_graph_teacher_with_a_1x1_spatial_output_gives_flat_targets(tmp_path):
+    """A .keras teacher whose output is [N, 1, 1, D] (loaded through load_embedder, which flattens it) gives [B, D]
+    targets in the step, equal to its flat twin's; it used to normalise over the size-1 axis and keep 4 axes."""
+    import keras
+
+    path = save_tiny_model(tmp_path / "flat.keras", dim=12, seed=1)
+    flat = keras.models.load_model(path, compile=False)
+    keras.Model(flat.input, keras.layers.Reshape((1, 1, 12))(flat.output)).save(tmp_path / "spatial.keras")
+    teacher = OnlineTeacher(tmp_path / "spatial.keras")
+    assert teacher.embedding_dim == 12
+    images = np.random.default_rng(0).uniform(0, 255, (5, 112, 112, 3)).astype(np.float32)
+    in_graph = tf.function(teacher.embed_in_graph)(tf.constant(images)).numpy()
+    assert in_graph.shape == (5, 12)
+    np.testing.assert_allclose(in_graph, load_embedder(path).embed(images, flip=False), atol=1e-5)
+
+
 def test_online_teacher_pipeline_resumes_from_an_iterator_checkpoint(shards, tmp_path):
     path, _ = make_onnx_embedder(tmp_path / "t.onnx", dim=8)
     teacher = OnlineTeacher(path)

@@ -219,3 +219,29 @@ def test_bin_protocol5_cases_read_like_the_control():
     for name in ("imencode_highest.bin", "issame_ndarray_highest.bin"):
         images, issame = read_bin(d / name)
         assert images == control[0] and issame.tolist() == control[1].tolist()
+
+
+def test_bin_crop_of_another_size_is_named_with_the_ways_out(tmp_path):
+    """Case bin-mixed-image-sizes-numpy-error: one 100x100 crop among 112x112 ones is named by its index and pair,
+    with its size, the expected size and the ways out (it used to reach numpy's "all input arrays must have the
+    same shape"). Sizes come from the headers: nothing is decoded."""
+    import re
+
+    from conftest import bin_with_one_odd_crop
+
+    from mobiface_tf.data.verification import check_image_sizes
+
+    path = bin_with_one_odd_crop(tmp_path / "odd.bin", odd=5, odd_size=100)
+    images, _ = read_bin(path)  # reading a .bin does not judge its sizes: --realign takes any
+    check_image_sizes(path, images[:4], (112, 112))  # the crops before the odd one pass
+    for size, basis in (((112, 112), "the model's input"), (None, "the size of image 0")):
+        with pytest.raises(ValueError) as err:
+            check_image_sizes(path, images, size)
+        msg = str(err.value)
+        assert "\n" not in msg
+        assert re.match(rf"{re.escape(repr(str(path)))}: image 5 \(counting from 0; the second image of pair 2\) is "
+                        rf"100x100, expected 112x112 \({re.escape(basis)}\); pass --realign .*, or rebuild the \.bin "
+                        r"with 112x112 crops", msg), msg
+    with pytest.raises(ValueError, match=r"image 5 .*is 100x100, expected 112x112 .*; rebuild the \.bin") as err:
+        check_image_sizes(path, images, (112, 112), realign=False)  # a command without --realign does not offer it
+    assert "--realign" not in str(err.value)

@@ -289,3 +289,30 @@ def test_verify_json_similarity_has_4_decimals():
     v = ver.Verdict("a.jpg", "b.jpg", 0.1229703426361084, 0.275, "default", False, (1, 1), "m.tflite")
     doc = json.loads(json.dumps(v.to_json()))
     assert doc["similarity"] == 0.123 and doc["threshold"] == 0.275 and doc["verdict"] == "different"
+
+
+def test_1x1_spatial_tflite_output_verifies_and_other_shapes_are_one_line(tmp_path, capsys):
+    """Case tflite-4d-output-numpy-error: verify embeds both photos in one call (N = 2); a .tflite whose output is
+    [N, 1, 1, D] used to end in numpy's "could not broadcast ... (2,1,1,16) into shape (2,16)". It now scores as
+    its flat twin; an output of another shape ([N, 2, 8]) stops at load with one line naming the model and shape."""
+    import keras
+    import tensorflow as tf
+
+    flat_path = save_tiny_model(tmp_path / "flat.keras", 16, 0)
+    flat = keras.models.load_model(flat_path, compile=False)
+    for name, layer in (("spatial", keras.layers.Reshape((1, 1, 16))), ("pairs", keras.layers.Reshape((2, 8)))):
+        model = keras.Model(flat.input, layer(flat.output))
+        (tmp_path / f"{name}.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    a = write_png(tmp_path / "a.png", person(0, 0))
+    b = write_png(tmp_path / "b.png", person(1, 0))
+    want = ver.verify(flat_path, a, b, threshold=0.5, aligned=True).similarity
+    got = ver.verify(tmp_path / "spatial.tflite", a, b, threshold=0.5, aligned=True).similarity
+    assert got == pytest.approx(want, abs=1e-3)
+    assert ver.run(str(tmp_path / "spatial.tflite"), [str(a), str(b)], aligned=True, out=sys.stdout,
+                   err=sys.stderr) == 0
+    assert "verdict:" in capsys.readouterr().out
+    assert ver.run(str(tmp_path / "pairs.tflite"), [str(a), str(b)], aligned=True, out=sys.stdout,
+                   err=sys.stderr) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert "pairs.tflite" in err and ", 2, 8]; an embedding must be [N, D]" in err, err

@@ -27,6 +27,7 @@ def cosine(a, b) -> np.ndarray:
 def parity(model, model_content: bytes, images) -> dict:
     """Cosine similarity between Keras and TFLite embeddings of the same real faces: min and mean."""
     keras_emb = np.asarray(model.predict(np.asarray(images, np.float32), batch_size=32, verbose=0))
+    keras_emb = keras_emb.reshape(len(keras_emb), -1)  # as run_batched flattens the TFLite output
     tfl_emb = run_batched(make_interpreter(model_content), np.asarray(images, np.float32))
     cos = cosine(keras_emb, tfl_emb)
     return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "num_images": int(len(cos))}

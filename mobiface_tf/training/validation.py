@@ -46,16 +46,21 @@ def evaluate_verification(backbone, lfw_dir=None, pairs=None, bin_path=None, fol
 def check_val_inputs(cfg) -> None:
     """Open every held-out file the run will read (--val_bin, --val_pairs with --val_lfw_dir) before step 1.
 
-    Raises ValueError, one line naming the flag the user typed, for a missing or unreadable file. A .bin
-    without both same and different pairs is accepted with a warning (validation then logs a rate alone).
+    Raises ValueError, one line naming the flag the user typed, for a missing or unreadable file, or a .bin
+    holding a crop that is not 112x112 (validation does not re-align). A .bin without both same and different
+    pairs is accepted with a warning (validation then logs a rate alone).
     """
     import pickle
 
-    from mobiface_tf.data.verification import read_bin, read_lfw_pairs
+    from mobiface_tf.data.verification import check_image_sizes, read_bin, read_lfw_pairs
+    from mobiface_tf.images import CROP_SIZE
 
     if cfg.val_bin:
         try:
-            _, issame = read_bin(cfg.val_bin)
+            images, issame = read_bin(cfg.val_bin)
+            # Validation embeds the crops as they are (no re-alignment): one of another size would stop the run
+            # at its first validation.
+            check_image_sizes(cfg.val_bin, images, (CROP_SIZE, CROP_SIZE), "the network's input", realign=False)
         except (ValueError, OSError, pickle.UnpicklingError) as e:
             msg = " ".join(str(e).split()).replace("--bin=", "--val_bin=")
             raise ValueError(f"--val_bin={cfg.val_bin!r}: {msg}") from None

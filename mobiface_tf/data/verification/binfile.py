@@ -141,6 +141,31 @@ def read_bin(path) -> tuple[list[bytes], np.ndarray]:
     return images, issame.astype(bool)
 
 
+def check_image_sizes(path, images, size: tuple[int, int] | None = None, basis: str = "the model's input",
+                      realign: bool = True) -> None:
+    """Every encoded image of the .bin `path` is `size` (width, height) (None: image 0's size), read from the headers.
+
+    Nothing is decoded, so a whole LFW .bin is checked in well under a second, before any embedding starts.
+    ValueError, one line naming the .bin, the first image of another size (its index, counted from 0, and its
+    pair), that size, the expected one (`basis` says where it comes from) and the ways out: a .bin rebuilt with
+    crops of that size, or (`realign`: for commands that have the flag) --realign, which aligns every image.
+    """
+    from mobiface_tf.images import image_header
+
+    if not images:
+        return
+    if size is None:
+        size, basis = tuple(image_header(images[0], f"{str(path)!r}: image 0")[:2]), "the size of image 0"
+    want_w, want_h = size
+    for i, data in enumerate(images):
+        w, h = image_header(data, f"{str(path)!r}: image {i}")[:2]
+        if (w, h) != (want_w, want_h):
+            ways = "pass --realign to align every image to the ArcFace template, or " if realign else ""
+            raise ValueError(f"{str(path)!r}: image {i} (counting from 0; the {('first', 'second')[i % 2]} image of "
+                             f"pair {i // 2}) is {w}x{h}, expected {want_w}x{want_h} ({basis}); {ways}rebuild the "
+                             f".bin with {want_w}x{want_h} crops (mobiface-make-bin)")
+
+
 def write_bin(path, images, issame) -> Path:
     """Write an InsightFace verification .bin: a pickle (protocol 4) of (list of encoded-image bytes, list of bools).
 
