@@ -29,6 +29,8 @@ flags.DEFINE_string("cpu_file", "runs/student_cpu.txt", "'EPOCH CPU_TICKS' of th
 flags.DEFINE_string("scores", "runs/score", "Folder of score_student.sh reports.")
 flags.DEFINE_string("flagfile_used", "configs/student_online.flags", "The recipe the run was started with.")
 flags.DEFINE_string("output", "models/mobiface_student.json", "The card to write.")
+flags.DEFINE_string("gpu_log", "", "Instead of --run_dir/--log: the train_log.json of a GPU run of "
+                    "tools/gpu/run.sh, which continued the shipped student (it is then a run of the same lineage).")
 flags.DEFINE_string("device", "", "Override the machine description (default: this CPU).")
 
 STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ step (\d+)/(\d+)")
@@ -91,7 +93,15 @@ def _scores(folder: Path) -> dict:
 def main(argv):
     del argv
     out = Path(FLAGS.output)
-    run = _run_record(Path(FLAGS.run_dir), Path(FLAGS.log), Path(FLAGS.cpu_file) if FLAGS.cpu_file else None)
+    if FLAGS.gpu_log:
+        g = json.loads(Path(FLAGS.gpu_log).read_text())
+        run = {"date": dt.date.today().isoformat(), "recipe": "tools/gpu/train_torch.py (Keras 3, torch backend)",
+               "init_from": g["init"], "steps": g["steps"], "batch_size": g["batch_size"],
+               "images_seen": g["images_seen"], "wall_minutes_logged": round(g["seconds"] / 60, 1),
+               "cpu_hours": None, "gpu_hours": round(g["seconds"] / 3600, 3), "machine": g["device"],
+               "learning_curve": g["curve"]}
+    else:
+        run = _run_record(Path(FLAGS.run_dir), Path(FLAGS.log), Path(FLAGS.cpu_file) if FLAGS.cpu_file else None)
     old = _load(out)
     runs = (old or {}).get("runs", []) if run["init_from"] else []
     runs = runs + [run]
@@ -107,6 +117,7 @@ def main(argv):
         "runs": runs,
         "total_images_seen": sum(r["images_seen"] for r in runs),
         "total_cpu_hours": round(sum(r["cpu_hours"] or 0 for r in runs), 2),
+        "total_gpu_hours": round(sum(r.get("gpu_hours") or 0 for r in runs), 3),
         "scores": _scores(Path(FLAGS.scores)),
     }
     tmp = out.with_suffix(".json.tmp")
