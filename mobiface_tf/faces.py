@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from mobiface_tf.align import FaceAligner
-from mobiface_tf.images import CROP_SIZE, DEFAULT_MAX_PIXELS, ImageError, load_image_rgb
+from mobiface_tf.images import CROP_SIZE, DEFAULT_MAX_PIXELS, ImageError, load_image_rgb, printable
 
 # Cosine-similarity threshold used when the model has no evaluation sidecar (model + ".eval.json", written by
 # tools/evaluate.py). Two faces are "the same person" when cosine(emb_a, emb_b) > threshold.
@@ -146,4 +146,4 @@ def face_from_image(image: np.ndarray, name: str, aligner: FaceAligner | None) -
 
 def load_face(path, aligner: FaceAligner | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
     """Photo file -> (aligned crop, faces found). The largest, most central face wins (align.pick_face)."""
-    return face_from_image(read_photo(path, max_pixels), str(path), aligner)
+    return face_from_image(read_photo(path, max_pixels), printable(path), aligner)

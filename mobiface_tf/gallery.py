@@ -11,10 +11,16 @@ the index. The index is an .npz of plain arrays + a JSON string (no pickle), wri
 so a crash never leaves half an index. An index that cannot be read is rebuilt with a warning; one built by
 another model or embedding size is an error (pass --index or --rebuild_index).
 
-What is a photo and what is an identity is mobiface_tf.images' rule (Pillow reads it; folder names compared in
-Unicode NFC, so NFC and NFD folders of one name are merged, with a warning). Files left out are counted in
-"skipped" and named in warnings. A photo whose bytes are filed under two identities is named in a warning and
+What is a photo and what is an identity is mobiface_tf.images' and mobiface_tf.identity_folders' rule (Pillow
+reads it; folder names compared by the name rule of --exclude_names, so `Colin_Powell/` and `colin_powell/`, or
+NFC and NFD spellings of one name, are merged, with a warning naming both folders; symlinks that loop or lead
+back up the tree are not followed). Files left out are counted in "skipped" and named in warnings; names that
+are not UTF-8 are shown escaped. A photo whose bytes are filed under two identities is named in a warning and
 marked in `Gallery.far_excluded`.
+
+No identity may be named like identify's answer for "no match", REJECTION ("unknown", in any spelling the name
+rule calls the same): enrolment refuses such a folder in one line that says to rename it, so an answer
+"unknown" always means a rejection, in the text and the JSON output alike.
 """
 from __future__ import annotations
 
@@ -32,12 +38,14 @@ import numpy as np
 
 from mobiface_tf.faces import FaceError, load_face
 from mobiface_tf.fingerprint import file_sha256, model_fingerprint
-from mobiface_tf.identity_folders import identity_name, list_identity_tree, merge_message
-from mobiface_tf.images import IMAGE_EXTENSIONS, hidden_reason
+from mobiface_tf.identity_folders import identity_key, identity_name, list_identity_tree, merge_message
+from mobiface_tf.images import IMAGE_EXTENSIONS, hidden_reason, printable
 
 INDEX_NAME = ".mobiface_index.npz"
 INDEX_VERSION = 1
 _EMBED_CHUNK = 256  # crops held in memory before embedding: 256 x 112x112x3 = 9.6 MB
+# identify's answer when no identity scores above the threshold; no gallery identity may be named like it
+REJECTION = "unknown"
 
 
 class IndexCorrupt(Exception):
@@ -66,7 +74,7 @@ class Gallery:
     # [N] True for a photo whose bytes are also filed under another identity: left out of --far's impostor scores
     far_excluded: np.ndarray | None = None
     shared_photos: list[list[str]] = dataclasses.field(default_factory=list)  # relative paths of one content
-    merged: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)  # (identity, NFC-equal folders)
+    merged: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)  # (identity, folders of one name)
 
     def summary(self) -> str:
         """One line: identities, images, what was embedded / reused / removed / skipped, and the index path."""
@@ -143,10 +151,12 @@ def scan_gallery(gallery_dir, on_merge=None) -> tuple[list[tuple[str, str, Path]
     """([(identity, path relative to the gallery, path)], [(relative path, reason)] left out), both sorted.
 
     Listed by mobiface_tf.identity_folders.list_identity_tree, the one rule of what is a photo (Pillow reads it: .avif,
-    .jfif, .webp, .tif, .gif too) and what is an identity (folder names in Unicode NFC: an NFC and an NFD
-    folder of one name are one identity, reported through on_merge(name, folders)). Hidden entries
-    (.ipynb_checkpoints, ._x.jpg, __MACOSX) are never identities or photos. Raises FaceError when DIR is
-    missing or not a directory.
+    .jfif, .webp, .tif, .gif too) and what is an identity (folder names equal under the name rule of
+    --exclude_names, `Colin_Powell` and `colin_powell`, or NFC and NFD spellings, are one identity, reported
+    through on_merge(name, folders)). Hidden entries (.ipynb_checkpoints, ._x.jpg, __MACOSX) are never identities
+    or photos; symlinks that loop or lead back up the tree are skipped with their reason. Relative paths are
+    printable (a name that is not UTF-8 is escaped). Raises FaceError when DIR is missing or not a directory, or
+    when an identity is named like REJECTION.
     """
     if not gallery_dir:
         raise FaceError("--gallery is required: a folder laid out as DIR/<identity>/<photo>")
@@ -155,8 +165,19 @@ def scan_gallery(gallery_dir, on_merge=None) -> tuple[list[tuple[str, str, Path]
         raise FaceError(f"gallery not found or not a directory: {str(root)!r}; pass --gallery=DIR laid out as "
                         "DIR/<identity>/<photo>")
     identities, left_out = list_identity_tree(root, on_merge=on_merge)
-    files = [(name, f.relative_to(root).as_posix(), f) for name, found in identities for f in found]
-    return files, [(sk.path.relative_to(root).as_posix(), sk.reason) for sk in left_out]
+    for name, _ in identities:
+        check_identity_name(name)
+    files = [(name, printable(f.relative_to(root).as_posix()), f) for name, found in identities for f in found]
+    return files, [(printable(sk.path.relative_to(root).as_posix()), sk.reason) for sk in left_out]
+
+
+def check_identity_name(name: str) -> None:
+    """FaceError (one line: rename the folder) for an identity named like REJECTION under the name rule
+    (`unknown`, `Unknown`, ` UNKNOWN`): its matches could not be told from rejections."""
+    if identity_key(name) == identity_key(REJECTION):
+        raise FaceError(f"gallery identity folder {name!r} has the name identify answers for \"no match\" "
+                        f"({REJECTION!r}), so a match could not be told from a rejection; rename the folder (e.g. "
+                        f"to 'unnamed_person_1') and run again")
 
 
 def _report_left_out(left_out, index_path: Path, root: Path, listed: set, warn) -> list[tuple[str, str]]:
@@ -172,8 +193,13 @@ def _report_left_out(left_out, index_path: Path, root: Path, listed: set, warn) 
         warn(f"left out {len(hidden)} hidden or OS-litter entries ({', '.join(hidden[:3])}"
              f"{', ...' if len(hidden) > 3 else ''})")
     folders = {rel.split("/")[0] for rel, _ in ours if "/" in rel and rel not in hidden}
-    for name in sorted({identity_name(n) for n in folders} - listed):
-        warn(f"identity {name!r} has no usable photo and is left out of the gallery")
+    empty = {}  # identity key -> name, for folders whose identity has no photo (merged folders said once)
+    listed_keys = {identity_key(n) for n in listed}
+    for n in sorted(folders):
+        empty.setdefault(identity_key(n), identity_name(n))
+    for key, name in sorted(empty.items(), key=lambda kv: kv[1]):
+        if key not in listed_keys:
+            warn(f"identity {name!r} has no usable photo and is left out of the gallery")
     return ours
 
 
@@ -203,7 +229,7 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
     root = Path(gallery_dir)
     merged = []
 
-    def on_merge(name, folders):  # NFC and NFD folders of one name: one identity, said once
+    def on_merge(name, folders):  # folders of one name (case, spaces, NFC/NFD): one identity, said once
         merged.append((name, folders))
         warn(merge_message(name, folders))
 

@@ -7,6 +7,8 @@ L2-normalised embeddings of its photos, renormalised (averaging unit vectors, as
 the IJB-style "template" protocols, keeps one sharp photo from dominating). A query's score against an identity
 is the cosine similarity to its template; the answer is the top-K identities, or "unknown" when even the best
 score is not above the threshold (same threshold as verify: --threshold, the model's sidecar, or the default).
+"unknown" is only ever a rejection: a gallery folder named like it (any case, spaces or underscores) is refused
+at enrolment with one line saying to rename it (mobiface_tf.gallery.check_identity_name).
 
 Enrolment (the photo and identity rules, shared photos, the cached index keyed on the model's fingerprint) is
 mobiface_tf/gallery.py's; see its docstring.
@@ -36,7 +38,8 @@ from absl import flags
 from mobiface_tf import open_set
 from mobiface_tf.embedder import EmbeddingError
 from mobiface_tf.faces import FaceError, check_model_path, load_face, load_model, read_photo, resolve_threshold
-from mobiface_tf.gallery import INDEX_NAME, Gallery, enroll, model_key, scan_gallery
+from mobiface_tf.gallery import INDEX_NAME, REJECTION, Gallery, enroll, model_key, scan_gallery
+from mobiface_tf.images import printable
 from mobiface_tf.shipped import default_model
 
 
@@ -94,11 +97,12 @@ def warn_near_duplicates(near: open_set.NearDuplicates, names: list[str], warn, 
 
 # ----------------------------------------------------------------------------------------------- queries
 def rank(gallery: Gallery, query_emb: np.ndarray, top: int, threshold: float) -> dict:
-    """{"identity": best name or "unknown", "score": best score, "top": [(name, score), ...]} for one query."""
+    """{"identity": best name or REJECTION ("unknown", never an identity's name: gallery.check_identity_name),
+    "score": best score, "top": [(name, score), ...]} for one query."""
     scores = gallery.templates @ np.asarray(query_emb, np.float32)
     order = np.argsort(-scores, kind="stable")[:max(1, top)]
     best = float(scores[order[0]])
-    return {"identity": gallery.names[order[0]] if best > threshold else "unknown", "score": best,
+    return {"identity": gallery.names[order[0]] if best > threshold else REJECTION, "score": best,
             "top": [(gallery.names[i], float(scores[i])) for i in order]}
 
 
@@ -109,10 +113,10 @@ def identify(gallery: Gallery, embedder, queries, top: int, threshold: float, al
         try:
             crop, faces = load_face(q, aligner)
         except FaceError as e:
-            results.append({"query": str(q), "error": str(e)})
+            results.append({"query": printable(q), "error": str(e)})
             continue
         r = rank(gallery, embedder.embed(crop[None])[0], top, threshold)
-        results.append({"query": str(q), "faces_found": faces, **r})
+        results.append({"query": printable(q), "faces_found": faces, **r})
     return results
 
 

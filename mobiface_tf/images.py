@@ -13,6 +13,12 @@ bench) goes through it, so a rule holds everywhere or nowhere:
   macOS `._x.jpg` resource forks) and OS litter folders (`__MACOSX`, Windows `$RECYCLE.BIN`, Synology `@eaDir`).
 - An identity is a folder directly under the root; photos in its sub-folders belong to it (that layout is
   listed by mobiface_tf.identity_folders, with these rules).
+- Symlinks: a symlinked folder is followed once, unless it leads back up (to the folder being listed or one
+  of its ancestors: a loop) or, in an identity tree, into another folder of the tree (its photos would be
+  filed under two identities). Those, links that loop or lead nowhere, and a folder reached a second time
+  through another link are skipped with their reason, so callers count them. Symlinked files are read.
+- A file or folder name that is not UTF-8 (Latin-1 bytes from a zip made on Windows) is read as it is;
+  wherever it is printed or stored as text it is shown escaped (`printable`: `Jos\\xe9_Maria`).
 - Decoding checks the header first (size limit before any pixel is decoded), applies the EXIF Orientation tag
   (all eight values: phones store portrait photos sideways) and converts every mode to uint8 RGB: grey, 16-bit
   (top 8 bits), alpha (composited on black, the aligned crops' border colour), palette, CMYK.
@@ -22,6 +28,7 @@ pulling in the MTCNN aligner.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -80,6 +87,29 @@ class Skipped(NamedTuple):
     reason: str
 
 
+def printable(text) -> str:
+    """A path or name as valid UTF-8 text: undecodable bytes of a file name written as `\\xNN` escapes.
+
+    Python reads a file name that is not UTF-8 (`Jos\\xe9_Maria`, Latin-1 from a zip made on Windows) with
+    surrogate escapes, which cannot be printed to a UTF-8 stream or encoded for a TFRecord. Every place that
+    prints or stores a name as text (messages, manifest.json, the gallery index, class names) uses this form;
+    the file itself is still opened by its real name. A name that is valid text is returned unchanged, so the
+    function is idempotent. Accepts str, bytes or os.PathLike.
+    """
+    text = os.fspath(text)
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not a file-name escape
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def hidden_reason(name: str) -> str | None:
     """Why a file or folder name is hidden (never an identity or a photo), or None for a normal name."""
     if name.startswith("."):
@@ -118,7 +148,7 @@ def image_reason(path) -> str | None:
     why = hidden_reason(path.name)
     if why is not None:
         return f"{why} file, not read"
-    ext = path.suffix.lower()
+    ext = printable(path.suffix).lower()
     if ext in IMAGE_EXTENSIONS:
         return None
     if ext in HEIF_EXTENSIONS:
@@ -128,35 +158,83 @@ def image_reason(path) -> str | None:
         return f"{ext} photo: this Pillow build has no decoder for it; convert it to JPEG or PNG"
     if _pillow_identifies(path):
         return None
-    return f"not an image Pillow can read (extension {path.suffix or 'none'})"
+    return f"not an image Pillow can read (extension {printable(path.suffix) or 'none'})"
 
 
 def skipped_summary(skipped, root=None, limit: int = 3) -> str:
     """One line for a list of Skipped entries: how many, and the first `limit` with their reasons."""
     def name(p):
-        return Path(p).relative_to(root).as_posix() if root is not None else str(p)
+        return printable(Path(p).relative_to(root).as_posix() if root is not None else str(p))
     shown = "; ".join(f"{name(sk.path)}: {sk.reason}" for sk in skipped[:limit])
     return f"{len(skipped)} entries are not photos and were left out ({shown}{'; ...' if len(skipped) > limit else ''})"
 
 
-def list_images(folder) -> tuple[list[Path], list[Skipped]]:
+def _is_within(path: str, folder: str) -> bool:
+    """True when real path `path` is `folder` or lies under it (both from os.path.realpath)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _link_text(link: Path) -> str:
+    """Where a symlink points, as written in it (printable)."""
+    try:
+        return printable(os.readlink(link))
+    except OSError:
+        return "?"
+
+
+def symlink_reason(link: Path, current: str, root: str | None = None, identity: str | None = None) -> str | None:
+    """Why the symlink `link` (in the folder whose real path is `current`) is not followed, or None to follow it.
+
+    Not followed: a link that loops or leads nowhere; a link to `current` or to one of its ancestors (a loop:
+    the walk would list the tree again, e.g. `Tony_Blair/all -> ..`); with `root` (the real path of an identity
+    tree's root), a folder link into the tree outside `identity` (the real path of the identity folder being
+    listed; None at the root: any folder of the tree), since its photos would be filed under two identities.
+    Links to files and to folders outside the tree are followed.
+    """
+    try:
+        os.stat(link)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink that loops (a link to itself or a chain back to it), not followed"
+        return f"broken symlink (its target {_link_text(link)!r} does not exist), not followed"
+    if not link.is_dir():
+        return None
+    target = os.path.realpath(link)
+    if _is_within(current, target):
+        return (f"symlink to an ancestor folder ({_link_text(link)!r}: a loop back up the tree), "
+                "not followed")
+    if root is not None and _is_within(target, root) and (identity is None or not _is_within(target, identity)):
+        rel = os.path.relpath(target, root)
+        return (f"symlink to another folder of the tree ({printable(rel)!r}), not followed: its photos belong to "
+                "that folder's identity")
+    return None
+
+
+def list_images(folder, root=None, seen: set | None = None) -> tuple[list[Path], list[Skipped]]:
     """Every photo under `folder`, recursively, sorted by relative path; plus what was left out and why.
 
     Hidden files and folders (see hidden_reason) are left out whole: a hidden folder is one Skipped entry and is
-    not walked. Files that are not photos by `image_reason` are Skipped with its reason. Symlinked folders are
-    followed once.
+    not walked. Files that are not photos by `image_reason` are Skipped with its reason. Symlinks follow
+    `symlink_reason`: one that loops, leads nowhere or leads back up to an ancestor is Skipped with its reason,
+    and so is a folder already listed through another link. `root`: the identity tree `folder` belongs to
+    (mobiface_tf.identity_folders), so links into the tree's other identities are not followed either.
+    `seen`: real paths of the folders listed so far, shared across the identities of one tree (a folder reached
+    from two identities is listed once).
     Raises ValueError when `folder` is not a directory.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"not a directory: '{folder}'")
+        raise ValueError(f"not a directory: '{printable(folder)}'")
     images: list[Path] = []
     skipped: list[Skipped] = []
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
+    identity = os.path.realpath(folder)
+    real_root = os.path.realpath(root) if root is not None else None
 
     def walk(d: Path):
         real = os.path.realpath(d)
-        if real in seen:  # a symlink loop
+        if real in seen:  # reached a second time (two links to one folder)
+            skipped.append(Skipped(d, "folder already listed through another path (a symlink), not read again"))
             return
         seen.add(real)
         for entry in sorted(d.iterdir(), key=lambda p: p.name):
@@ -164,6 +242,9 @@ def list_images(folder) -> tuple[list[Path], list[Skipped]]:
             is_dir = entry.is_dir()
             if why is not None:
                 skipped.append(Skipped(entry, f"{why} {'folder' if is_dir else 'file'}, not read"))
+                continue
+            if entry.is_symlink() and (link_why := symlink_reason(entry, real, real_root, identity)) is not None:
+                skipped.append(Skipped(entry, link_why))
             elif is_dir:
                 walk(entry)
             elif (reason := image_reason(entry)) is None:
@@ -323,7 +404,7 @@ def read_image_bytes(path) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise ImageError(f"cannot read file ({e.strerror}): {path}") from None
+        raise ImageError(f"cannot read file ({e.strerror}): {printable(path)}") from None
 
 
 def load_image_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -332,9 +413,9 @@ def load_image_rgb(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     A photo in a format this Pillow cannot read (HEIC without pillow-heif) says what to install (image_reason).
     """
     try:
-        return decode_image_rgb(read_image_bytes(path), os.fspath(path), max_pixels)
+        return decode_image_rgb(read_image_bytes(path), printable(path), max_pixels)
     except ImageError as e:
         ext = Path(path).suffix.lower()
         if "unknown format" in str(e) and ext in PHOTO_EXTENSIONS and ext not in IMAGE_EXTENSIONS:
-            raise ImageError(f"{image_reason(path)}: {os.fspath(path)}") from None
+            raise ImageError(f"{image_reason(path)}: {printable(path)}") from None
         raise

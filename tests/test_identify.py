@@ -429,3 +429,93 @@ def test_json_scores_are_rounded_to_4_decimals(gallery, models, tmp_path, capsys
     values = [doc["threshold"], r["score"], *(score for _, score in r["top"])]
     assert all(v == round(v, 4) for v in values), values
     assert any(v != 0 for v in values)
+
+
+def test_gallery_folder_named_like_the_rejection_is_refused(models, embedder, tmp_path, capsys):
+    """identify-folder-named-unknown-ambiguous: "unknown" is identify's answer for "no match", so a gallery folder
+    named like it under the name rule (`unknown`, `Unknown`, ` UNKNOWN `) is refused at enrolment, in one line that
+    says to rename it. An answer "unknown" then always means a rejection, in the text and the JSON output alike."""
+    g = tmp_path / "gallery"
+    for i in range(2):
+        write_png(g / f"id{i}" / "0.png", person(i, 0))
+    write_png(g / "Unknown" / "0.png", person(2, 0))  # photos of someone the user has not named yet
+    q = write_png(tmp_path / "q.png", person(2, 1))
+    for as_json in (False, True):
+        rc = ident.run(str(models["a16"]), str(g), [str(q)], aligned=True, as_json=as_json,
+                       index=str(tmp_path / "i.npz"), out=sys.stdout, err=sys.stderr)
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert rc == 1 and captured.out == "" and len(lines) == 1, captured
+        assert lines[0].startswith("error: gallery identity folder 'Unknown'") and "rename the folder" in lines[0]
+    assert not (tmp_path / "i.npz").exists()
+    with pytest.raises(FaceError, match="rename the folder"):
+        enroll(g, embedder, models["a16"])
+    # Renamed, the person is answered by name; a query below the threshold is the only "unknown".
+    (g / "Unknown").rename(g / "unnamed_person_1")
+    rc = ident.run(str(models["a16"]), str(g), [str(q)], aligned=True, as_json=True, threshold=0.0,
+                   index=str(tmp_path / "i.npz"), out=sys.stdout, err=sys.stderr)
+    assert rc == 0 and json.loads(capsys.readouterr().out)["results"][0]["identity"] == "unnamed_person_1"
+
+
+def test_case_variant_folders_of_one_name_are_one_identity(models, embedder, tmp_path):
+    """prepare-case-variant-folders-two-classes, in identify's gallery: `Colin_Powell/` and `colin_powell/` (or
+    `Tony Blair/` and `Tony_Blair/`) are one identity under the name rule of --exclude_names, with one warning
+    naming both folders per merge; the person is not her own impostor for --far."""
+    g = tmp_path / "gallery"
+    for folder, (who, shot) in (("Colin_Powell", (0, 0)), ("colin_powell", (0, 1)), ("Tony Blair", (1, 0)),
+                                ("Tony_Blair", (1, 1)), ("Serena", (2, 0)), ("Serena", (2, 1))):
+        write_png(g / folder / f"{who}_{shot}.png", person(who, shot))
+    warnings = []
+    gal = enroll(g, embedder, models["a16"], warn=warnings.append)
+    assert gal.names == ["Colin_Powell", "Serena", "Tony Blair"] and gal.num_images == [2, 2, 2]
+    merged = [w for w in warnings if "merged into one identity" in w]
+    assert len(merged) == 2, warnings
+    assert "'Colin_Powell' and 'colin_powell'" in merged[0] and "'Tony Blair' and 'Tony_Blair'" in merged[1]
+    assert gal.merged == [("Colin_Powell", ["Colin_Powell", "colin_powell"]),
+                          ("Tony Blair", ["Tony Blair", "Tony_Blair"])]
+
+
+def test_symlink_back_to_the_gallery_root_is_skipped(models, embedder, tmp_path):
+    """prepare-symlink-loop-duplicates-classes, in identify's gallery: `id2/all -> ..` is not followed (id2's
+    template would average three people), and it is listed as skipped with its reason."""
+    g = tmp_path / "gallery"
+    for i in range(3):
+        for s in range(2):
+            write_png(g / f"id{i}" / f"{s}.png", person(i, s))
+    try:
+        os.symlink("..", g / "id2" / "all")
+    except (OSError, NotImplementedError) as e:
+        pytest.skip(f"cannot make symlinks here: {e}")
+    warnings = []
+    gal = enroll(g, embedder, models["a16"], warn=warnings.append)
+    assert gal.names == ["id0", "id1", "id2"] and gal.num_images == [2, 2, 2]
+    assert gal.shared_photos == [] and not any("same photo" in w for w in warnings)
+    reasons = dict(gal.skipped)
+    assert set(reasons) == {"id2/all"} and "symlink to an ancestor folder" in reasons["id2/all"]
+    assert any(w.startswith("skipped gallery file id2/all: symlink to an ancestor folder") for w in warnings)
+
+
+def test_folder_name_not_utf8_is_enrolled_and_printed_escaped(models, tmp_path, capsys):
+    """prepare-latin1-folder-name-aborts, in identify: a gallery folder named in Latin-1 (`Jos\\xe9_Maria`) is
+    enrolled; its name is printed escaped, as valid UTF-8 text, in the text and the JSON output."""
+    g = tmp_path / "gallery"
+    write_png(g / "Tony" / "0.png", person(0, 0))
+    raw = os.path.join(os.fsencode(g), b"Jos\xe9_Maria")
+    try:
+        os.makedirs(raw)
+    except OSError as e:
+        pytest.skip(f"this file system refuses a folder name that is not UTF-8: {e}")
+    from PIL import Image
+
+    Image.fromarray(person(1, 0)).save(Path(os.fsdecode(raw)) / "0.png")  # PIL opens the path as Python does
+    q = write_png(tmp_path / "q.png", person(1, 1))
+    rc = ident.run(str(models["a16"]), str(g), [str(q)], aligned=True, threshold=0.0, index=str(tmp_path / "i.npz"),
+                   out=sys.stdout, err=sys.stderr)
+    out = capsys.readouterr().out
+    assert rc == 0 and f"{q}: Jos\\xe9_Maria" in out, out
+    out.encode("utf-8")  # valid text: no surrogate escapes
+    rc = ident.run(str(models["a16"]), str(g), [str(q)], aligned=True, as_json=True, threshold=0.0,
+                   index=str(tmp_path / "i.npz"), out=sys.stdout, err=sys.stderr)
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["results"][0]["identity"] == "Jos\\xe9_Maria"
+    assert [n for n, _ in doc["results"][0]["top"]] == ["Jos\\xe9_Maria", "Tony"]

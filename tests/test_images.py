@@ -1,6 +1,7 @@
 """The image module: EXIF orientation (all eight), mode conversion, hidden-entry and sub-folder listing rules,
 and the same upright pixels in every reader (prepare, verify, identify, evaluate --realign, export)."""
 import io
+import os
 from pathlib import Path
 
 import cv2
@@ -205,6 +206,102 @@ def test_nfc_and_nfd_folders_are_one_identity(tmp_path):
     ids, skipped = list_identity_tree(tmp_path, on_merge=lambda name, folders: merges.append((name, folders)))
     assert [(n, len(f)) for n, f in ids] == [(nfc, 3), ("Tony", 1)] and skipped == []
     assert merges == [(nfc, sorted([nfc, nfd]))]
+
+
+def test_case_and_space_variants_of_one_name_are_one_identity(tmp_path):
+    """prepare-case-variant-folders-two-classes: folder names equal under the name rule of --exclude_names
+    (`Colin_Powell` / `colin_powell`, `Tony Blair` / `Tony_Blair`) are one identity, and the merge names both."""
+    for rel in ["Colin_Powell/1.jpg", "Colin_Powell/2.jpg", "colin_powell/5.jpg", "Tony Blair/1.jpg",
+                "Tony_Blair/2.jpg", "Serena/1.jpg", "Jay-Z/1.jpg", "Jay Z/1.jpg"]:
+        _touch(tmp_path / rel)
+    merges = []
+    ids, skipped = list_identity_tree(tmp_path, on_merge=lambda name, folders: merges.append((name, folders)))
+    assert [(n, [p.relative_to(tmp_path).as_posix() for p in f]) for n, f in ids] == [
+        ("Colin_Powell", ["Colin_Powell/1.jpg", "Colin_Powell/2.jpg", "colin_powell/5.jpg"]),
+        ("Jay Z", ["Jay Z/1.jpg"]), ("Jay-Z", ["Jay-Z/1.jpg"]),  # punctuation distinguishes names (people.py)
+        ("Serena", ["Serena/1.jpg"]),
+        ("Tony Blair", ["Tony Blair/1.jpg", "Tony_Blair/2.jpg"])]
+    assert merges == [("Colin_Powell", ["Colin_Powell", "colin_powell"]), ("Tony Blair", ["Tony Blair", "Tony_Blair"])]
+    assert skipped == []
+    from mobiface_tf.identity_folders import merge_message
+
+    line = merge_message(*merges[0])
+    assert "'Colin_Powell' and 'colin_powell'" in line and "merged into one identity" in line
+
+
+def _symlink(target, link: Path):
+    try:
+        os.symlink(target, link)
+    except (OSError, NotImplementedError) as e:  # Windows without the privilege
+        pytest.skip(f"cannot make symlinks here: {e}")
+
+
+def test_symlink_back_to_the_root_is_skipped_with_its_reason(tmp_path):
+    """prepare-symlink-loop-duplicates-classes: a link back up the tree (`Tony/all -> ..`) is not followed, so no
+    identity gets other people's photos; it is skipped with its reason, and so are links that loop, lead nowhere
+    or lead into another identity. A folder outside the tree is followed, once even when two links reach it."""
+    root = tmp_path / "photos"
+    for rel in ["Colin/1.jpg", "Serena/1.jpg", "Tony/1.jpg", "Tony/2019/2.jpg"]:
+        _touch(root / rel)
+    _touch(tmp_path / "outside" / "o.jpg")
+    _symlink("..", root / "Tony" / "all")                 # back to the root
+    _symlink("../..", root / "Tony" / "2019" / "up")      # to an ancestor of the folder listed
+    _symlink("../Serena", root / "Tony" / "serena")       # into another identity
+    _symlink("self", root / "Colin" / "self")             # a link to itself
+    _symlink("gone", root / "Colin" / "gone.jpg")         # leads nowhere
+    _symlink(str(tmp_path / "outside"), root / "Colin" / "extra")  # outside the tree: followed
+    _symlink(str(tmp_path / "outside"), root / "Serena" / "extra")  # ... once
+    _symlink("Tony", root / "Alias")                      # an identity folder that is another identity's
+    ids, skipped = list_identity_tree(root)
+    assert [(n, [p.relative_to(root).as_posix() for p in f]) for n, f in ids] == [
+        ("Colin", ["Colin/1.jpg", "Colin/extra/o.jpg"]), ("Serena", ["Serena/1.jpg"]),
+        ("Tony", ["Tony/1.jpg", "Tony/2019/2.jpg"])]
+    reasons = {p.relative_to(root).as_posix(): r for p, r in skipped}
+    assert set(reasons) == {"Tony/all", "Tony/2019/up", "Tony/serena", "Colin/self", "Colin/gone.jpg",
+                            "Serena/extra", "Alias"}
+    assert "symlink to an ancestor folder" in reasons["Tony/all"] and "not followed" in reasons["Tony/all"]
+    assert "symlink to an ancestor folder" in reasons["Tony/2019/up"]
+    assert "another folder of the tree ('Serena')" in reasons["Tony/serena"]
+    assert "another folder of the tree ('Tony')" in reasons["Alias"]
+    assert "loops" in reasons["Colin/self"] and "broken symlink" in reasons["Colin/gone.jpg"]
+    assert "already listed" in reasons["Serena/extra"]
+    # An unlabelled tree (prepare --unlabelled lists the root with list_images) is not walked twice either.
+    files, left_out = list_images(root)
+    assert len(files) == len({os.path.realpath(p) for p in files}) == 5
+    assert any(r.startswith("symlink to an ancestor folder") for _, r in left_out)
+
+
+def _non_utf8_folder(parent: Path, raw: bytes) -> Path:
+    """parent/<raw bytes>, a folder name that is not UTF-8 (skip where the file system refuses one: macOS APFS)."""
+    path = os.path.join(os.fsencode(parent), raw)
+    try:
+        os.makedirs(path)
+    except OSError as e:
+        pytest.skip(f"this file system refuses a folder name that is not UTF-8: {e}")
+    return Path(os.fsdecode(path))
+
+
+def test_folder_name_not_utf8_is_read_and_named_escaped(tmp_path):
+    """prepare-latin1-folder-name-aborts: a Latin-1 folder name (`Jos\\xe9_Maria`, from a zip made on Windows)
+    is an identity; its photos are read by their real path, and its name is valid UTF-8 text, escaped."""
+    import json
+
+    folder = _non_utf8_folder(tmp_path, b"Jos\xe9_Maria")
+    write_face = lambda p: Image.fromarray(person(1, 0)).save(p)  # noqa: E731
+    write_face(folder / "a.png")
+    _touch(tmp_path / "Tony" / "b.jpg")
+    ids, skipped = list_identity_tree(tmp_path)
+    assert [n for n, _ in ids] == ["Jos\\xe9_Maria", "Tony"] and skipped == []
+    json.dumps([n for n, _ in ids], ensure_ascii=False).encode("utf-8")  # valid text: no surrogate escapes
+    photo = ids[0][1][0]
+    assert load_image_rgb(photo).shape == (112, 112, 3)  # opened by its real name
+    from mobiface_tf.images import printable
+
+    assert printable(photo.relative_to(tmp_path)) == "Jos\\xe9_Maria/a.png"
+    assert printable(os.fsencode(photo)).endswith("Jos\\xe9_Maria/a.png")
+    assert printable("Renée") == "Renée"  # valid text is unchanged
+    with pytest.raises(ImageError, match=r"Jos\\xe9_Maria/missing\.png"):
+        load_image_rgb(folder / "missing.png")
 
 
 def test_find_image_every_extension_any_case(tmp_path):

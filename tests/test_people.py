@@ -42,6 +42,26 @@ def test_read_names_file_and_exclude(tmp_path):
         people.read_names_file(tmp_path / "latin1.txt")
 
 
+def test_identity_folders_follow_the_exclude_names_rule(tmp_path):
+    """prepare-case-variant-folders-two-classes: the folders --exclude_names drops together for one listed name
+    are the folders one identity is made of (mobiface_tf.identity_folders), in prepare, identify and evaluate."""
+    from mobiface_tf.identity_folders import list_identity_tree
+
+    folders = ["Colin_Powell", "colin_powell", "Tony Blair", "Tony_Blair", unicodedata.normalize("NFD", "José_Núñez"),
+               "JOSÉ NÚÑEZ", "Serena_Williams", "Jay-Z", "Jay Z"]
+    for k, name in enumerate(folders):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{k}.jpg").write_bytes(b"x")
+    ids, _ = list_identity_tree(tmp_path, on_merge=None)
+    assert len(ids) == 6 and sum(len(files) for _, files in ids) == len(folders)
+    for name, files in ids:  # each identity holds exactly the folders the names file rule calls this person
+        assert sorted(f.parent.name for f in files) == sorted(f for f in folders if people.exclude([f], [name]).excluded)
+        assert {people.canonical_name(f.parent.name) for f in files} == {people.canonical_name(name)}
+    names = [name for name, _ in ids]
+    split = people.exclude(names, ["Colin Powell", "tony blair", "José Núñez"])
+    assert len(split.excluded) == 3 and [names[i] for i in split.keep] == ["Jay Z", "Jay-Z", "Serena_Williams"]
+
+
 @pytest.mark.slow  # a prepare_data subprocess (TensorFlow start-up): about 35 s on 2 shared cores
 def test_prepare_data_exclude_names_with_spaces(tmp_path):
     """A CFP-style names file (spaces, other capitals) leaves those people out of the shards; the manifest says who."""

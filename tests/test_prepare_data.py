@@ -324,6 +324,82 @@ def test_nfc_nfd_folders_are_one_class_and_every_pillow_format_is_read(tmp_path)
     assert "merged into one identity" in proc.stderr and ascii(nfd) in proc.stderr
 
 
+def _jpeg(face) -> bytes:
+    return cv2.imencode(".jpg", cv2.cvtColor(face, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+@pytest.mark.slow  # a prepare_data subprocess (TensorFlow start-up): about 35 s on 2 shared cores
+def test_case_variant_folders_are_one_class_and_a_symlink_to_the_root_is_skipped(tmp_path):
+    """prepare-case-variant-folders-two-classes: `Colin_Powell/` and `colin_powell/`, `Tony Blair/` and
+    `Tony_Blair/` are one class each (the name rule of --exclude_names), with a warning naming both folders and
+    the merge in the manifest. prepare-symlink-loop-duplicates-classes: `Tony_Blair/all -> ..` is not followed,
+    so no class gets other people's photos; it is skipped with its reason and counted."""
+    from mobiface_tf.data.people import canonical_name
+
+    inp = tmp_path / "in"
+    colin, tony, serena = render_identity(0, 0, 4), render_identity(0, 1, 3), render_identity(0, 2, 2)
+    for folder, faces in (("Colin_Powell", colin[:2]), ("colin_powell", colin[2:]), ("Tony Blair", tony[:1]),
+                          ("Tony_Blair", tony[1:]), ("Serena", serena)):
+        (inp / folder).mkdir(parents=True)
+        for k, face in enumerate(faces):
+            (inp / folder / f"{folder}_{k}.jpg").write_bytes(_jpeg(face))
+    try:
+        os.symlink("..", inp / "Tony_Blair" / "all")  # a link back to the root (a loop)
+    except (OSError, NotImplementedError) as e:
+        pytest.skip(f"cannot make symlinks here: {e}")
+    out = tmp_path / "out"
+    proc = run_tool(f"--input={inp}", f"--output={out}", "--align=none", "--shards=1", "--workers=1")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["class_names"] == ["Colin_Powell", "Serena", "Tony Blair"] and m["class_counts"] == [4, 2, 3], m
+    assert m["merged_identities"] == [{"identity": "Colin_Powell", "folders": ["Colin_Powell", "colin_powell"]},
+                                      {"identity": "Tony Blair", "folders": ["Tony Blair", "Tony_Blair"]}]
+    assert "'Colin_Powell' and 'colin_powell'" in proc.stderr and "'Tony Blair' and 'Tony_Blair'" in proc.stderr
+    assert "merged into one identity" in proc.stderr
+    reasons = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert set(reasons) == {"Tony_Blair/all"} and "symlink to an ancestor folder" in reasons["Tony_Blair/all"]
+    assert m["num_inputs"] == 10 and m["num_images"] == 9 and "skipped 1 of 10 inputs" in proc.stdout
+    exs = all_examples(out)
+    assert sorted(Counter(e["source"] for e in exs).values()) == [1] * 9  # every photo once, under one label
+    for e in exs:
+        assert canonical_name(m["class_names"][e["label"]]) == canonical_name(e["source"].split("/")[0]), e["source"]
+
+
+@pytest.mark.slow  # a prepare_data subprocess (TensorFlow start-up), twice
+def test_folder_name_not_utf8_is_read_and_stored_escaped(tmp_path):
+    """prepare-latin1-folder-name-aborts: a folder named in Latin-1 (`Jos\\xe9_Maria`, a zip made on Windows)
+    no longer aborts the run: its photos are written, and its name is stored as valid UTF-8 text, escaped, in the
+    class names, the shards' sources, the skipped list and the done-files; a rerun keeps the finished shard."""
+    inp = tmp_path / "in"
+    raw = os.path.join(os.fsencode(inp), b"Jos\xe9_Maria")
+    try:
+        os.makedirs(raw)
+    except OSError as e:
+        pytest.skip(f"this file system refuses a folder name that is not UTF-8: {e}")
+    jose, tony = render_identity(0, 0, 2), render_identity(0, 1, 2)
+    for k, face in enumerate(jose):
+        with open(os.path.join(raw, b"%d.jpg" % k), "wb") as f:
+            f.write(_jpeg(face))
+    with open(os.path.join(raw, b"notes.txt"), "wb") as f:
+        f.write(b"not a photo")
+    (inp / "Tony_Blair").mkdir()
+    for k, face in enumerate(tony):
+        (inp / "Tony_Blair" / f"{k}.jpg").write_bytes(_jpeg(face))
+    out = tmp_path / "out"
+    args = (f"--input={inp}", f"--output={out}", "--align=none", "--shards=1", "--workers=1")
+    proc = run_tool(*args)
+    assert "wrote 4 images of 2 classes" in proc.stdout and "skipped 1 of 5 inputs" in proc.stdout
+    for path in [out / "manifest.json", *out.glob("*.done.json")]:
+        text = path.read_bytes().decode("utf-8")  # strict: valid UTF-8
+        assert "\\udc" not in text, (path.name, text)  # no surrogate escape stored as a name
+    m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert m["class_names"] == ["Jos\\xe9_Maria", "Tony_Blair"] and m["class_counts"] == [2, 2]
+    assert [s["path"] for s in m["skipped"]] == ["Jos\\xe9_Maria/notes.txt"]
+    assert sorted((e["source"], e["label"]) for e in all_examples(out)) == [
+        ("Jos\\xe9_Maria/0.jpg", 0), ("Jos\\xe9_Maria/1.jpg", 0), ("Tony_Blair/0.jpg", 1), ("Tony_Blair/1.jpg", 1)]
+    rerun = run_tool(*args)
+    assert "rebuilding" not in rerun.stderr and json.loads((out / "manifest.json").read_text())["rebuilt"] == []
+
+
 def test_manifest_version_is_written_and_old_manifests_are_read(tmp_path):
     """The manifest carries a version (2: the teacher's sha256 is mobiface_tf.fingerprint's); a manifest from
     before the field existed is still read, and one from a newer version is refused with one line."""

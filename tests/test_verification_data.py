@@ -65,6 +65,23 @@ def test_list_identities(tmp_path):
     assert [(n, len(f)) for n, f in list_identities(lfw, max_images=6)] == [("A", 5)]
 
 
+def test_pairs_find_photos_in_folders_of_the_same_name(tmp_path):
+    """prepare-case-variant-folders-two-classes, evaluate's folders: a person's photos split over `Colin_Powell/`
+    and `colin_powell/` (or `Tony Blair/`) are found by the name rule, as --exclude_names and prepare see them."""
+    lfw = tmp_path / "lfw"
+    for rel in ["Colin_Powell/Colin_Powell_0001.jpg", "colin_powell/Colin_Powell_0005.jpg",
+                "Tony Blair/Tony Blair_0001.jpg"]:
+        (lfw / rel).parent.mkdir(parents=True, exist_ok=True)
+        (lfw / rel).write_bytes(b"x")
+    pairs = read_lfw_pairs(_write_pairs(tmp_path / "pairs.txt", 1, 1, same_line="Colin_Powell\t1\t5",
+                                        diff_line="Colin_Powell\t1\tTony_Blair\t1"), lfw)
+    assert [(p.path_a.relative_to(lfw).as_posix(), p.path_b.relative_to(lfw).as_posix()) for p in pairs] == [
+        ("Colin_Powell/Colin_Powell_0001.jpg", "colin_powell/Colin_Powell_0005.jpg"),
+        ("Colin_Powell/Colin_Powell_0001.jpg", "Tony Blair/Tony Blair_0001.jpg")]
+    people = list_identities(lfw, min_images=1)
+    assert [(n, len(f)) for n, f in people] == [("Colin_Powell", 2), ("Tony Blair", 1)]
+
+
 def test_real_pairs_file(lfw_pairs, lfw_dir):
     pairs = read_lfw_pairs(lfw_pairs, lfw_dir)
     assert len(pairs) == 6000

@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mobiface_tf.images import DEFAULT_MAX_PIXELS
+from mobiface_tf.images import DEFAULT_MAX_PIXELS, printable
 from mobiface_tf.data.manifest import write_manifest
 from mobiface_tf.data.prepare_convert import convert, init_worker, start_pool
 from mobiface_tf.data.prepare_inputs import exclude_identities, exclude_named, input_stat, list_inputs
@@ -83,8 +83,15 @@ def _prepare(input_path: str, output: str, align: str = "auto", shards: int | No
     input_path = os.path.abspath(input_path)
     if bool(exclude_pairs) != bool(exclude_folds):
         raise ValueError("exclude_pairs and exclude_folds go together (e.g. pairs.txt and folds 1,2,3)")
+    merged: list[dict] = []
+
+    def on_merge(name, folders):  # folders of one name under the name rule: one class, said once
+        from mobiface_tf.identity_folders import merge_message
+        merged.append({"identity": name, "folders": folders})
+        print(f"prepare: warning: {merge_message(name, folders)}", file=sys.stderr, flush=True)
+
     tasks, class_names, source_kind, limit, excluded, excluded_names = _select_inputs(
-        input_path, unlabelled, exclude_pairs, exclude_folds, exclude_names)
+        input_path, unlabelled, exclude_pairs, exclude_folds, exclude_names, on_merge)
     cfg = {"input": input_path, "align": align, "max_pixels": max_pixels, "min_face_size": min_face_size,
            "label_limit": limit}
     plan = _plan_shards(tasks, cfg, shards, Path(output))
@@ -92,6 +99,7 @@ def _prepare(input_path: str, output: str, align: str = "auto", shards: int | No
     infos = {s: plan.done_info(s) for s in range(plan.num_shards)}
     _write_shards(plan, infos, cfg, workers, progress)
     manifest = _manifest(plan, infos, cfg, class_names, source_kind, excluded, excluded_names)
+    manifest["merged_identities"] = merged
     write_manifest(plan.out, manifest)
     if teacher:
         manifest = add_teacher(plan.out, teacher, preprocess=teacher_preprocess, num_threads=teacher_threads,
@@ -99,11 +107,12 @@ def _prepare(input_path: str, output: str, align: str = "auto", shards: int | No
     return manifest
 
 
-def _select_inputs(input_path, unlabelled, exclude_pairs, exclude_folds, exclude_names):
+def _select_inputs(input_path, unlabelled, exclude_pairs, exclude_folds, exclude_names, on_merge=None):
     """The inputs to convert, after the exclusions: (tasks, class_names, source kind, RecordIO label limit,
     the manifest's "excluded" record or None, its "excluded_names" record or None). ValueError when an
-    exclusion needs an image folder, or leaves no input."""
-    tasks, class_names, source_kind, limit = list_inputs(input_path, unlabelled)
+    exclusion needs an image folder, or leaves no input. on_merge(name, folders): identity folders of one name
+    merged into one class (mobiface_tf.identity_folders.list_identity_tree)."""
+    tasks, class_names, source_kind, limit = list_inputs(input_path, unlabelled, on_merge=on_merge)
     excluded = None
     if exclude_pairs:
         if source_kind != "image_folder":
@@ -146,9 +155,9 @@ class _ShardPlan:
         return range(s, self.n, self.num_shards)
 
     def inputs(self, s: int) -> dict:
-        """{input file: [size, mtime_ns]} of the inputs in shard `s`."""
+        """{input file (printable: a name that is not UTF-8 escaped): [size, mtime_ns]} of the inputs in shard `s`."""
         tasks = self.tasks
-        return {str(tasks[i][2] if tasks[i][1] == "file" else tasks[i][2][0]): self.stats[i]
+        return {printable(tasks[i][2] if tasks[i][1] == "file" else tasks[i][2][0]): self.stats[i]
                 for i in self.indices(s)}
 
     def shard_fingerprint(self, s: int) -> str:
@@ -166,7 +175,7 @@ class _ShardPlan:
             old = info.get("inputs") or {}
             new = self.inputs(s)
             if info.get("fingerprint_all") == self.fingerprint and old:
-                changed = sorted(os.path.relpath(p, self.input_path) for p in new if old.get(p) != new[p])
+                changed = sorted(os.path.relpath(p, printable(self.input_path)) for p in new if old.get(p) != new[p])
                 why = f"{len(changed)} input(s) changed since it was written (e.g. {changed[0]})" if changed else \
                     "its file changed"
             else:
@@ -297,7 +306,7 @@ def _manifest(plan: _ShardPlan, infos: dict, cfg: dict, class_names, source_kind
         raise RuntimeError(f"internal accounting error: labels {sorted(counts)} outside 0..{num_classes - 1}")
     manifest = {
         "synthetic": os.path.exists(os.path.join(input_path, "SYNTHETIC.txt")),
-        "source": source_kind, "input": input_path, "align": cfg["align"], "max_pixels": cfg["max_pixels"],
+        "source": source_kind, "input": printable(input_path), "align": cfg["align"], "max_pixels": cfg["max_pixels"],
         "min_face_size": cfg["min_face_size"], "num_inputs": n, "num_images": num_images,
         "num_classes": num_classes,
         "class_names": class_names, "class_counts": [counts.get(c, 0) for c in range(num_classes)],

@@ -11,7 +11,7 @@ import os
 import signal
 
 from mobiface_tf.align import FaceAligner
-from mobiface_tf.images import CROP_SIZE, ImageError, decode_image_rgb, image_header, read_image_bytes
+from mobiface_tf.images import CROP_SIZE, ImageError, decode_image_rgb, image_header, printable, read_image_bytes
 from mobiface_tf.data.sources import RecordIOError, RecordIOReader, check_label
 
 _CFG: dict = {}
@@ -51,12 +51,15 @@ def start_pool(workers: int, cfg: dict):
 
 
 def convert(task):
-    """(index, kind, ref, label) -> (index, jpeg|None, label, source, reason|None, mode, num_faces)."""
+    """(index, kind, ref, label) -> (index, jpeg|None, label, source, reason|None, mode, num_faces).
+
+    `source` is the input's path relative to --input (or `file.rec#key`), printable: a name that is not UTF-8
+    is escaped (`Jos\\xe9_Maria/1.jpg`), so it can be stored in the shard and the manifest."""
     from mobiface_tf.data.tfrecord import encode_jpeg
     index, kind, ref, label = task
     if kind == "skip":  # left out when listing (hidden, not an image, outside an identity): counted, not read
         path, reason = ref
-        return index, None, label, os.path.relpath(path, _CFG["input"]), reason, None, 0
+        return index, None, label, printable(os.path.relpath(path, _CFG["input"])), reason, None, 0
     if kind == "rec":
         reader = _READERS.get(ref[0])
         if reader is None:
@@ -69,7 +72,7 @@ def convert(task):
         except RecordIOError as e:  # skipped with its reason; the manifest lists it
             return index, None, None, source, str(e), None, 0
     else:
-        source = os.path.relpath(ref, _CFG["input"])
+        source = printable(os.path.relpath(ref, _CFG["input"]))
         try:
             data = read_image_bytes(ref)
         except ImageError as e:

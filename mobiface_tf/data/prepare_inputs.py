@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mobiface_tf.images import list_images
+from mobiface_tf.identity_folders import log_merge
+from mobiface_tf.images import list_images, printable
 from mobiface_tf.data.sources import RecordIOReader, label_limit, list_image_folder
 
-def list_inputs(input_path: str, unlabelled: bool = False):
+def list_inputs(input_path: str, unlabelled: bool = False, on_merge=None):
     """-> (tasks [(index, kind, ref, label)], class_names or None for RecordIO, source kind, RecordIO label
-    limit or None)."""
+    limit or None). on_merge(name, folders): identity folders of one name (mobiface_tf.identity_folders) merged
+    into one class; None: a logged warning."""
     if input_path.lower().endswith(".rec"):  # any case: .rec, .REC
         with RecordIOReader(input_path) as reader:
             keys = reader.image_keys()
@@ -25,7 +27,7 @@ def list_inputs(input_path: str, unlabelled: bool = False):
         paths, skipped = list_unlabelled_images(input_path)
         tasks = [("file", p, 0) for p in paths] + [("skip", sk, None) for sk in skipped]
         return [(i, *t) for i, t in enumerate(tasks)], ["unlabelled"], "unlabelled_folder", None
-    items, class_names, skipped = list_image_folder(input_path)
+    items, class_names, skipped = list_image_folder(input_path, on_merge=on_merge or log_merge)
     tasks = [("file", p, label) for p, label in items] + [("skip", sk, None) for sk in skipped]
     return [(i, *t) for i, t in enumerate(tasks)], class_names, "image_folder", None
 
@@ -40,11 +42,11 @@ def list_unlabelled_images(root) -> tuple[list[str], list[tuple[str, str]]]:
 
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"--input is not a directory: '{root}'. Pass a folder of face images")
+        raise ValueError(f"--input is not a directory: '{printable(root)}'. Pass a folder of face images")
     paths, skipped = list_images(root)
     skipped = [(str(sk.path), sk.reason) for sk in skipped if sk.path.name not in MARKER_FILES]
     if not paths:
-        raise ValueError(f"no image files under '{root}' (extensions {', '.join(IMAGE_EXTENSIONS)})")
+        raise ValueError(f"no image files under '{printable(root)}' (extensions {', '.join(IMAGE_EXTENSIONS)})")
     return [str(p) for p in paths], skipped
 
 
@@ -60,12 +62,15 @@ def drop_classes(tasks, class_names, drop):
 def exclude_identities(tasks, class_names, pairs_file, folds):
     """Drop every image of every person named in `folds` (1-based) of an LFW View 2 pairs.txt.
 
+    Names are compared by mobiface_tf.data.people.canonical_name, the one name rule (as --exclude_names).
     Returns (tasks re-indexed and re-labelled, kept class names, record for the manifest).
     """
+    from mobiface_tf.data.people import canonical_name
     from mobiface_tf.data.verification import lfw_fold_identities
 
     people = lfw_fold_identities(pairs_file, folds)
-    drop = {c for c, name in enumerate(class_names) if name in people}
+    wanted = {canonical_name(p) for p in people}
+    drop = {c for c, name in enumerate(class_names) if canonical_name(name) in wanted}
     tasks, keep_names = drop_classes(tasks, class_names, drop)
     record = {"pairs": str(os.path.abspath(pairs_file)), "folds": sorted(folds),
               "people_in_folds": len(people), "num_identities": len(drop), "num_images": None}

@@ -17,8 +17,8 @@ import os
 import struct
 from pathlib import Path, PurePosixPath
 
-from mobiface_tf.identity_folders import list_identity_tree
-from mobiface_tf.images import IMAGE_EXTENSIONS
+from mobiface_tf.identity_folders import list_identity_tree, log_merge
+from mobiface_tf.images import IMAGE_EXTENSIONS, printable
 
 RECORDIO_MAGIC = 0xCED7230A
 _IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
@@ -29,22 +29,28 @@ class RecordIOError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- image folders
-def list_image_folder(root) -> tuple[list[tuple[str, int]], list[str], list[tuple[str, str]]]:
+def list_image_folder(root, on_merge=log_merge) -> tuple[list[tuple[str, int]], list[str], list[tuple[str, str]]]:
     """Lists `root/<identity>/[sub-folders/]<image>` files for training (rules in mobiface_tf.images).
 
     Returns ([(path, label)], class_names, [(path, reason)]): labels index the sorted identity names; files are
     sorted within an identity, and photos in an identity's sub-folders belong to it. Everything not used
     (hidden or OS-litter entries such as `.ipynb_checkpoints` or `__MACOSX`, non-image files, files outside an
     identity folder) is returned with its reason, so callers can count it. Identities without any image are
-    dropped. Raises ValueError when `root` is not a directory or holds no image at all.
+    dropped. Class names are identity names (mobiface_tf.identity_folders: folders of one name under the name
+    rule of --exclude_names are one class, reported through on_merge(name, folders); a name that is not UTF-8
+    is escaped). Paths are returned as found (they open the file); the reasons' paths too, printed escaped by
+    callers. Symlinks that loop or lead back up the tree are skipped with their reason.
+    Raises ValueError when `root` is not a directory or holds no image at all.
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"--input is not a directory: '{root}'. Pass an image-folder tree <identity>/<image>")
-    identities, skipped = list_identity_tree(root)
+        raise ValueError(f"--input is not a directory: '{printable(root)}'. Pass an image-folder tree "
+                         "<identity>/<image>")
+    identities, skipped = list_identity_tree(root, on_merge=on_merge)
     if not identities:
-        raise ValueError(f"no <identity>/<image> files under '{root}' (extensions {', '.join(IMAGE_EXTENSIONS)}; "
-                         "hidden folders such as .ipynb_checkpoints are not identities)")
+        raise ValueError(f"no <identity>/<image> files under '{printable(root)}' (extensions "
+                         f"{', '.join(IMAGE_EXTENSIONS)}; hidden folders such as .ipynb_checkpoints are not "
+                         "identities)")
     class_names = [name for name, _ in identities]
     items = [(str(f), label) for label, (_, files) in enumerate(identities) for f in files]
     return items, class_names, [(str(sk.path), sk.reason) for sk in skipped]

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from mobiface_tf.data.manifest import MANIFEST  # noqa: F401  (re-exported; the owner is data.manifest)
-from mobiface_tf.images import CROP_SIZE
+from mobiface_tf.images import CROP_SIZE, printable
 
 FEATURE_IMAGE = "image/encoded"
 FEATURE_LABEL = "image/class/label"
@@ -37,11 +37,13 @@ def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 
 
 def make_example(jpeg: bytes, label: int, source: str = "") -> bytes:
-    """A serialized tf.train.Example with the JPEG crop, its int64 label and its source path (the shard format)."""
+    """A serialized tf.train.Example with the JPEG crop, its int64 label and its source path (the shard format).
+
+    The source is stored as UTF-8 text in its printable form (a file name that is not UTF-8 is escaped)."""
     feat = {
         FEATURE_IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
         FEATURE_LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-        FEATURE_SOURCE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[source.encode()])),
+        FEATURE_SOURCE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[printable(source).encode()])),
     }
     return tf.train.Example(features=tf.train.Features(feature=feat)).SerializeToString()
 

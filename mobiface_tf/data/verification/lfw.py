@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from mobiface_tf.identity_folders import find_image, list_identity_tree
+from mobiface_tf.identity_folders import find_image, folders_by_key, identity_key, list_identity_tree
 from mobiface_tf.images import IMAGE_EXTENSIONS
 
 
@@ -22,14 +22,23 @@ class Pair(NamedTuple):
     fold: int
 
 
-def lfw_image_path(lfw_dir: Path, name: str, index: int) -> Path:
+def lfw_image_path(lfw_dir: Path, name: str, index: int, variants=None) -> Path:
     """LFW naming: <dir>/<Name>/<Name>_<NNNN>.<ext>, indices start at 1.
 
     The first supported extension that exists (mobiface_tf.images.IMAGE_EXTENSIONS, any case: a folder
-    converted to PNG works); when none does, the .jpg path, which does not exist.
+    converted to PNG works); when none does, the .jpg path, which does not exist. `variants` (a callable
+    returning identity_folders.folders_by_key of lfw_dir): when the photo is not in <Name>/, the folders whose
+    names are <Name> under the name rule (`colin_powell/`, `Colin Powell/`) are searched too, for
+    <Name>_<NNNN> or <folder>_<NNNN>: one person's photos, whichever spelling of the folder holds them.
     """
     folder, stem = Path(lfw_dir) / name, f"{name}_{index:04d}"
-    return find_image(folder, stem) or folder / (stem + ".jpg")
+    found = find_image(folder, stem)
+    if found is None and variants is not None:
+        for other in variants().get(identity_key(name), []):
+            found = find_image(other, stem) or find_image(other, f"{other.name}_{index:04d}")
+            if found is not None:
+                break
+    return found or folder / (stem + ".jpg")
 
 
 def _parse_index(text: str, pairs_file: Path, line_no: int) -> int:
@@ -42,7 +51,8 @@ def read_lfw_pairs(pairs_file, lfw_dir) -> list[Pair]:
     """Parse an LFW View 2 `pairs.txt` into [Pair(path_a, path_b, issame, fold)], folds 0..n_folds-1.
 
     Every line is validated against the fold layout announced by the header, and every referenced image
-    must exist; errors name the file and line.
+    must exist; errors name the file and line. A person's photos are also found in folders whose names are
+    theirs under the name rule (lfw_image_path: `colin_powell/` for `Colin_Powell`).
     """
     pairs_file, lfw_dir = Path(pairs_file), Path(lfw_dir)
     if not pairs_file.is_file():
@@ -65,6 +75,13 @@ def read_lfw_pairs(pairs_file, lfw_dir) -> list[Pair]:
         raise ValueError(f"{pairs_file}: header {lines[0]!r} announces {expected} pair lines but the file has {len(body)}")
 
     pairs, missing = [], []
+    listed = []
+
+    def variants():  # listed once, on the first photo not found under its exact folder name
+        if not listed:
+            listed.append(folders_by_key(lfw_dir))
+        return listed[0]
+
     for k, line in enumerate(body):
         line_no = k + 2
         fold, pos_in_fold = divmod(k, 2 * per_class)
@@ -74,14 +91,14 @@ def read_lfw_pairs(pairs_file, lfw_dir) -> list[Pair]:
             if len(fields) != 3:
                 raise ValueError(f"{pairs_file}:{line_no}: expected a same-person line 'name i j' "
                                  f"(fold {fold}, first {per_class} lines), got {line!r}")
-            a = lfw_image_path(lfw_dir, fields[0], _parse_index(fields[1], pairs_file, line_no))
-            b = lfw_image_path(lfw_dir, fields[0], _parse_index(fields[2], pairs_file, line_no))
+            a = lfw_image_path(lfw_dir, fields[0], _parse_index(fields[1], pairs_file, line_no), variants)
+            b = lfw_image_path(lfw_dir, fields[0], _parse_index(fields[2], pairs_file, line_no), variants)
         else:
             if len(fields) != 4:
                 raise ValueError(f"{pairs_file}:{line_no}: expected a different-person line 'name1 i name2 j' "
                                  f"(fold {fold}, last {per_class} lines), got {line!r}")
-            a = lfw_image_path(lfw_dir, fields[0], _parse_index(fields[1], pairs_file, line_no))
-            b = lfw_image_path(lfw_dir, fields[2], _parse_index(fields[3], pairs_file, line_no))
+            a = lfw_image_path(lfw_dir, fields[0], _parse_index(fields[1], pairs_file, line_no), variants)
+            b = lfw_image_path(lfw_dir, fields[2], _parse_index(fields[3], pairs_file, line_no), variants)
         missing += [p for p in (a, b) if not p.is_file()]
         pairs.append(Pair(a, b, issame, fold))
     if missing:
