@@ -115,6 +115,9 @@ class TrainConfig:
     weight_decay: float = _field(5e-4, "coupled L2 weight decay (gradient += wd * w)", "float")
     mixed_precision: str = _field("none", "compute precision (head and loss stay float32)", "enum",
                                   choices=list(PRECISIONS))
+    fused_bn: bool = _field(False, "train the BatchNormalization layers through TF's fused kernel "
+                            "(mobiface_tf/training/fused_bn.py): the same maths in fewer ops; the saved network "
+                            "is unchanged", "bool")
     strategy: str = _field("auto", "tf.distribute strategy (multi_worker reads TF_CONFIG)", "enum",
                            choices=list(STRATEGIES))
     sync_bn: bool = _field(False, "synchronise BN statistics across replicas", "bool")

@@ -24,7 +24,8 @@ __all__ = ["fuse_batchnorm"]
 
 
 def _fused_call(self, inputs, training=None, mask=None):
-    if not (training and self.trainable) or mask is not None or self.renorm or len(inputs.shape) != 4 \
+    if not (training and self.trainable) or mask is not None or self.renorm or self.synchronized \
+            or len(inputs.shape) != 4 \
             or self.axis not in (-1, 3):
         return self._keras_call(inputs, training=training, mask=mask)
     x = tf.cast(inputs, tf.float32)

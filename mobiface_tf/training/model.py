@@ -87,6 +87,10 @@ def build_parts(cfg, strategy, schedule, num_classes: int, teacher_dim: int, ini
     embedding .keras) the backbone starts from its weights (`load_init_weights`); the margin head starts fresh."""
     with strategy.scope():
         net = build_backbone(cfg.backbone, cfg.embedding_dim, cfg.head, cfg.sync_bn)
+        if cfg.fused_bn:
+            from mobiface_tf.training.fused_bn import fuse_batchnorm
+
+            fuse_batchnorm(net)
         if init_from:
             load_init_weights(net, init_from, f"--backbone={cfg.backbone} --head={cfg.head} "
                                               f"--embedding_dim={cfg.embedding_dim}")

@@ -36,6 +36,8 @@ flags.DEFINE_integer("num_images", 1024, "Faces written to the temporary shards.
 flags.DEFINE_integer("batch_size", 64, "Batch of the traced full step and of the pipeline timing.")
 flags.DEFINE_list("batches", ["32", "64", "128"], "Batch sizes of the step A/B.")
 flags.DEFINE_boolean("jit", False, "Also time each batch size with jit_compile=True.")
+flags.DEFINE_boolean("fused_bn", False, "Also time each batch size with the BN layers on TF's fused kernel "
+                     "(mobiface_tf/training/fused_bn.py, the trainer's --fused_bn).")
 flags.DEFINE_integer("rounds", 3, "Interleaved A/B rounds.", lower_bound=1)
 flags.DEFINE_integer("steps", 6, "Timed steps per configuration per round.", lower_bound=1)
 flags.DEFINE_integer("trace_steps", 3, "Full steps traced by the profiler (0: no op table).", lower_bound=0)
@@ -45,7 +47,7 @@ flags.DEFINE_boolean("ab", True, "Run part 3, the step A/B (--noab: op table and
 flags.DEFINE_string("json_out", "", "Also write the figures to this JSON file.")
 
 
-def _student(batch: int, jit: bool, teacher_dim: int = 128):
+def _student(batch: int, jit: bool, teacher_dim: int = 128, fused: bool = False):
     """(step(images, targets) -> loss, backbone): one SGD step of MobiFace-gdc-128 on the cosine distillation
     loss, the trainer's optimizer and L2, as a tf.function (XLA-compiled with `jit`)."""
     import keras
@@ -57,6 +59,10 @@ def _student(batch: int, jit: bool, teacher_dim: int = 128):
 
     keras.utils.set_random_seed(0)
     backbone = build_backbone("mobiface", 128, "gdc")
+    if fused:
+        from mobiface_tf.training.fused_bn import fuse_batchnorm
+
+        fuse_batchnorm(backbone)
     projection = None
     variables = list(backbone.trainable_variables)
     if teacher_dim != 128:
@@ -179,13 +185,13 @@ def main(argv):
     rng = np.random.default_rng(0)
     configs = {}
     for b in (int(x) for x in FLAGS.batches):
-        for jit in ([False, True] if FLAGS.jit else [False]):
-            s, _ = _student(b, jit)
+        for jit, fused in [(False, False)] + [(True, False)] * FLAGS.jit + [(False, True)] * FLAGS.fused_bn:
+            s, _ = _student(b, jit, fused=fused)
             x = tf.constant(rng.uniform(-1, 1, (b, 112, 112, 3)).astype(np.float32))
             t = tf.math.l2_normalize(tf.constant(rng.standard_normal((b, 128)).astype(np.float32)), axis=1)
             float(s(x, t))
             float(s(x, t))
-            configs[f"b{b}{'_jit' if jit else ''}"] = (s, x, t, b)
+            configs[f"b{b}{'_jit' if jit else ''}{'_fusedbn' if fused else ''}"] = (s, x, t, b)
     rates = {k: [] for k in configs}
     cpu = {k: [] for k in configs}
     for r in range(FLAGS.rounds):
