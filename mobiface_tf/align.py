@@ -7,6 +7,7 @@ below are re-exported from there so older imports keep working.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 
 import cv2
@@ -64,6 +65,12 @@ class AlignResult:
     num_faces: int                   # faces MTCNN found before picking one
 
 
+# MTCNN runs on a copy of a larger photo downscaled to this many pixels; the crop is warped from the full-resolution
+# photo. A 12 Mpx phone photo (4032x3024) is detected as it is; a 50 Mpx one (8160x6120) on a 4618x3463 copy, so the
+# smallest face found there is 1.8 x min_face_size wide (36 px, under 0.5% of the photo's width), at a third of the
+# detection time and memory of the full photo (MTCNN's pyramid starts at 12 / min_face_size of the image).
+DETECT_MAX_PIXELS = 16_000_000
+
 _DETECTOR = None
 _DETECTOR_LOCK = threading.Lock()
 
@@ -95,24 +102,36 @@ class FaceAligner:
     """MTCNN detection + 5-point similarity warp to the ArcFace template.
 
     Small images (tight crops such as LFW 112x112 or AT&T 92x112) are padded before detection: MTCNN misses a
-    face that fills the whole frame, and the padding gives its pyramid room. Landmarks are mapped back to the
-    unpadded image.
+    face that fills the whole frame, and the padding gives its pyramid room. Photos above `detect_max_pixels`
+    (a 50 Mpx phone photo) are detected on a downscaled copy. Boxes and landmarks are mapped back to the input
+    image, and the crop is warped from it at full resolution.
     """
 
     def __init__(self, min_face_size: int = 20, pad_below: int = 256, pad_fraction: float = 0.25,
-                 thresholds=(0.6, 0.7, 0.8)):
+                 thresholds=(0.6, 0.7, 0.8), detect_max_pixels: int = DETECT_MAX_PIXELS):
         if min_face_size < 12:
             raise ValueError(f"min_face_size must be >= 12 (MTCNN's PNet window), got {min_face_size}")
+        if detect_max_pixels < 256 * 256:
+            raise ValueError(f"detect_max_pixels must be >= 65536 (a 256x256 image), got {detect_max_pixels}")
         self.min_face_size = min_face_size
         self.pad_below = pad_below
         self.pad_fraction = pad_fraction
         self.thresholds = thresholds
+        self.detect_max_pixels = detect_max_pixels
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All faces: boxes [K,4] xyxy, scores [K], landmarks [K,5,2] (template order), image pixels."""
+        """All faces: boxes [K,4] xyxy, scores [K], landmarks [K,5,2] (template order), in the input image's
+        pixels (a photo above detect_max_pixels is detected on a downscaled copy)."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected uint8 RGB [H,W,3], got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        scale_x = scale_y = 1.0  # detection copy pixels per input pixel
+        if h * w > self.detect_max_pixels:
+            f = math.sqrt(self.detect_max_pixels / (h * w))
+            size = (max(1, int(w * f)), max(1, int(h * f)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            scale_x, scale_y = size[0] / w, size[1] / h
         pad = 0
         if min(image.shape[:2]) < self.pad_below:
             pad = int(round(self.pad_fraction * max(image.shape[:2])))
@@ -128,6 +147,9 @@ class FaceAligner:
         boxes = out[:, 1:5].astype(np.float32) - pad
         scores = out[:, 5].astype(np.float32)
         marks = np.stack([out[:, 6:11], out[:, 11:16]], axis=-1).astype(np.float32) - pad
+        if scale_x != 1.0:  # back from the downscaled copy to the input's pixels
+            boxes = (boxes / np.float32([scale_x, scale_y, scale_x, scale_y])).astype(np.float32)
+            marks = (marks / np.float32([scale_x, scale_y])).astype(np.float32)
         return boxes, scores, marks
 
     def align(self, image_rgb: np.ndarray) -> AlignResult:

@@ -21,7 +21,8 @@ bench) goes through it, so a rule holds everywhere or nowhere:
   wherever it is printed or stored as text it is shown escaped (`printable`: `Jos\\xe9_Maria`).
 - Decoding checks the header first (size limit before any pixel is decoded), applies the EXIF Orientation tag
   (all eight values: phones store portrait photos sideways) and converts every mode to uint8 RGB: grey, 16-bit
-  (top 8 bits), alpha (composited on black, the aligned crops' border colour), palette, CMYK.
+  (scaled by the bits its data really uses, `significant_bits`), alpha (composited on black, the aligned crops'
+  border colour), palette, CMYK.
 
 Also the aligned-crop format (size and the ArcFace landmark template), which the data package needs without
 pulling in the MTCNN aligner.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -46,8 +48,14 @@ ARCFACE_TEMPLATE = np.array(
 CROP_SIZE = 112
 
 # ----------------------------------------------------------------------------------------------- policy
-# 40 Mpx is above any consumer photo (a 7000x5000 camera image is 35 Mpx) but stops decompression bombs early.
-DEFAULT_MAX_PIXELS = 40_000_000
+# A guard against decompression bombs (a few KB that claim gigapixels), not a photo size: phones save 48-50 Mpx
+# (8160x6120) and 200 Mpx (16320x12240 = 199.8 Mpx) photos. Detection runs on a downscaled copy of a large photo
+# (mobiface_tf.align), so only the decode itself grows with the photo (3 bytes a pixel: 600 MB at this limit).
+DEFAULT_MAX_PIXELS = 200_000_000
+# Camera sensors of machine-vision, NIR and thermal cameras give 10, 12 or 14 bits and save their frames as 16-bit
+# PNG or TIFF with the values in the low bits (OpenCV writes no sBIT chunk to say so). 16-bit data that never
+# exceeds 2**b - 1 is read as b-bit data (8: 8-bit values widened into a 16-bit file); see significant_bits.
+SAMPLE_BITS = (8, 10, 12, 14, 16)
 # Photo formats, in the order find_image tries them. Those this Pillow build can decode are IMAGE_EXTENSIONS.
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp", ".jfif", ".jpe", ".tif", ".tiff",
                     ".gif", ".avif", ".heic", ".heif", ".jp2", ".pbm", ".pnm")
@@ -63,6 +71,11 @@ def _decodable_extensions() -> tuple[str, ...]:
     except ImportError:
         pass
     Image.init()
+    # Pillow refuses an image above 2 x MAX_IMAGE_PIXELS (179 Mpx by default) inside Image.open, before the
+    # caller's max_pixels is checked; lift it to our limit (_open lifts it to a caller's higher one), so that ours
+    # decides. Pillow still stops what claims 2x more: a header-only file of gigapixels.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < DEFAULT_MAX_PIXELS:
+        Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
     registered = Image.registered_extensions()
     return tuple(e for e in PHOTO_EXTENSIONS if registered.get(e) in Image.OPEN)
 
@@ -79,6 +92,16 @@ EXIF_ORIENTATION_TAG = 0x0112
 
 class ImageError(ValueError):
     """A file that cannot be used as a face photo; str(err) is the one-line reason."""
+
+
+class TooLargeError(ImageError):
+    """An image above the caller's max_pixels. The message names no flag (this module has none); a command with a
+    flag that raises the limit adds it with `advice`."""
+
+    def __init__(self, width: int, height: int, limit: int, name: str, advice: str = "resize it below that"):
+        self.width, self.height, self.limit, self.name = width, height, limit, name
+        super().__init__(f"too large: {width}x{height} = {width * height} pixels > {limit}, the limit that guards "
+                         f"against decompression bombs; {advice}: {name}")
 
 
 class Skipped(NamedTuple):
@@ -271,33 +294,59 @@ class ImageHeader(NamedTuple):
     orientation: int  # EXIF Orientation 1..8 (1 = stored upright, also when the tag is absent or invalid)
 
 
-def _open(data: bytes, name: str):
+def _open(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS):
     from PIL import Image, UnidentifiedImageError
     if not data:
         raise ImageError(f"zero-byte file: {name}")
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # a caller's higher limit (prepare --max_pixels): ours decides
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own max_pixels check follows
             return Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"too large ({e}): {name}") from None
+    except Image.DecompressionBombError as e:  # Pillow's own guard, at 2 x the largest max_pixels used
+        raise ImageError(f"too large ({e}); resize it: {name}") from None
     except UnidentifiedImageError:
         raise ImageError(f"not an image (unknown format): {name}") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL raises these on broken headers
         raise ImageError(f"unreadable image header ({e}): {name}") from None
 
 
-def _orientation(im) -> int:
+def _png_chunk(data: bytes, kind: bytes, before_image: bool = False) -> bytes | None:
+    """The payload of the first PNG chunk `kind` (b"sBIT", b"eXIf"), found by walking the chunk lengths (no
+    pixel is decoded); None when absent, or, with before_image, when it is not before the image data."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length, found = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if found == kind:
+            return data[pos + 8:pos + 8 + length]
+        if found == b"IEND" or (before_image and found == b"IDAT"):
+            return None
+        pos += 12 + length
+    return None
+
+
+def _orientation(im, data: bytes) -> int:
     try:
-        value = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+        if im.format == "PNG" and "exif" not in im.info:
+            # An eXIf chunk after the image data: Pillow's getexif would decode every pixel to reach it.
+            raw = _png_chunk(data, b"eXIf")
+            if raw is None:
+                return 1
+            from PIL import Image
+            exif = Image.Exif()
+            exif.load(b"Exif\x00\x00" + raw)
+        else:
+            exif = im.getexif()
+        value = exif.get(EXIF_ORIENTATION_TAG, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, as cameras and browsers do
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _header_of(im) -> ImageHeader:
+def _header_of(im, data: bytes) -> ImageHeader:
     w, h = im.size
-    o = _orientation(im)
+    o = _orientation(im, data)
     if o >= 5:  # 5..8 transpose or rotate by 90 degrees: the upright image has width and height swapped
         w, h = h, w
     return ImageHeader(w, h, im.format or "", im.mode, o)
@@ -309,7 +358,7 @@ def image_header(data: bytes, name: str = "<bytes>") -> ImageHeader:
     Raises ImageError on zero-byte, unknown-format or broken-header data.
     """
     with _open(data, name) as im:
-        return _header_of(im)
+        return _header_of(im, data)
 
 
 def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int, str, str]:
@@ -342,17 +391,142 @@ def _jpeg_is_complete(data: bytes) -> bool:
     return False
 
 
+def significant_bits(peak: int, declared: int | None = None) -> int:
+    """How many bits 16-bit samples really use: the one rule that scales every 16-bit image to 8 bits.
+
+    peak: the largest sample (0..65535); declared: the bits the file says its data has (PNG sBIT, TIFF
+    BitsPerSample), or None. The data's own range decides: the smallest of SAMPLE_BITS (8, 10, 12, 14, 16) that
+    holds `peak`, so 12-bit camera data (0..4095) is read as 12-bit and not as 16-bit data 16 times too dark. A
+    declared depth below 16 and above that wins (a dark 12-bit frame whose values stay below 1024 is still 12-bit
+    data); one the data exceeds is ignored (the PNG standard scales sBIT data to the full 16 bits). Each sample
+    becomes its top 8 significant bits, sample >> (bits - 8): true 16-bit data keeps its top byte, as before.
+    """
+    fits = next((b for b in SAMPLE_BITS if peak < 1 << b), 16)
+    if declared is not None and fits < declared < 16:
+        return int(declared)
+    return fits
+
+
+def _declared_bits(im, data: bytes) -> tuple[int | None, int | None]:
+    """(colour, alpha) bits the file declares for its samples (PNG sBIT, TIFF BitsPerSample below 16), else None."""
+    alpha = im.mode in ("RGBA", "LA")
+    if im.format == "PNG" and (sbit := tuple(_png_chunk(data, b"sBIT", before_image=True) or ())):
+        colour = sbit[:-1] if alpha and len(sbit) > 1 else sbit
+        return max(colour), (sbit[-1] if alpha and len(sbit) > 1 else None)
+    if im.format == "TIFF":
+        bps = getattr(im, "tag_v2", {}).get(258)
+        bps = bps if isinstance(bps, tuple) else (bps,) if isinstance(bps, int) else ()
+        if bps and 8 < max(bps) < 16:
+            return max(bps), (max(bps) if alpha else None)
+    return None, None
+
+
+# 16-bit grey decodes to these modes, with every bit ("I": PGM with a maxval other than 65535, signed TIFF, older
+# Pillow's 16-bit PNG).
+_WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+_NATIVE_ORDER = "L" if sys.byteorder == "little" else "B"
+
+
+def _tile(codec, extents, offset, args):
+    from PIL import ImageFile
+    return getattr(ImageFile, "_Tile", lambda *t: tuple(t))(codec, extents, offset, args)
+
+
+def _tile_rawmode(tile) -> str | None:
+    args = tile[3]
+    if isinstance(args, str):
+        return args
+    return args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else None
+
+
+def _wide_colour_plan(im):
+    """How to read every bit of a 16-bit colour image, which Pillow decodes to its top 8 bits (it has no 16-bit
+    colour mode). Call before im.load(), which consumes the tiles.
+
+    Returns None (not a 16-bit colour image); or (tiles for the low bytes, the low-pass channel of each channel
+    of im.mode), with im.tile switched where needed so that im.load() gives the high bytes; or a rawmode string
+    when there is no way to the low bytes (the caller refuses the image if its high bytes are near-black).
+    Pillow unpacks "RGB;16B" by the high byte and "RGB;16L" by the other one, with the same bytes per pixel (so
+    the same PNG unfiltering): decoding once with the byte order swapped gives the low bytes.
+    """
+    tiles = list(im.tile or [])
+    if not tiles or im.mode not in ("RGB", "RGBA"):
+        return None
+    if im.format == "PPM" and tiles[0][0] == "ppm" and tuple(tiles[0][3]) == ("RGB", 65535):
+        # Binary PPM with maxval 65535: big-endian 16-bit samples, which Pillow's "ppm" decoder scales to 8 bits.
+        t = tiles[0]
+        im.tile = [_tile("raw", t[1], t[2], "RGB;16B")]
+        return [_tile("raw", t[1], t[2], "RGB;16L")], (0, 1, 2)
+    low, channels = [], None
+    for t in tiles:
+        raw = _tile_rawmode(t) or ""
+        base, sep, order = raw.rpartition(";16")
+        if not sep or order not in ("B", "L", "N"):  # 8 bits a sample, or packed 16-bit pixels (BMP's BGR;16)
+            return None
+        order = _NATIVE_ORDER if order == "N" else order
+        if raw == "LA;16B":  # PNG grey + alpha, unpacked to RGBA: read its bytes (L hi, L lo, A hi, A lo) as RGBA
+            swapped, channels = "RGBA", (1, 1, 1, 3)
+        elif base in ("RGB", "RGBA", "RGBX"):
+            swapped = f"{base};16{'L' if order == 'B' else 'B'}"
+            channels = tuple(range(len(im.mode)))
+        else:  # premultiplied alpha, CMYK, YCbCr: no byte-exact way to the low bytes
+            return raw
+        args = t[3]
+        low.append(_tile(t[0], t[1], t[2], swapped if isinstance(args, str) else (swapped, *args[1:])))
+    return low, channels
+
+
+def _wide_to_8bit(im, data: bytes, plan, name: str):
+    """A decoded 16-bit image as an 8-bit Pillow image (L, RGB or RGBA), scaled by significant_bits; `im` itself
+    when it is not a 16-bit image. `plan` is what _wide_colour_plan returned before im.load().
+    ImageError for a 16-bit image whose data uses at most 12 bits but cannot be read past its top 8 bits."""
+    from PIL import Image
+    if im.mode in _WIDE_GREY_MODES:
+        wide = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)[..., None]
+    elif isinstance(plan, tuple):
+        low_tiles, channels = plan
+        try:
+            with Image.open(io.BytesIO(data)) as lo_im, warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                lo_im.tile = low_tiles
+                lo_im.load()
+                lo = np.asarray(lo_im)
+        except (OSError, ValueError, SyntaxError, EOFError) as e:  # the first pass decoded, so this is rare
+            raise ImageError(f"cannot decode the low bytes of this 16-bit {im.format} image ({e}): {name}") from None
+        wide = (np.asarray(im).astype(np.uint16) << 8) | lo[..., list(channels)]
+    else:
+        top = np.asarray(im)
+        alpha_peak = top[..., 3].max() if top.shape[-1] == 4 else 255
+        if isinstance(plan, str) and min(top[..., :3].max(), alpha_peak) < 16:
+            raise ImageError(f"16-bit image ({plan}) whose data uses at most 12 of its 16 bits: decoded by its top 8 "
+                             f"bits it would be near-black; convert it to 8-bit with its range stretched: {name}")
+        return im
+    alpha = wide.shape[-1] == 4
+    colour_decl, alpha_decl = _declared_bits(im, data)
+    colour = wide[..., :3] if alpha else wide
+    out = [colour >> (significant_bits(int(colour.max(initial=0)), colour_decl) - 8)]
+    if alpha:
+        a = wide[..., 3:]
+        out.append(a >> (significant_bits(int(a.max(initial=0)), alpha_decl) - 8))
+    pixels = np.concatenate(out, axis=-1).astype(np.uint8)
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else np.ascontiguousarray(pixels))
+
+
+# EXIF Orientation -> the transpose that makes the image upright (as PIL.ImageOps.exif_transpose).
+_UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+            7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
 def _to_rgb(im, name: str):
-    """Any Pillow mode -> 8-bit RGB, as Pillow converts it except where Pillow clips instead of scaling."""
+    """Any 8-bit Pillow mode (and F) -> 8-bit RGB, as Pillow converts it except where Pillow clips instead of
+    scaling. 16-bit images are scaled to 8 bits first (_wide_to_8bit)."""
     from PIL import Image
     mode = im.mode
     if mode == "RGB":
         return im
-    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        # 16-bit grey (PNG, PGM): Pillow's convert clips everything above 255 to white; keep the top 8 bits.
-        arr = np.asarray(im)
-        arr = np.clip(arr.astype(np.float64) if mode == "F" else arr.astype(np.int64) >> 8, 0, 255)
-        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if mode == "F":  # 32-bit float (TIFF, PFM): values taken as 0..255
+        arr = np.clip(np.asarray(im).astype(np.float64), 0, 255)
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
         # Composite over black, the border colour of the aligned crops.
         rgba = im.convert("RGBA")
@@ -367,18 +541,19 @@ def decode_image_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAU
     """Decodes encoded image bytes to the upright uint8 RGB image [H, W, 3].
 
     The header is checked before decoding: zero-byte, unknown format, broken header, truncated JPEG and
-    w*h > max_pixels raise ImageError. Then the pixels are decoded (corrupt data raises ImageError), the EXIF
-    Orientation (1..8) is applied, and the mode is converted to RGB (grey, 16-bit, alpha over black, palette,
-    CMYK). `name` only appears in error messages.
+    w*h > max_pixels (TooLargeError) raise ImageError. Then the pixels are decoded (corrupt data raises
+    ImageError), the mode is converted to RGB (grey; 16-bit scaled by the bits its data uses, significant_bits;
+    alpha over black; palette; CMYK) and the EXIF Orientation (1..8) is applied. `name` only appears in error
+    messages.
     """
-    from PIL import ImageOps
-    im = _open(data, name)
+    from PIL import Image
+    im = _open(data, name, max_pixels)
     with im:
-        header = _header_of(im)
+        plan = _wide_colour_plan(im)  # before anything loads the pixels, which consumes the tiles
+        header = _header_of(im, data)
         stored = im.size
         if header.width * header.height > max_pixels:
-            raise ImageError(f"too large: {header.width}x{header.height} = {header.width * header.height} pixels "
-                             f"> max_pixels={max_pixels} (raise --max_pixels if this is a real photo): {name}")
+            raise TooLargeError(header.width, header.height, max_pixels, name)
         if header.format in ("JPEG", "MPO") and not _jpeg_is_complete(data):
             raise ImageError(f"truncated JPEG (no end-of-image marker): {name}")
         try:
@@ -389,8 +564,10 @@ def decode_image_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAU
         if im.size != stored:
             raise ImageError(f"decoded size {im.size[0]}x{im.size[1]} differs from header {stored[0]}x{stored[1]} "
                              f"(corrupt file): {name}")
-        upright = ImageOps.exif_transpose(im) if header.orientation != 1 else im
-        rgb = np.asarray(_to_rgb(upright, name), dtype=np.uint8)
+        rgb = _to_rgb(_wide_to_8bit(im, data, plan, name), name)
+        if header.orientation in _UPRIGHT:
+            rgb = rgb.transpose(getattr(Image.Transpose, _UPRIGHT[header.orientation]))
+        rgb = np.asarray(rgb, dtype=np.uint8)
     if rgb.shape != (header.height, header.width, 3):
         raise ImageError(f"decoded {rgb.shape} but the header says {header.width}x{header.height} RGB "
                          f"(corrupt file): {name}")

@@ -162,11 +162,62 @@ def test_too_large_refused_before_decoding(tmp_path):
     p.write_bytes(png_header_only(100_000, 100_000))  # 10 gigapixels declared, a few bytes on disk
     with pytest.raises(ImageError, match="too large"):
         load_image_rgb(p)
-    p.write_bytes(png_header_only(8000, 6000))  # 48 Mpx: under PIL's own bomb limit, over ours
-    with pytest.raises(ImageError, match="too large: 8000x6000 = 48000000 pixels > max_pixels=40000000"):
+    p.write_bytes(png_header_only(20_000, 12_000))  # 240 Mpx: over our limit, under Pillow's (raised to 2x ours)
+    with pytest.raises(ImageError, match="too large: 20000x12000 = 240000000 pixels > 200000000, the limit that "
+                                         "guards against decompression bombs; resize it below that: .*bomb.png"):
         load_image_rgb(p)
-    with pytest.raises(ImageError, match="max_pixels=100"):
+    with pytest.raises(ImageError, match="> 100, the limit"):
         decode_image_rgb(cv2.imencode(".png", _face_like())[1].tobytes(), "x.png", max_pixels=100)
+
+
+def test_phone_photo_sizes_are_under_the_limit(tmp_path):
+    """verify-50mp-photo-refused-unknown-flag: 48-50 Mpx and 200 Mpx phone photos pass the size check (only the
+    missing pixel data of these header-only files stops them)."""
+    p = tmp_path / "PXL_50MP.png"
+    for w, h in ((8000, 6000), (8160, 6120), (16320, 12240)):
+        p.write_bytes(png_header_only(w, h))
+        with pytest.raises(ImageError, match="cannot decode PNG data") as err:
+            load_image_rgb(p)
+        assert "too large" not in str(err.value)
+
+
+class _FakeMTCNN:
+    """Stands in for MTCNN: records the image it is given and finds one face whose landmarks are `marks` (in the
+    full photo's pixels) scaled to that image."""
+
+    def __init__(self, marks, photo_shape):
+        self.marks, self.photo_shape, self.seen = np.asarray(marks, np.float64), photo_shape, []
+
+    def detect_faces(self, image, **kw):
+        self.seen.append(image.shape)
+        sy, sx = image.shape[0] / self.photo_shape[0], image.shape[1] / self.photo_shape[1]
+        m = self.marks * [sx, sy]
+        x1, y1 = m.min(0) - 20
+        x2, y2 = m.max(0) + 20
+        return np.array([[0, x1, y1, x2, y2, 0.99, *m[:, 0], *m[:, 1]]])
+
+
+def test_large_photo_is_detected_downscaled_and_cropped_at_full_resolution(monkeypatch):
+    """Detection of a photo above detect_max_pixels runs on a downscaled copy; its landmarks come back in the
+    photo's pixels and the crop is warped from the full-resolution photo."""
+    from mobiface_tf import align
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    marks = ARCFACE_TEMPLATE * 9 + [1800, 1100]  # a face about 1000 px wide
+    fake = _FakeMTCNN(marks, photo.shape)
+    monkeypatch.setattr(align, "get_detector", lambda: fake)
+    aligner = FaceAligner(detect_max_pixels=1_000_000)
+    res = aligner.align(photo)
+    (h, w, _), = fake.seen
+    assert h * w <= 1_000_000 and abs(w / h - 4 / 3) < 0.01  # the copy MTCNN saw, aspect kept
+    np.testing.assert_allclose(res.landmarks, marks, atol=0.01)  # back in the photo's pixels
+    np.testing.assert_array_equal(res.crop, warp_to_template(photo, res.landmarks))  # from the full photo
+    small = FaceAligner()  # a 12 Mpx photo and anything smaller: detected as it is
+    small.align(photo)
+    assert fake.seen[-1] == photo.shape
+    with pytest.raises(ValueError, match="detect_max_pixels"):
+        FaceAligner(detect_max_pixels=100)
 
 
 def test_loader_and_bad_input_inside_detector_args():
@@ -206,6 +257,25 @@ def test_photo_of_any_size(aligner, lfw_dir):
     photo[300:412, 500:612] = face
     res = aligner.align(photo)
     assert res.crop is not None and 500 < res.box[0] < 560 and 300 < res.box[1] < 360
+    _, _, marks = aligner.detect(res.crop)
+    assert np.abs(marks[0, :2] - ARCFACE_TEMPLATE[:2]).max() < 5
+
+
+@pytest.mark.slow
+def test_50mp_phone_photo_is_read_and_its_face_found(aligner, lfw_dir, tmp_path):
+    """verify-50mp-photo-refused-unknown-flag: an 8160x6120 (49.9 Mpx) phone photo is read, and MTCNN finds the
+    face on a downscaled copy; the crop, warped from the full photo, has its eyes on the template."""
+    face = load_image_rgb(lfw_dir / "Colin_Powell" / "Colin_Powell_0001.jpg")
+    photo = np.full((6120, 8160, 3), (118, 118, 110), np.uint8)
+    photo[1860:4260, 2880:5280] = cv2.resize(face, (2400, 2400), interpolation=cv2.INTER_CUBIC)
+    p = tmp_path / "PXL_20240601_50MP.jpg"
+    assert cv2.imwrite(str(p), photo[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])
+    img = load_image_rgb(p)
+    assert img.shape == (6120, 8160, 3)
+    res = aligner.align(img)
+    assert res.crop is not None, res.reason
+    x1, y1, x2, y2 = res.box  # the pasted face (2400 px square at 2880, 1860), in the photo's pixels
+    assert 2880 < (x1 + x2) / 2 < 5280 and 1860 < (y1 + y2) / 2 < 4260 and 700 < x2 - x1 < 2900, res.box
     _, _, marks = aligner.detect(res.crop)
     assert np.abs(marks[0, :2] - ARCFACE_TEMPLATE[:2]).max() < 5
 

@@ -13,7 +13,7 @@ from conftest import person
 
 from mobiface_tf.identity_folders import find_image, list_identity_tree
 from mobiface_tf.images import (IMAGE_EXTENSIONS, ImageError, decode_image_rgb, image_header, image_reason, image_size,
-                                list_images, load_image_rgb)
+                                list_images, load_image_rgb, significant_bits)
 
 from conftest import REPO  # noqa: E402  (the repo root, one definition for every test file)
 CASES = (REPO / ".." / "shared" / "cases").resolve()
@@ -81,7 +81,7 @@ def test_invalid_or_broken_orientation_is_ignored():
 
 def test_max_pixels_uses_the_header_before_decoding():
     data = _encode(STORED[6](_upright()), 6)
-    with pytest.raises(ImageError, match="too large: 44x30 = 1320 pixels > max_pixels=1000"):
+    with pytest.raises(ImageError, match="too large: 44x30 = 1320 pixels > 1000, the limit"):
         decode_image_rgb(data, "x.png", max_pixels=1000)
 
 
@@ -118,6 +118,153 @@ def test_palette_grey_alpha_and_16bit_grey():
         np.testing.assert_array_equal(out[..., 2], (g16 >> 8).astype(np.uint8))  # top 8 bits, never clipped
     bilevel = Image.fromarray(rgb[..., 0] > 127)
     assert decode_image_rgb(_png(bilevel)).shape == (30, 44, 3)
+
+
+# ----------------------------------------------------------------------------------------------- 16-bit range
+# png16-12bit-data-decoded-black: machine-vision, NIR and thermal cameras save 10-14-bit frames as 16-bit PNG/TIFF
+# with the values in the low bits. Read by their top 8 of 16 bits they were near-black (12-bit data: 0..15).
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    import struct
+    import zlib
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png16(pixels: np.ndarray, sbit=None) -> bytes:
+    """A 16-bit PNG of uint16 [H, W] or [H, W, C] (C = 2 is grey + alpha, which OpenCV cannot write), filter 0,
+    with an sBIT chunk when given."""
+    import struct
+    import zlib
+    a = np.asarray(pixels, np.uint16)
+    a = a[..., None] if a.ndim == 2 else a
+    h, w, c = a.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in a)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + (_chunk(b"sBIT", bytes(sbit)) if sbit else b"")
+            + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b""))
+
+
+def _tiff16_premultiplied(pixels: np.ndarray) -> bytes:
+    """An uncompressed little-endian 16-bit RGBA TIFF with associated (premultiplied) alpha: ExtraSamples = 1."""
+    import struct
+    h, w, _ = pixels.shape
+    data = np.asarray(pixels, "<u2").tobytes()
+    tags = [(256, [w]), (257, [h]), (258, [16] * 4), (259, [1]), (262, [2]), (273, [0]), (277, [4]), (278, [h]),
+            (279, [len(data)]), (284, [1]), (338, [1])]
+    ifd_end = 8 + 2 + 12 * len(tags) + 4
+    bps_at, data_at = ifd_end, ifd_end + 8  # BitsPerSample's 4 values do not fit in its entry
+    entries = b""
+    for tag, vals in tags:
+        value = {258: struct.pack("<I", bps_at), 273: struct.pack("<I", data_at), 279: struct.pack("<I", vals[0])}.get(
+            tag, struct.pack("<H", vals[0]) + b"\0\0")
+        entries += struct.pack("<HHI", tag, 4 if tag in (273, 279) else 3, len(vals)) + value
+    return (b"II" + struct.pack("<HI", 42, 8) + struct.pack("<H", len(tags)) + entries + b"\0" * 4
+            + struct.pack("<4H", 16, 16, 16, 16) + data)
+
+
+def _to_bits(image8: np.ndarray, bits: int) -> np.ndarray:
+    """8-bit pixels as a `bits`-bit camera gives them: 0..255 stretched to 0..2**bits - 1 (make_png16.py)."""
+    top = (1 << bits) - 1
+    return ((image8.astype(np.int64) * top + 127) // 255).astype(np.uint16)
+
+
+def test_significant_bits_is_the_one_rule():
+    assert [significant_bits(p) for p in (0, 255, 256, 1023, 1024, 4095, 4096, 16383, 16384, 65535)] == [
+        8, 8, 10, 10, 12, 12, 14, 14, 16, 16]
+    assert significant_bits(900, declared=12) == 12   # a dark 12-bit frame (PNG sBIT / TIFF BitsPerSample)
+    assert significant_bits(60000, declared=12) == 16  # sBIT data scaled to 16 bits, as the PNG standard says
+    assert significant_bits(900, declared=16) == 10   # "16 of 16 bits" says nothing
+
+
+def _cv2_write(ext):
+    def write(path, pixels, top):  # OpenCV: BGR(A) order, no sBIT chunk, as camera software writes these files
+        path = path.with_suffix(ext)
+        order = {3: [2, 1, 0], 4: [2, 1, 0, 3]}.get(pixels.shape[-1] if pixels.ndim == 3 else 1)
+        assert cv2.imwrite(str(path), pixels[..., order] if order else pixels)
+        return path
+    return write
+
+
+def _opaque(pixels, top):
+    """Grey or RGB uint16 pixels with an alpha channel, opaque at the data's own depth (top = 2**bits - 1)."""
+    return np.dstack([pixels, np.full(pixels.shape[:2], top, np.uint16)])
+
+
+def _png16_file(path, pixels, top):
+    path = path.with_suffix(".png")
+    path.write_bytes(_png16(pixels))
+    return path
+
+
+# How a camera or OpenCV stores uint16 samples: grey or RGB, and a writer(path, pixels, full-scale value) -> path.
+WRITERS = {
+    "png grey": ("grey", _cv2_write(".png")),
+    "png rgb": ("rgb", _cv2_write(".png")),
+    "png rgba": ("rgb", lambda path, a, top: _cv2_write(".png")(path, _opaque(a, top), top)),
+    "png grey+alpha": ("grey", lambda path, a, top: _png16_file(path, _opaque(a, top), top)),  # OpenCV cannot
+    "tiff grey": ("grey", _cv2_write(".tif")),
+    "tiff rgb": ("rgb", _cv2_write(".tif")),
+    "pgm grey": ("grey", _cv2_write(".pgm")),
+    "ppm rgb": ("rgb", _cv2_write(".ppm")),
+}
+
+
+@pytest.mark.parametrize("bits", [10, 12])
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_16bit_file_of_10_or_12_bit_data_decodes_like_the_8bit_face(bits, writer, lfw_dir, tmp_path):
+    """A real face, stored as 10- or 12-bit data in a 16-bit PNG/TIFF/PGM/PPM (grey, RGB, with alpha), decodes
+    to the 8-bit face it came from (within 1 level), not to a near-black image."""
+    face = load_image_rgb(lfw_dir / "Colin_Powell" / "Colin_Powell_0001.jpg")
+    kind, write = WRITERS[writer]
+    original = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY) if kind == "grey" else face
+    path = write(tmp_path / f"frame{bits}", _to_bits(original, bits), (1 << bits) - 1)
+    out = load_image_rgb(path)
+    want = np.dstack([original] * 3) if kind == "grey" else original
+    assert out.shape == want.shape
+    assert np.abs(out.astype(int) - want).max() <= 1, (writer, bits, out.mean(), want.mean())
+
+
+def test_true_16bit_data_keeps_its_top_byte():
+    """Data that uses all 16 bits keeps its top byte, grey, RGB and alpha, as 16-bit PNG and TIFF did before the
+    rule (a 16-bit PPM was rounded by Pillow, at most 1 level away; now it follows the one rule too)."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 65536, (20, 30, 3)).astype(np.uint16)
+    rgb[0, 0, 0] = 65535
+    np.testing.assert_array_equal(decode_image_rgb(_png16(rgb)), (rgb >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(decode_image_rgb(_png16(rgb[..., 1])), np.dstack([rgb[..., 1] >> 8] * 3))
+    opaque = np.dstack([rgb, np.full(rgb.shape[:2], 65535, np.uint16)])
+    np.testing.assert_array_equal(decode_image_rgb(_png16(opaque)), (rgb >> 8).astype(np.uint8))
+    ppm = b"P6\n30 20\n65535\n" + rgb.astype(">u2").tobytes()
+    np.testing.assert_array_equal(decode_image_rgb(ppm), (rgb >> 8).astype(np.uint8))
+
+
+def test_sbit_says_how_many_bits_dark_data_has():
+    """12-bit data that stays below 1024 would pass for 10-bit data; an sBIT chunk of 12 says otherwise."""
+    dark = np.tile(np.arange(0, 1000, 10, dtype=np.uint16), (8, 1))
+    np.testing.assert_array_equal(decode_image_rgb(_png16(dark, sbit=[12]))[..., 0], dark >> 4)
+    np.testing.assert_array_equal(decode_image_rgb(_png16(dark))[..., 0], dark >> 2)
+    scaled = dark * 64  # sBIT with the data scaled to 16 bits, as the PNG standard writes it: the top byte
+    np.testing.assert_array_equal(decode_image_rgb(_png16(scaled, sbit=[10]))[..., 0], scaled >> 8)
+
+
+def test_16bit_image_that_cannot_be_scaled_is_refused_not_black():
+    """Premultiplied 16-bit alpha has no byte-exact low half in Pillow: 12-bit data there is refused in one line."""
+    pixels = _to_bits(np.dstack([_upright(), np.full((30, 44), 255, np.uint8)]), 12)
+    with pytest.raises(ImageError, match=r"16-bit image \(RGBa;16L\) whose data uses at most 12 of its 16 bits.*"
+                                         r"convert it to 8-bit with its range stretched: cam.tif"):
+        decode_image_rgb(_tiff16_premultiplied(pixels), "cam.tif")
+
+
+@pytest.mark.shared_data
+def test_png16_12bit_case_decodes_like_its_8bit_version():
+    """The case's two 12-bit grey PNGs decode to the 8-bit crops they were made from, not to 0..15."""
+    d = case("png16-12bit-data-decoded-black")
+    for name in ("colin_powell_12bit.png", "serena_williams_12bit.png"):
+        raw = cv2.imread(str(d / name), cv2.IMREAD_UNCHANGED)
+        assert raw.dtype == np.uint16 and raw.max() < 4096
+        raw = raw.astype(np.int64)
+        out = load_image_rgb(d / name)
+        assert np.abs(out[..., 0].astype(int) - (raw * 255 + 2047) // 4095).max() <= 1
+        assert out.max() > 200  # was 15
 
 
 # ----------------------------------------------------------------------------------------------- listing

@@ -56,7 +56,7 @@ def test_bad_inputs_skipped_with_reasons_good_ones_kept(tmp_path):
     jpg = cv2.imencode(".jpg", bgr(faces[5]))[1].tobytes()
     (bad / "truncated.jpg").write_bytes(jpg[: len(jpg) // 2])
     (bad / "text.png").write_text("not an image at all\n")
-    (bad / "huge.png").write_bytes(png_header_only(9000, 9000))
+    (bad / "huge.png").write_bytes(png_header_only(20000, 12000))  # 240 Mpx, over the 200 Mpx bomb guard
     cv2.imwrite(str(bad / "noface.jpg"), np.full((200, 160, 3), 127, np.uint8))  # auto -> mtcnn: no face
 
     out = tmp_path / "out"
@@ -67,6 +67,7 @@ def test_bad_inputs_skipped_with_reasons_good_ones_kept(tmp_path):
     assert set(reasons) == {"bad/zero.jpg", "bad/truncated.jpg", "bad/text.png", "bad/huge.png", "bad/noface.jpg"}
     assert "zero-byte" in reasons["bad/zero.jpg"] and "truncated JPEG" in reasons["bad/truncated.jpg"]
     assert "not an image" in reasons["bad/text.png"] and "too large" in reasons["bad/huge.png"]
+    assert "or raise --max_pixels: bad/huge.png" in reasons["bad/huge.png"]  # prepare has that flag
     assert "no face" in reasons["bad/noface.jpg"]
     assert m["class_names"] == ["bad", "good"] and m["class_counts"] == [0, 5]
     exs = all_examples(out)

@@ -15,7 +15,7 @@ import pytest
 from mobiface_tf import verify as ver
 from mobiface_tf.faces import (DEFAULT_THRESHOLD, FaceError, load_face, load_model, prepare_aligned,
                                resolve_threshold)
-from conftest import person, save_tiny_model, write_png
+from conftest import person, png_header_only, save_tiny_model, write_png
 
 from mobiface_tf.fingerprint import model_fingerprint
 from mobiface_tf.sidecar import MIN_PAIRS_PER_KIND, drop_stale_sidecar, sidecar_path, write_sidecar
@@ -106,6 +106,20 @@ def test_errors_are_one_line(tiny, tmp_path, capsys):
     assert "expected two images" in capsys.readouterr().err
 
 
+def test_too_large_photo_advice_names_no_flag_verify_lacks(tmp_path, capsys):
+    """verify-50mp-photo-refused-unknown-flag: above the decompression-bomb limit (200 Mpx) the one-line error
+    says to resize the photo; it no longer tells verify's user to raise --max_pixels, a flag only prepare has."""
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"x")  # the photo is read, and refused, before the model is loaded
+    a = write_png(tmp_path / "a.png", person(0, 0))
+    bomb = tmp_path / "huge.png"
+    bomb.write_bytes(png_header_only(20_000, 12_000))
+    rc = ver.run(str(model), [str(a), str(bomb)], out=sys.stdout, err=sys.stderr)
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: too large: 20000x12000") and "resize it" in err, err
+    assert "--" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_cli_subprocess_missing_model(tmp_path):
     a = write_png(tmp_path / "a.png", person(0, 0))
     proc = subprocess.run([sys.executable, "-m", "mobiface_tf.verify", f"--model={tmp_path / 'no.keras'}",
@@ -184,6 +198,48 @@ def test_any_photo_size_and_no_face(real, lfw_dir, tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
     assert doc["verdict"] == "same" and doc["similarity"] == pytest.approx(same.similarity, abs=1e-4)
+
+
+@pytest.mark.shared_data
+def test_16bit_crops_of_12bit_data_verify_as_their_8bit_versions(real, lfw_dir, tmp_path):
+    """png16-12bit-data-decoded-black: two people's aligned crops saved as 12-bit data in 16-bit PNGs (as a 12-bit
+    camera does, make_png16.py) score as their 8-bit versions do: "different person", not two near-black images
+    that look alike. Detected by MTCNN, the 12-bit PNG gives what its 8-bit version gives."""
+    model, emb, aligner = real
+    paths = {}
+    for name in ("Colin_Powell", "Serena_Williams"):
+        grey = cv2.imread(str(lfw_dir / name / f"{name}_0001.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.int64)
+        v12 = (grey * 4095 + 127) // 255
+        paths[name, 12] = tmp_path / f"{name}_12bit.png"
+        paths[name, 8] = tmp_path / f"{name}_8bit.png"
+        assert cv2.imwrite(str(paths[name, 12]), v12.astype(np.uint16))
+        assert cv2.imwrite(str(paths[name, 8]), ((v12 * 255 + 2047) // 4095).astype(np.uint8))
+    v8, v12 = (ver.verify(model, paths["Colin_Powell", b], paths["Serena_Williams", b], aligned=True, embedder=emb)
+               for b in (8, 12))
+    assert not v8.same and not v12.same and v12.similarity == pytest.approx(v8.similarity, abs=0.01), (v8, v12)
+    from mobiface_tf.align import load_image_rgb
+    r8, r12 = (aligner.align(load_image_rgb(paths["Colin_Powell", b])) for b in (8, 12))
+    assert r12.num_faces == r8.num_faces
+    if r8.crop is not None:
+        assert np.abs(r12.landmarks - r8.landmarks).max() < 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_50mp_phone_photo_verifies(real, lfw_dir, tmp_path):
+    """verify-50mp-photo-refused-unknown-flag: an 8160x6120 phone photo (49.9 Mpx; it was refused above 40 Mpx)
+    is verified against another photo of the same person: detected on a downscaled copy, cropped from the full
+    photo."""
+    from mobiface_tf.align import load_image_rgb
+
+    model, emb, aligner = real
+    face = load_image_rgb(lfw_dir / "Colin_Powell" / "Colin_Powell_0001.jpg")
+    photo = np.full((6120, 8160, 3), (118, 118, 110), np.uint8)
+    photo[1860:4260, 2880:5280] = cv2.resize(face, (2400, 2400), interpolation=cv2.INTER_CUBIC)
+    big = tmp_path / "PXL_20240601_50MP.jpg"
+    assert cv2.imwrite(str(big), photo[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])
+    v = ver.verify(model, big, lfw_dir / "Colin_Powell" / "Colin_Powell_0002.jpg", embedder=emb, aligner=aligner)
+    assert v.same and v.faces_found[0] >= 1, v
 
 
 @pytest.mark.slow

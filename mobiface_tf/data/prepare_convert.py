@@ -11,7 +11,8 @@ import os
 import signal
 
 from mobiface_tf.align import FaceAligner
-from mobiface_tf.images import CROP_SIZE, ImageError, decode_image_rgb, image_header, printable, read_image_bytes
+from mobiface_tf.images import (CROP_SIZE, ImageError, TooLargeError, decode_image_rgb, image_header, printable,
+                                read_image_bytes)
 from mobiface_tf.data.sources import RecordIOError, RecordIOReader, check_label
 
 _CFG: dict = {}
@@ -94,5 +95,8 @@ def convert(task):
         if res.crop is None:
             return index, None, label, source, f"{res.reason}: {source}", how, 0
         return index, encode_jpeg(res.crop), label, source, None, how, res.num_faces
+    except TooLargeError as e:  # prepare has the flag that raises the limit: say so
+        return index, None, label, source, str(TooLargeError(e.width, e.height, e.limit, e.name,
+                                                             "resize it below that, or raise --max_pixels")), None, 0
     except ImageError as e:
         return index, None, label, source, str(e), None, 0
