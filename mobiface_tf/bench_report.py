@@ -6,11 +6,11 @@ Markdown tables) and latency.png. `static_table` is the no-timing table (params,
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from mobiface_tf.atomic import atomic_path, write_json_atomic, write_text_atomic
 from mobiface_tf.litert import cpu_info, cpu_label
 
 # The sgemm peak is a float32 figure, so only rows that compute in float32 are compared with it.
@@ -150,7 +150,8 @@ def latency_chart(rows, path) -> None:
         if modes:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path, keep_suffix=True) as tmp:  # matplotlib picks the format from the suffix
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -166,10 +167,10 @@ def write_outputs(rows, output_dir, meta: dict, ratios=(), cpu: dict | None = No
     table = f"CPU: {cpu_label(cpu)}\n\n" + markdown_table(rows)
     if ratios:
         table += "\n\nRatios to fp32 within the same interleaved run:\n\n" + markdown_table(list(ratios), RATIO_COLUMNS)
-    (output_dir / "results.json").write_text(json.dumps({"cpu": cpu, "meta": meta, "ratios": list(ratios), "rows": rows},
-                                                        indent=2))
+    write_json_atomic(output_dir / "results.json", {"cpu": cpu, "meta": meta, "ratios": list(ratios), "rows": rows},
+                      indent=2)
     notes = "\n".join(f"- {k}: {v}" for k, v in meta.items())
-    (output_dir / "results.md").write_text(table + "\n\n" + notes + "\n")
+    write_text_atomic(output_dir / "results.md", table + "\n\n" + notes + "\n")
     latency_chart(rows, output_dir / "latency.png")
     return table
 

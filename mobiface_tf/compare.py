@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobiface_tf.atomic import write_json_atomic, write_text_atomic
 from mobiface_tf.compare_report import markdown, plot
 from mobiface_tf.fingerprint import model_fingerprint  # the key of every cached row and of the timing run
 
@@ -56,10 +57,7 @@ RECIPE = dict(margin="none", distill_weight=1.0, distill_loss="cosine", batch_si
 
 
 def _write(path: Path, obj) -> None:
-    from mobiface_tf.data.tfrecord import write_json_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, obj)
+    write_json_atomic(path, obj)  # missing folders are created
 
 
 def _read(path: Path):
@@ -226,7 +224,7 @@ def run(output_dir, *, data=None, teacher=None, lfw_dir=None, pairs=None, folds=
             "cpu_label": litert.cpu_label(cpu), "int8_max_drop": INT8_MAX_DROP}
     result = {"rows": all_rows, **meta}
     _write(output_dir / "results.json", result)
-    (output_dir / "results.md").write_text(markdown(all_rows, meta))
+    write_text_atomic(output_dir / "results.md", markdown(all_rows, meta))
     plot(all_rows, output_dir / "accuracy_vs_latency.png",
          f"held-out LFW (folds {','.join(map(str, folds))}) vs 1-thread latency"
          + (" - SYNTHETIC" if synthetic else ""))

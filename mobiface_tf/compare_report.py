@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mobiface_tf.atomic import atomic_path
+
 
 def markdown(rows: list, meta: dict) -> str:
     """The results table as Markdown (one line per row of `rows`) followed by the budget, protocol and CPU notes from `meta`."""
@@ -59,6 +61,7 @@ def plot(rows: list, path: Path, title: str) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path, keep_suffix=True) as tmp:  # matplotlib picks the format from the suffix
+        fig.savefig(tmp)
     plt.close(fig)
     return path

@@ -17,8 +17,9 @@ When MTCNN finds no face, the photo is not dropped: its fallback crop is the cen
 to 112x112 (CFP photos are loose crops around one face, so the centre square holds the face, unaligned). The
 fallback is cached and marked too, so callers count it and the pairs it touches.
 
-Entries are lossless PNGs `<dir>/<key[:2]>/<key>.aligned.png` or `.fallback.png`, written through a temporary
-file and os.replace, so two processes filling the same cache never leave a half-written crop.
+Entries are lossless PNGs `<dir>/<key[:2]>/<key>.aligned.png` or `.fallback.png`, written through
+mobiface_tf.atomic (a unique temporary file renamed into place), so two processes filling the same cache never
+leave a half-written crop.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from mobiface_tf.atomic import atomic_path
 from mobiface_tf.images import CROP_SIZE, decode_image_rgb, read_image_bytes
 
 ALIGN_VERSION = "mtcnn5-canvas-arcface112-v1"  # bump when the crop given for a photo changes
@@ -154,11 +156,10 @@ class CropCache:
 
     def _store(self, key: str, crop: Crop) -> None:
         path = self._paths(key)[0 if crop.aligned else 1]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"could not write an aligned crop under {str(self.dir)!r}; pass a writable --align_cache")
-        os.replace(tmp, path)
+        with atomic_path(path, keep_suffix=True) as tmp:  # OpenCV picks the format from the ".png" suffix
+            if not cv2.imwrite(str(tmp), cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR)):
+                raise OSError(f"could not write an aligned crop under {str(self.dir)!r}; pass a writable "
+                              "--align_cache")
 
     def crop_many(self, items, progress: bool = False) -> list:
         """Crops of many photos, in order; `items` are file paths or encoded bytes. Cached ones are read, the rest

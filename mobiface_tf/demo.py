@@ -29,6 +29,7 @@ if __name__ == "__main__":  # `python -m mobiface_tf.demo`: the demo command (se
     cli.demo()
 
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
+from mobiface_tf.atomic import atomic_path, is_temp_name
 from mobiface_tf.shipped import STUDENT_TFLITE
 
 GALLERY_5 = ("Colin_Powell", "Tony_Blair", "Serena_Williams", "Gerhard_Schroeder", "Ariel_Sharon")
@@ -97,6 +99,31 @@ class _Synthetic:
         return [f"synthetic_{i:03d}" for i in range(90)]
 
 
+def demo_folder_problem(output) -> str | None:
+    """Why `output` holds something a demo rerun must not delete (one line), or None. A rerun removes gallery/ and
+    gallery_90/ and replaces the model.tflite link: only what a demo made is removed, i.e. gallery folders holding
+    nothing but identity folders of <Name>_NNNN.jpg photos (and the enrolment index), and a link."""
+    out = Path(output)
+    for gallery in ("gallery", "gallery_90"):
+        root = out / gallery
+        if not (root.exists() or root.is_symlink()):
+            continue
+        if root.is_symlink() or not root.is_dir():
+            return f"{root} is not a demo gallery folder"
+        for entry in root.iterdir():
+            if entry.is_file() and (entry.name == ".mobiface_index.npz" or is_temp_name(entry.name)):
+                continue  # identify's enrolment index of the gallery (or a killed write of it)
+            photo = re.compile(rf"{re.escape(entry.name)}_\d{{4}}\.jpg")  # what make_demo copies: <Name>_NNNN.jpg
+            strays = [entry] if entry.is_symlink() or not entry.is_dir() else \
+                [f for f in entry.iterdir() if not (f.is_file() and photo.fullmatch(f.name))]
+            if strays:
+                return f"{root} holds {strays[0]}, which the demo did not make"
+    link = out / "model.tflite"
+    if link.exists() and not link.is_symlink():
+        return f"{link} is a file, not the demo's link to a model"
+    return None
+
+
 def make_demo(output, data="../shared/data") -> dict:
     """Write the demo photos, galleries and model link under `output`; returns {name: path} of what it made.
 
@@ -106,13 +133,17 @@ def make_demo(output, data="../shared/data") -> dict:
     Uses the LFW crops and reference model in `data` when present, else synthetic faces (see module docstring).
     """
     out = Path(output)
+    problem = demo_folder_problem(out)
+    if problem is not None:  # a rerun deletes only what a demo made
+        raise ValueError(f"--output {str(out)!r}: {problem}; pass another --output, or move it away")
     out.mkdir(parents=True, exist_ok=True)
     lfw_root = Path(data) / "lfw" / "lfw-112x112"
     src = _LFW(lfw_root) if lfw_root.is_dir() else _Synthetic()
     made = {}
 
     def save(name: str, img: Image.Image, **kw) -> None:
-        img.save(out / name, quality=95, **kw)
+        with atomic_path(out / name, keep_suffix=True) as tmp:  # Pillow picks the format from the suffix
+            img.save(tmp, quality=95, **kw)
         made[name] = out / name
 
     colin1, colin2 = src.photo("Colin_Powell", 1), src.photo("Colin_Powell", 2)
@@ -178,6 +209,9 @@ def main(argv):
     from mobiface_tf.outputs import check_output_dir
 
     check_output_dir(FLAGS.output, "--output")  # before any photo is made (ValueError: one line, exit 2)
+    problem = demo_folder_problem(FLAGS.output)
+    if problem is not None:
+        raise ValueError(f"--output {FLAGS.output!r}: {problem}; pass another --output, or move it away")
     made = make_demo(FLAGS.output, FLAGS.data)
     real = (Path(FLAGS.data) / "lfw" / "lfw-112x112").is_dir()
     photos = sorted(k for k in made if k.endswith(".jpg"))

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mobiface_tf.atomic import atomic_path
+
 FARS = (1e-1, 1e-2, 1e-3)
 
 
@@ -182,7 +184,8 @@ def save_roc_png(scores, issame, path, title: str) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    with atomic_path(path, keep_suffix=True) as tmp:  # matplotlib picks the format from the suffix
+        fig.savefig(tmp)
     plt.close(fig)
     return path
 

@@ -8,8 +8,11 @@ Enrolment is cached in an index file (default DIR/.mobiface_index.npz) holding o
 content (sha256), plus the model's fingerprint (mobiface_tf.fingerprint: every file it reads, an ONNX model's
 external data included) and embedding size. A rerun embeds only new or changed photos; deleted photos leave
 the index. The index is an .npz of plain arrays + a JSON string (no pickle), written to a temp file and renamed,
-so a crash never leaves half an index. An index that cannot be read is rebuilt with a warning; one built by
-another model or embedding size is an error (pass --index or --rebuild_index).
+so a crash never leaves half an index (mobiface_tf.atomic). An index that cannot be read is rebuilt with a warning
+when it is recognisably ours (the default GALLERY/.mobiface_index.npz, or an .npz with our 'meta' header); a file
+at --index that is not a mobiface index (the user's own .npz, a model, any other file) is never replaced, even
+with --rebuild_index: IndexNotOurs, before any photo is embedded. An index built by another model or embedding
+size is an error (pass --index or --rebuild_index).
 
 What is a photo and what is an identity is mobiface_tf.images' and mobiface_tf.identity_folders' rule (Pillow
 reads it; folder names compared by the name rule of --exclude_names, so `Colin_Powell/` and `colin_powell/`, or
@@ -30,12 +33,12 @@ import json
 import os
 import stat
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from mobiface_tf.atomic import atomic_path
 from mobiface_tf.faces import FaceError, load_face
 from mobiface_tf.fingerprint import file_sha256, model_fingerprint
 from mobiface_tf.identity_folders import identity_key, identity_name, list_identity_tree, merge_message
@@ -49,7 +52,11 @@ REJECTION = "unknown"
 
 
 class IndexCorrupt(Exception):
-    """The index file exists but cannot be trusted; it is rebuilt."""
+    """The index file exists, is recognisably ours, but cannot be trusted; it is rebuilt."""
+
+
+class IndexNotOurs(FaceError):
+    """--index names an existing file that is not a mobiface gallery index: it is never replaced (identify exits 2)."""
 
 
 @dataclasses.dataclass
@@ -92,7 +99,8 @@ def model_key(model_path, embedder, aligned: bool) -> dict:
 
 
 def read_index(path: Path) -> tuple[dict, np.ndarray] | None:
-    """(meta, embeddings [N, D]) or None when there is no index; IndexCorrupt when it cannot be trusted."""
+    """(meta, embeddings [N, D]) or None when there is no index; IndexCorrupt when it cannot be trusted.
+    Whether the file is ours at all is check_index_path's question, asked first by `enroll`."""
     if not path.exists():
         return None
     try:
@@ -115,21 +123,78 @@ def read_index(path: Path) -> tuple[dict, np.ndarray] | None:
 
 
 def write_index(path: Path, meta: dict, embeddings: np.ndarray) -> None:
-    """Atomic: write a temp file in the same folder, fsync, then rename over the old index."""
+    """Atomic (mobiface_tf.atomic): a temp file in the same folder, fsynced, then renamed over the old index.
+    PermissionError for a folder whose mode says read-only (even to root: shared data stays untouched)."""
     folder = path.parent
     # The owner-write bit too: root ignores a read-only mode, but a read-only gallery (shared data) stays untouched.
-    if not (os.access(folder, os.W_OK) and folder.stat().st_mode & stat.S_IWUSR):
+    if folder.is_dir() and not (os.access(folder, os.W_OK) and folder.stat().st_mode & stat.S_IWUSR):
         raise PermissionError(errno.EACCES, "folder is read-only", str(folder))
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez(f, meta=np.array(json.dumps(meta)), embeddings=np.asarray(embeddings, np.float32))
+
+
+def _first_zip_member(path: Path) -> str | None:
+    """The name of the first member of a zip archive from its local header (readable even when the archive is
+    cut short), or None when the file does not start like a zip archive."""
+    with open(path, "rb") as f:
+        head = f.read(30 + 256)
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        return None
+    size = int.from_bytes(head[26:28], "little")
+    return head[30:30 + size].decode("utf-8", "replace")
+
+
+def index_not_ours(path: Path) -> str | None:
+    """None when `path` may be replaced by a new index: it does not exist, is empty, or is recognisably a
+    mobiface gallery index (an .npz whose 'meta' member is a JSON object with a 'version'; one cut short still
+    starts with its 'meta' member). Otherwise why it is not one, as a short clause for the message."""
+    if not path.exists():
+        return None
+    if path.is_dir():
+        return "a folder"
+    if not path.is_file():
+        return "not a regular file"
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), embeddings=np.asarray(embeddings, np.float32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):  # the write failed: leave no temp file behind
-            os.unlink(tmp)
+        if path.stat().st_size == 0:
+            return None  # nothing in it to lose
+        if not zipfile.is_zipfile(path):  # not whole: ours only if it starts as np.savez writes our index
+            return None if _first_zip_member(path) == "meta.npy" else "not an .npz archive"
+        with zipfile.ZipFile(path) as z:
+            if "meta.npy" not in z.namelist():
+                return f"no 'meta'; it holds {', '.join(repr(n.removesuffix('.npy')) for n in z.namelist()[:4])}"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                text = str(z["meta"][()])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # our layout with a damaged 'meta' member (a CRC error): ours, corrupt
+        try:
+            meta = json.loads(text)
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict) or "version" not in meta:
+            return "its 'meta' is not a mobiface index header"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    return None
+
+
+def index_location(gallery_dir, index_path=None) -> tuple[Path, bool]:
+    """(the index file, whether it is the default GALLERY/.mobiface_index.npz) for --gallery and --index."""
+    return (Path(index_path), False) if index_path else (Path(gallery_dir) / INDEX_NAME, True)
+
+
+def check_index_path(path: Path, default: bool) -> None:
+    """IndexNotOurs unless an index may be written at `path`. `default`: the path is the gallery's own
+    GALLERY/.mobiface_index.npz (or a file of that name), which only this tool writes: anything there is ours."""
+    if default or path.name == INDEX_NAME:
+        if path.is_dir():
+            raise IndexNotOurs(f"--index {str(path)!r} is a folder; pass a file path such as "
+                               f"{str(path / INDEX_NAME)!r}")
+        return
+    why = index_not_ours(path)
+    if why is not None:
+        raise IndexNotOurs(f"--index {str(path)!r} exists and is not a mobiface gallery index ({why}); pass "
+                           "another --index path, or delete it")
 
 
 def check_compatible(meta: dict, key: dict, index_path: Path) -> None:
@@ -183,8 +248,9 @@ def check_identity_name(name: str) -> None:
 def _report_left_out(left_out, index_path: Path, root: Path, listed: set, warn) -> list[tuple[str, str]]:
     """Warn about files the listing left out (one line each; one line for all hidden entries) and about
     identity folders left with no photo; returns them, the index's own files excepted."""
-    ours = [(rel, why) for rel, why in left_out
-            if not (index_path.parent.resolve() == root.resolve() and rel.startswith(index_path.name))]
+    ours = [(rel, why) for rel, why in left_out  # the index and its temporary files (mobiface_tf.atomic) are ours
+            if not (index_path.parent.resolve() == root.resolve() and
+                    rel.startswith((index_path.name, "." + index_path.name)))]
     hidden = [rel for rel, _ in ours if any(hidden_reason(part) for part in rel.split("/"))]
     for rel, why in ours:
         if rel not in hidden:
@@ -225,6 +291,8 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
 
     aligner=None means the gallery photos are aligned crops (key["aligned"] must then be True). progress=True
     shows a bar on stderr over the photos to embed (MTCNN + the model: ~0.1-0.2 s each on a CPU core).
+    Raises IndexNotOurs (a FaceError), before any photo is read, when `index_path` is an existing file that is
+    not a mobiface index; FaceError for an unusable gallery or an index of another model.
     """
     root = Path(gallery_dir)
     merged = []
@@ -234,7 +302,8 @@ def enroll(gallery_dir, embedder, key: dict, index_path=None, aligner=None, rebu
         warn(merge_message(name, folders))
 
     files, left_out = scan_gallery(root, on_merge=on_merge)
-    index_path = Path(index_path) if index_path else root / INDEX_NAME
+    index_path, default = index_location(root, index_path)
+    check_index_path(index_path, default)  # a file of the user's at --index is never replaced
     left_out = _report_left_out(left_out, index_path, root, {f[0] for f in files}, warn)
     meta_old, cached, failed_before = (None, {}, {}) if rebuild else _load_cache(index_path, key, warn)
     hashes = _hash_photos(files)

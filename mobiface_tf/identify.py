@@ -38,7 +38,8 @@ from absl import flags
 from mobiface_tf import open_set
 from mobiface_tf.embedder import EmbeddingError
 from mobiface_tf.faces import FaceError, check_model_path, load_face, load_model, read_photo, resolve_threshold
-from mobiface_tf.gallery import INDEX_NAME, REJECTION, Gallery, enroll, model_key, scan_gallery
+from mobiface_tf.gallery import (INDEX_NAME, REJECTION, Gallery, IndexNotOurs, check_index_path, enroll,
+                                 index_location, model_key, scan_gallery)
 from mobiface_tf.images import printable
 from mobiface_tf.shipped import default_model
 
@@ -122,7 +123,8 @@ def identify(gallery: Gallery, embedder, queries, top: int, threshold: float, al
 
 def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, index=None, rebuild=False,
         as_json=False, out=sys.stdout, err=sys.stderr, far=None, progress=False) -> int:
-    """The CLI without flag parsing; returns the exit status (1 if anything, or any query, failed).
+    """The CLI without flag parsing; returns the exit status (1 if anything, or any query, failed; 2, before any
+    work, when `index` is an existing file that is not a mobiface index: it is left untouched).
 
     far: set the threshold from the gallery's own impostor scores at this per-query false-accept rate
     (`far_threshold`) instead of --threshold / the sidecar / the default.
@@ -144,6 +146,7 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
             raise FaceError(f"--far must be in (0, 1), got {far}")
         t, source = resolve_threshold(model_path, threshold, warn=lambda m: print(f"warning: {m}", file=err))
         scan_gallery(gallery_dir)  # fail on a bad --gallery before loading TF
+        check_index_path(*index_location(gallery_dir, index))  # never replace a file that is not our index
         for q in queries:  # a typo in a query path fails before any work
             read_photo(q)
         embedder = load_model(model_path)
@@ -167,6 +170,9 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
             source = (f"--far={far:g} on this gallery: each of its photos scored against the other "
                       f"{len(gallery.names) - 1} identities, {left_out}; {ft.describe()}")
         results = identify(gallery, embedder, queries, top, t, aligner)
+    except IndexNotOurs as e:  # bad input that would have cost the user a file: exit 2, as the other commands
+        print(f"error: {e}", file=err)
+        return 2
     except (FaceError, EmbeddingError) as e:
         print(f"error: {e}", file=err)
         return 1
@@ -216,8 +222,9 @@ def define_flags():
     flags.DEFINE_integer("top", 3, "How many identities to list per query.", lower_bound=1)
     flags.DEFINE_float("threshold", None, "Cosine threshold below which the answer is 'unknown'; default: the model's "
                        ".eval.json sidecar, else the documented default in mobiface_tf/faces.py.")
-    flags.DEFINE_string("index", None, f"Enrolment cache file; default GALLERY/{INDEX_NAME}.")
-    flags.DEFINE_bool("rebuild_index", False, "Ignore and replace an existing index.")
+    flags.DEFINE_string("index", None, f"Enrolment cache file; default GALLERY/{INDEX_NAME}. An existing file that is "
+                        "not a mobiface index is never replaced (exit 2).")
+    flags.DEFINE_bool("rebuild_index", False, "Ignore and replace an existing index (never a file that is not one).")
     flags.DEFINE_bool("aligned", False, "Gallery and query photos are already aligned face crops: skip detection.")
     flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
     flags.DEFINE_float("far", None, "Instead of --threshold: the per-query false-accept rate to allow (e.g. 1e-3). "
@@ -230,7 +237,8 @@ def define_flags():
 
 
 def main(argv):
-    """CLI: list the closest gallery identities for each --query photo; returns the exit status (0 ok, 1 error).
+    """CLI: list the closest gallery identities for each --query photo; returns the exit status (0 ok, 1 error, 2
+    when --index names an existing file that is not a mobiface index).
 
     Flags are defined by the module-level `define_flags()`; positional arguments are refused (exit 1).
     """

@@ -9,8 +9,9 @@ the holder is alive stops at once with `ModelDirBusy`, naming the holder's pid. 
 flock support the holder's pid is checked instead (alive: busy; gone: stale).
 
 Under tf.distribute multi-worker only the chief takes the lock (the other workers write nothing there but
-their scratch checkpoints). `write_atomic` / `unique_temp` give every final file a unique temporary name in its
-folder, renamed into place, so a crash or a concurrent writer never leaves a corrupt file under the real name.
+their scratch checkpoints). Final files are written through mobiface_tf.atomic (a unique temporary name in
+their folder, renamed into place), so a crash or a concurrent writer never leaves a corrupt file under the
+real name.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 
@@ -179,29 +179,3 @@ class OutputLock(DirLock):
 
     def _cannot_take(self) -> ValueError:
         return ValueError(f"cannot take the lock file {self.path}; delete it if no prepare_data run is active")
-
-
-def unique_temp(path) -> Path:
-    """A new, unique, empty temporary file next to `path` (same folder, so a rename into place is atomic),
-    keeping its suffix (Keras needs ".keras"): ".<name>.<random>.tmp<suffix>"."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    return Path(tmp)
-
-
-def write_atomic(path, text: str) -> Path:
-    """Write `text` to `path` through a unique temporary file renamed into place: readers see the old file or
-    the whole new one, never a mix. OSError (the temporary file removed) when it cannot be written."""
-    path = Path(path)
-    tmp = unique_temp(path)
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

@@ -19,6 +19,8 @@ kinds, so:
   way to use such a threshold on purpose.
 - Tools that rewrite a model (to_tflite, train) call `drop_stale_sidecar(path)` after writing it, so no sidecar
   of the old model stays beside the new one.
+- A file named like a sidecar that is not one (`not_a_sidecar`: not a JSON object with a threshold and the
+  fields written here) is never replaced or removed. Sidecars are written through mobiface_tf.atomic.
 """
 from __future__ import annotations
 
@@ -29,9 +31,13 @@ import os
 import stat
 from pathlib import Path
 
+from mobiface_tf.atomic import write_json_atomic
+
 log = logging.getLogger("mobiface_tf.sidecar")
 _FIELDS = ("threshold", "threshold_method", "threshold_mean_of_folds", "accuracy", "accuracy_std", "dataset",
            "num_pairs", "num_positive", "num_negative", "flip", "preprocess", "realign", "model")
+# A JSON object with "threshold" and one of these is a sidecar this module (or an older version of it) wrote.
+_OWN_FIELDS = {"model_sha256", "metric", "num_positive", "num_negative", "threshold_method", "accuracy"}
 # A threshold fit on fewer same (or different) pairs than this is not used in place of the documented default:
 # with 100 pairs of a kind one pair moves that kind's error rate by 1 point, and the threshold sits wherever the
 # few pairs nearest the boundary put it (an LFW View 2 fold has 300 of each, the whole protocol 3,000).
@@ -66,8 +72,9 @@ def write_sidecar(model_path, report: dict, fallback_dir=None) -> Path | None:
     """Write {"threshold", "accuracy", "num_positive", "num_negative", ...} next to the model.
 
     If the model's folder is read-only (e.g. shared data; judged by its mode bits, so even root leaves it
-    alone), write it into `fallback_dir` instead and return that path; returns None when neither location is
-    writable (I/O errors are logged, not raised).
+    alone), write it into `fallback_dir` instead (created when missing) and return that path; returns None when
+    neither location is writable (I/O errors are logged, not raised). A file at either place that is not a
+    sidecar (`not_a_sidecar`) is never replaced: a warning names it and the next place is tried.
     Raises SidecarError, writing nothing, when the report lacks pairs of either kind or its threshold is not
     a finite number in [-1, 1].
     """
@@ -85,17 +92,43 @@ def write_sidecar(model_path, report: dict, fallback_dir=None) -> Path | None:
     if fallback_dir is not None:
         targets.append(Path(fallback_dir) / sidecar_path(model_path).name)
     for target in targets:
+        if target is not targets[0]:  # the report's folder: made when missing, as the report's writer makes it
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # reported just below as not writable
         if not _writable_dir(target.parent):
             log.warning("not writing threshold sidecar into %s: the folder is read-only", target.parent)
             continue
+        why = not_a_sidecar(target)
+        if why is not None:
+            log.warning("not replacing %s: it is not a threshold sidecar (%s); move it away and re-run "
+                        "tools/evaluate.py to write one there", target, why)
+            continue
         try:
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_text(json.dumps(payload, indent=2) + "\n")
-            os.replace(tmp, target)
+            write_json_atomic(target, payload, indent=2)
             return target
         except OSError as e:
             log.warning("cannot write threshold sidecar %s (%s)%s", target, e,
                         "; trying the report's folder" if target is targets[0] and len(targets) > 1 else "")
+    return None
+
+
+def not_a_sidecar(path) -> str | None:
+    """None when `path` may be replaced or removed as a threshold sidecar: it does not exist, or it is a JSON
+    object with a "threshold" and one of the fields this module writes. Otherwise why not (a short clause): a
+    file of that name that is something else is never replaced or deleted."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return None
+    if not path.is_file():
+        return "not a regular file"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return f"not readable as JSON: {(str(e).splitlines() or [type(e).__name__])[0]}"
+    if not isinstance(data, dict) or "threshold" not in data or not _OWN_FIELDS & data.keys():
+        return "no threshold with the fields tools/evaluate.py writes"
     return None
 
 
@@ -153,17 +186,18 @@ def drop_stale_sidecar(model_path) -> Path | None:
     """Remove the sidecar beside `model_path` unless it records this model's fingerprint; returns what it removed.
 
     Called by the tools that write a model (to_tflite, train) right after the final file is in place: a sidecar
-    measured on the file they replaced would otherwise outlive it. A sidecar that cannot be parsed is left
-    for the CLIs to report. Never raises for a missing or unremovable file (it logs a warning instead).
+    measured on the file they replaced would otherwise outlive it. Only a file that is recognisably a sidecar
+    (`not_a_sidecar`) is removed; one that cannot be parsed, or holds something else, is left for the CLIs to
+    report. Never raises for a missing or unremovable file (it logs a warning instead).
     """
     from mobiface_tf.fingerprint import model_fingerprint
 
     path = sidecar_path(model_path)
-    if not path.is_file():
+    if not path.is_file() or not_a_sidecar(path) is not None:  # not ours (or unparsable): left as it is
         return None
     try:
         recorded = json.loads(path.read_text()).get("model_sha256")
-    except (ValueError, OSError, AttributeError):
+    except (ValueError, OSError):
         return None
     if recorded == model_fingerprint(model_path):
         return None

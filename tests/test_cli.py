@@ -1,6 +1,7 @@
 """The user commands as a user runs them (mobiface_tf/cli.py): output paths checked before any work, one line and
 exit 2 on bad input, Ctrl-C = one line and exit 130 (a real SIGINT to a real process group), `python -m
 mobiface_tf.<verb>` for each, and every console script's --help from a non-editable install in a fresh venv."""
+import json
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ import pytest
 
 from conftest import REPO, child_pids, ignores_signal, interrupt_when, process_has_loaded, write_png
 from mobiface_tf import cli
-from mobiface_tf.outputs import check_output_dir, check_output_file
+from mobiface_tf.outputs import check_output_dir, check_output_file, is_tflite_file, json_report
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -44,8 +45,9 @@ def test_output_checks_each_kind_of_bad_place(tmp_path):
     cases = {
         "is a folder; pass a file name such as": lambda: check_output_file(folder, "--output", example="eval.json"),
         "is an existing file; pass a folder": lambda: check_output_dir(a_file, "--output_dir"),
-        "does not exist; create it first": lambda: check_output_file(tmp_path / "no" / "x.json", "--output"),
-        "is not a folder": lambda: check_output_file(a_file / "x.json", "--output"),
+        "is not a folder": lambda: check_output_file(a_file / "no" / "x.json", "--output"),
+        "exists and is not a TFLite model": lambda: check_output_file(a_file, "--output", ours=is_tflite_file,
+                                                                       what="a TFLite model"),
     }
     if Path("/proc/self").is_dir():  # a place even root cannot create files in (not a permission bit)
         cases["cannot write in '/proc'"] = lambda: check_output_file("/proc/mobiface_x.json", "--output")
@@ -56,11 +58,16 @@ def test_output_checks_each_kind_of_bad_place(tmp_path):
         assert "\n" not in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite", "results"]
     assert list(folder.iterdir()) == []
-    # Good places pass, and a tool's own default folder is made on request.
+    # Good places pass: missing parent folders too (the writer creates them), and the check creates nothing.
     assert check_output_file(folder / "eval.json", "--output") == folder / "eval.json"
     assert check_output_dir(tmp_path / "new", "--output_dir") == tmp_path / "new"
-    assert check_output_file(tmp_path / "eval_out" / "e.json", "--output", make_parent=True).parent.is_dir()
+    assert check_output_file(tmp_path / "eval_out" / "deep" / "e.json", "--output") == \
+        tmp_path / "eval_out" / "deep" / "e.json"
+    assert check_output_dir(tmp_path / "a" / "b", "--output_dir") == tmp_path / "a" / "b"
     assert check_output_file(a_file, "--output") == a_file and a_file.read_bytes() == b"x"  # not truncated
+    (folder / "eval.json").write_text(json.dumps({"num_pairs": 6000, "num_positive": 3000, "num_negative": 3000}))
+    assert check_output_file(folder / "eval.json", "--output", ours=json_report("num_pairs"), what="a report")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite", "results"]
 
 
 # --------------------------------------------------------------------- every writer checks before its work
@@ -88,7 +95,7 @@ def _commands(tmp_path):
         "compare": (["tools/compare.py", "--models=resnet50", f"--output_dir={a_file}"],
                     ["--output_dir", "is an existing file"]),
         "prepare": (["-m", "mobiface_tf.prepare", f"--input={tmp_path / 'nowhere'}",
-                     f"--output={tmp_path / 'no' / 'shards'}"], ["--output", "does not exist; create it first"]),
+                     f"--output={a_file}"], ["--output", "is an existing file"]),
     }
 
 
@@ -98,6 +105,44 @@ def test_writers_check_output_paths_before_any_work(tool, tmp_path):
     proc = _run(args, cwd=REPO)
     _one_error_line(proc, *needles)
     assert not (tmp_path / "no").exists()
+
+
+def _users_files(tmp_path):
+    """(tool, args, the user's file that is in the way, what the error names) per writing command: an existing
+    file of the user's at the place the command would write its report, chart or model."""
+    notes = tmp_path / "notes.json"
+    notes.write_text(json.dumps({"my": "data"}))
+    out_dir = tmp_path / "results"
+    out_dir.mkdir()
+    (out_dir / "results.md").write_text("# My results\n")
+    not_keras = tmp_path / "mine.keras"
+    not_keras.write_text("not a model")
+    missing = _model_missing(tmp_path)
+    return {
+        "evaluate": (["tools/evaluate.py", f"--model={missing}", f"--lfw_dir={tmp_path}",
+                      f"--pairs={tmp_path / 'pairs.txt'}", f"--output={notes}"], notes, "not an evaluate report"),
+        "bench_identify": (["tools/bench_identify.py", f"--model={missing}", f"--probes={tmp_path / 'p'}",
+                            f"--distractors={tmp_path / 'd'}", f"--output={notes}"], notes,
+                           "not a bench_identify report"),
+        "to_tflite": (["tools/to_tflite.py", f"--model={missing}", f"--output={notes}"], notes, "not a TFLite model"),
+        "bench": (["tools/bench.py", "--models=resnet50", f"--output_dir={out_dir}"], out_dir / "results.md",
+                  "not a bench results.md"),
+        "compare": (["tools/compare.py", "--models=resnet50", f"--output_dir={out_dir}"], out_dir / "results.md",
+                    "not a compare results.md"),
+        "import_model": (["-m", "mobiface_tf.import_model", f"--source={notes}", f"--output={not_keras}"], not_keras,
+                         "not a Keras model"),
+    }
+
+
+@pytest.mark.parametrize("tool", ["evaluate", "bench_identify", "to_tflite", "bench", "compare", "import_model"])
+def test_writers_never_replace_a_file_that_is_not_their_own(tool, tmp_path):
+    """A command replaces only what it can tell is its own (a report with its keys or heading, a chart, a model
+    of its format): a user's file in the way stops it before any work, in one line naming the file, unchanged."""
+    args, users_file, message = _users_files(tmp_path)[tool]
+    before = users_file.read_bytes()
+    proc = _run(args, cwd=REPO)
+    _one_error_line(proc, str(users_file), message, "pass another path, or delete it")
+    assert users_file.read_bytes() == before
 
 
 def test_evaluate_output_folder_fails_before_embedding_real_faces(tmp_path, reference_tflite, lfw_dir, lfw_pairs):

@@ -128,9 +128,97 @@ def test_int8_io_model_is_scored_by_the_embedder(gdc, faces, tmp_path):
 def test_parity_enforced(gdc, tmp_path, monkeypatch):
     monkeypatch.setitem(PARITY_MIN, "none", 1.5)  # unreachable: the export must fail loudly
     x = np.random.default_rng(0).uniform(0, 255, (2, 112, 112, 3)).astype("uint8")
-    with pytest.raises(ParityError, match="min cosine"):
+    with pytest.raises(ParityError, match="min cosine.*nothing was written to"):
         export(gdc, tmp_path / "m.tflite", "none", parity_images=x)
-    assert (tmp_path / "m.tflite.parity.json").exists()
+    # Nothing under the output's name; the failed file and its report are kept beside it for inspection.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite.failed", "m.tflite.failed.parity.json"]
+    assert json.loads((tmp_path / "m.tflite.failed.parity.json").read_text())["parity"]["cosine_min"] < 1.5
+
+
+def _fp16_sensitive(path):
+    """The case to-tflite-failed-parity-replaces-model's model: emb = x @ (1000 + N) - x @ 1000 with N ~ 0.01.
+    Float32 keeps N; float16 weights round 1000 + N to 1000, so the float16 export gives zero embeddings (cosine 0
+    against Keras) and must fail its parity check, deterministically."""
+    rng = np.random.default_rng(0)
+    i = keras.Input((112, 112, 3))
+    x = keras.layers.Rescaling(1 / 128., offset=-127.5 / 128)(i)
+    x = keras.layers.Conv2D(16, 8, strides=8, use_bias=False)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    a = keras.layers.Dense(128, use_bias=False, name="a")
+    b = keras.layers.Dense(128, use_bias=False, name="b")
+    model = keras.Model(i, keras.layers.Subtract()([a(x), b(x)]), name="fp16_sensitive")
+    a.set_weights([(1000 + 0.01 * rng.standard_normal((16, 128))).astype(np.float32)])
+    b.set_weights([np.full((16, 128), 1000, np.float32)])
+    model.save(path)
+    return path
+
+
+def _deployed(folder):
+    """A working model in service at folder/model.tflite (a tiny real export), with its threshold sidecar and its
+    parity report: (model path, {path: bytes} of the three files)."""
+    from conftest import person, save_tiny_model
+
+    from mobiface_tf.sidecar import write_sidecar
+
+    out = folder / "deploy" / "model.tflite"
+    tiny = keras.models.load_model(save_tiny_model(folder / "tiny.keras", 16, 0), compile=False)
+    export(tiny, out, "none", parity_images=np.stack([person(i, 0) for i in range(4)]))
+    side = write_sidecar(out, {"threshold": 0.2753, "num_positive": 3000, "num_negative": 3000})
+    files = [out, side, Path(f"{out}.parity.json")]
+    return out, {f: f.read_bytes() for f in files}
+
+
+def test_failed_parity_leaves_the_old_model_its_sidecar_and_report(tmp_path):
+    """to-tflite-failed-parity-replaces-model: a float16 export that fails its parity check over a working model
+    leaves the model, its threshold sidecar and its parity report byte for byte, and no temporary file; the
+    failed file is kept as OUTPUT.failed and named in the error."""
+    from mobiface_tf.atomic import leftover_temps
+    from mobiface_tf.litert import make_interpreter
+
+    out, before = _deployed(tmp_path)
+    fp16 = keras.models.load_model(_fp16_sensitive(tmp_path / "fp16_sensitive.keras"), compile=False)
+    faces = np.random.default_rng(1).uniform(0, 255, (4, 112, 112, 3)).astype(np.uint8)
+    with pytest.raises(ParityError, match=r"min cosine 0\.0+ < 0\.999.*nothing was written to .*model\.tflite.*failed"):
+        export(fp16, out, "float16", parity_images=faces)
+    assert {f: f.read_bytes() for f in before} == before
+    assert leftover_temps(out.parent) == []
+    failed = Path(f"{out}.failed")
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(
+        [out.name, f"{out.name}.eval.json", f"{out.name}.parity.json", failed.name, f"{failed.name}.parity.json"])
+    make_interpreter(model_path=failed)  # the failed export is a whole TFLite file, kept for inspection
+    assert json.loads(Path(f"{failed}.parity.json").read_text())["parity"]["cosine_min"] < 0.999
+
+
+@pytest.mark.slow
+def test_cli_failed_parity_leaves_the_old_model_and_sidecar(tmp_path):
+    """The case's command line: to_tflite --quantize=float16 over a deployed model exits 2 with one line saying
+    nothing was written, and --output, its sidecar and its report keep their bytes."""
+    from conftest import person, write_png
+
+    out, before = _deployed(tmp_path)
+    faces = tmp_path / "faces"
+    for i in range(4):
+        write_png(faces / f"id{i}" / "0.png", person(i, 0))
+    proc = _tool(f"--model={_fp16_sensitive(tmp_path / 'fp16_sensitive.keras')}", f"--output={out}",
+                 "--quantize=float16", f"--parity_images={faces}", "--num_parity=4", "--noprogress")
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "min cosine" in lines[0] and f"nothing was written to '{out}'" in lines[0]
+    assert {f: f.read_bytes() for f in before} == before
+
+
+def test_cli_never_replaces_a_file_that_is_not_a_tflite_model(tmp_path):
+    """--output naming an existing file that is not a TFLite model (a .keras, the user's notes) stops before the
+    model loads, with one line, and the file keeps its bytes."""
+    from conftest import save_tiny_model
+
+    keras_model = save_tiny_model(tmp_path / "model.keras", 16, 0)
+    before = keras_model.read_bytes()
+    proc = _tool(f"--model={keras_model}", f"--output={keras_model}", f"--parity_images={tmp_path}")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("error: --output") and "is not a TFLite model" in last, \
+        proc.stderr[-2000:]
+    assert keras_model.read_bytes() == before
 
 
 def test_load_faces_image_dir_and_tfrecords(tmp_path):

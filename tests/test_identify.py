@@ -141,6 +141,64 @@ def test_corrupt_index_is_rebuilt_with_a_warning(gallery, embedder, models, dama
     assert read_index(path) is not None  # rewritten, readable again
 
 
+def _users_own_files(tmp_path, models) -> dict:
+    """Files a user may point --index at by mistake: their own embeddings .npz (another tool's: 'embeddings' and
+    'names', no 'meta'), the model itself, a text file, and an .npz with a 'meta' that is not our header."""
+    own = tmp_path / "faces_db.npz"
+    np.savez(own, embeddings=np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32),
+             names=np.array([f"person_{i}" for i in range(300)]))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    other = tmp_path / "other.npz"
+    np.savez(other, meta=np.arange(3), embeddings=np.zeros((3, 16), np.float32))
+    return {"npz": own, "model": Path(models["a16"]), "text": notes, "other_meta": other}
+
+
+@pytest.mark.parametrize("kind", ["npz", "model", "text", "other_meta"])
+def test_index_that_is_not_ours_is_refused_and_left_unchanged(gallery, embedder, models, tmp_path, kind):
+    """identify-index-overwrites-user-file: --index=FILE where FILE exists and is not a mobiface index stops before
+    any photo is embedded, with one line naming the file and --index, exit 2; its bytes are unchanged, even with
+    --rebuild_index."""
+    from io import StringIO
+
+    from mobiface_tf.gallery import IndexNotOurs
+
+    target = _users_own_files(tmp_path, models)[kind]
+    before = target.read_bytes()
+    query = write_png(tmp_path / "q.png", person(0, 9))
+    for rebuild in (False, True):
+        out, err = StringIO(), StringIO()
+        rc = ident.run(str(models["a16"]), str(gallery), [str(query)], aligned=True, index=str(target),
+                       rebuild=rebuild, out=out, err=err)
+        lines = err.getvalue().strip().splitlines()
+        assert rc == 2 and len(lines) == 1, err.getvalue()
+        assert lines[0].startswith("error: --index") and str(target) in lines[0]
+        assert "is not a mobiface gallery index" in lines[0] and "pass another --index path" in lines[0]
+        assert out.getvalue() == "" and target.read_bytes() == before
+        spy = CountingEmbedder(embedder)  # the library refuses too, before embedding anything
+        with pytest.raises(IndexNotOurs, match="not a mobiface gallery index"):
+            enroll(gallery, spy, models["a16"], index_path=target, rebuild=rebuild)
+        assert spy.count == 0 and target.read_bytes() == before
+    assert not (gallery / INDEX_NAME).exists()
+
+
+def test_index_at_an_explicit_path_is_rebuilt_only_when_recognisably_ours(gallery, embedder, models, tmp_path):
+    """A damaged index that is still recognisably ours (cut short: it starts with our 'meta' member) at a user-given
+    --index is rebuilt with a warning; an empty file holds nothing to lose and is written too."""
+    index = tmp_path / "cache" / "faces.npz"
+    enroll(gallery, embedder, models["a16"], index_path=index)  # missing folders created
+    data = index.read_bytes()
+    index.write_bytes(data[:len(data) // 2])
+    warnings = []
+    g = enroll(gallery, embedder, models["a16"], index_path=index, warn=warnings.append)
+    assert g.embedded == 6 and len(warnings) == 1 and "corrupt" in warnings[0] and "rebuilding" in warnings[0]
+    assert read_index(index) is not None
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    assert enroll(gallery, embedder, models["a16"], index_path=empty).index_written
+    assert read_index(empty) is not None
+
+
 def test_unusable_gallery_photos_are_skipped_and_remembered(gallery, embedder, models):
     (gallery / "id0" / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
     write_png(gallery / "id9" / "wide.png", np.zeros((40, 200, 3), np.uint8))  # not a square crop

@@ -118,15 +118,15 @@ def test_final_files_use_unique_temporary_names_and_never_replace_a_model_with_a
     whole and no temporary file behind."""
     import keras
 
+    from mobiface_tf.atomic import temp_beside, write_text_atomic
     from mobiface_tf.training.embedding import save_embedding_model
-    from mobiface_tf.locks import unique_temp, write_atomic
     from mobiface_tf.training.model import build_backbone
 
     target = tmp_path / "embedding.keras"
-    a, b = unique_temp(target), unique_temp(target)
+    a, b = temp_beside(target, keep_suffix=True), temp_beside(target, keep_suffix=True)
     assert a != b and a.parent == b.parent == tmp_path and a.suffix == ".keras"
     a.unlink(), b.unlink()
-    write_atomic(tmp_path / "config.json", "{}\n")
+    write_text_atomic(tmp_path / "config.json", "{}\n")
     keras.utils.set_random_seed(0)
     net = build_backbone("mobiface", 16, "gdc")
     save_embedding_model(net, "mobiface", 16, "gdc", target)

@@ -16,6 +16,7 @@ import pytest
 from conftest import png_header_only
 
 from mobiface_tf.align import ARCFACE_TEMPLATE, FaceAligner, decode_image_rgb
+from mobiface_tf.atomic import leftover_temps
 from mobiface_tf.data.sources import IRHeader, pack_ir, write_recordio
 from mobiface_tf.data.synthetic import render_identity, write_synthetic_folder
 from mobiface_tf.data.tfrecord import read_examples
@@ -133,7 +134,7 @@ def test_corrupt_recordio_fails_with_file_and_offset(tmp_path):
     assert proc.returncode != 0
     assert "c.rec: bad magic" in proc.stderr and f"at offset {off}" in proc.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
-    assert not list((tmp_path / "out").glob("*.tmp-*"))
+    assert not list((tmp_path / "out").glob("*.tmp-*")) and not leftover_temps(tmp_path / "out")
 
 
 def test_real_recordio_sample(tmp_path, recordio_dir):
@@ -179,7 +180,7 @@ def test_sigkill_then_rerun_completes_without_duplicates(tmp_path):
     assert m["num_images"] == 3000 and m["skipped"] == [] and m["synthetic"] is True
     sources = [e["source"] for e in all_examples(out)]
     assert len(sources) == 3000 and len(set(sources)) == 3000
-    assert not list(out.glob("*.tmp-*"))
+    assert not list(out.glob("*.tmp-*")) and not leftover_temps(out)
     # Shards recorded as finished before the kill were kept, not redone.
     for name, mtime in finished.items():
         assert (out / name).stat().st_mtime_ns == mtime, name

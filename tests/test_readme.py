@@ -137,10 +137,13 @@ def test_console_scripts_declared_and_importable():
 @pytest.mark.parametrize("path", ["eval_out/eval_m.tflite.json", "eval_out/eval_m.tflite.roc.png",
                                   "quickstart_out/x", "bench_out/results.json", "runs/a/embedding.keras",
                                   "demo/colin_big_1600x1200.jpg", "demo/gallery/.mobiface_index.npz",
-                                  "somewhere/m.tflite", "somewhere/m.keras.eval.json", "m.tflite.parity.json"])
+                                  "somewhere/m.tflite", "somewhere/m.keras.eval.json", "m.tflite.parity.json",
+                                  "m.tflite.failed", "m.tflite.failed.parity.json", "somewhere/.r.json.0a1b2c3d.tmp",
+                                  "somewhere/.m.keras.0a1b2c3d.tmp.keras"])
 def test_gitignore_covers_default_outputs(path):
     """Each tool's default output path (evaluate: eval_out/, bench: bench_out/, quickstart, demo, sidecars,
-    identify's index, exports and their parity reports) is ignored, so running them leaves no untracked file."""
+    identify's index, exports and their parity reports, a failed export, a killed writer's temporary file) is
+    ignored, so running them leaves no untracked file."""
     r = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=REPO)
     assert r.returncode == 0, f"{path} is not covered by .gitignore"
 

@@ -340,6 +340,29 @@ def test_rewriting_a_model_drops_its_stale_sidecar(tmp_path):
     assert drop_stale_sidecar(model) == side and not side.exists()
 
 
+def test_a_file_named_like_a_sidecar_that_is_not_one_is_never_replaced_or_removed(tmp_path):
+    """Only a file that is recognisably a threshold sidecar (a JSON object with a threshold and the fields
+    tools/evaluate.py writes) is replaced by evaluate or removed when its model is rewritten; anything else of that
+    name (notes, another tool's JSON, a hand-written threshold) keeps its bytes. write_sidecar then writes into
+    the fallback folder instead, or nowhere."""
+    model = tmp_path / "models" / "model.tflite"
+    model.parent.mkdir()
+    model.write_bytes(b"the deployed model")
+    side = sidecar_path(model)
+    for content in (b"my notes about this model\n", json.dumps({"threshold": 0.2753, "note": "hand-set"}).encode(),
+                    json.dumps(["not", "an", "object"]).encode()):
+        side.write_bytes(content)
+        model.write_bytes(b"another model at the same path")
+        assert drop_stale_sidecar(model) is None and side.read_bytes() == content
+        assert write_sidecar(model, _report()) is None and side.read_bytes() == content
+        fallback = tmp_path / "eval_out"
+        fallback.mkdir(exist_ok=True)
+        written = write_sidecar(model, _report(), fallback_dir=fallback)
+        assert written == fallback / side.name and side.read_bytes() == content
+        assert json.loads(written.read_text())["model_sha256"] == model_fingerprint(model)
+    assert sorted(p.name for p in model.parent.iterdir()) == ["model.tflite", side.name]  # no temp file left
+
+
 def test_verify_json_similarity_has_4_decimals():
     """The JSON shows the similarity as the text does: float32 results differ in the last bits between CPUs."""
     v = ver.Verdict("a.jpg", "b.jpg", 0.1229703426361084, 0.275, "default", False, (1, 1), "m.tflite")

@@ -21,7 +21,7 @@ import sys
 from absl import flags
 
 from mobiface_tf.commands import SHARED_DATA
-from mobiface_tf.outputs import check_output_dir, check_output_file
+from mobiface_tf.outputs import check_output_dir, check_output_file, is_png_file, json_report, markdown_starting
 
 DEFAULT_LFW = SHARED_DATA / "lfw" / "lfw-112x112"
 
@@ -55,9 +55,11 @@ flags.DEFINE_bool("static", False, "only print params, MACs and sizes (no conver
 def _check_outputs(output_dir) -> None:
     """--output_dir and the files bench writes in it, before any conversion (ValueError: one line)."""
     out = check_output_dir(output_dir, "--output_dir")
-    if out.is_dir():
-        for name in ("results.json", "results.md", "latency.png"):
-            check_output_file(out / name, f"--output_dir (its {name})")
+    if out.is_dir():  # each is replaced only when it is bench's own (never a file of the user's of that name)
+        for name, ours, what in (("results.json", json_report("rows", "meta"), "a bench results.json"),
+                                 ("results.md", markdown_starting("CPU: "), "a bench results.md"),
+                                 ("latency.png", is_png_file, "a PNG chart")):
+            check_output_file(out / name, f"--output_dir (its {name})", ours=ours, what=what)
         check_output_dir(out / "models", "--output_dir (its models/ folder)")
 
 

@@ -19,7 +19,6 @@ would count as an error.
 The protocol and the search are mobiface_tf/megaface/search.py's. Real runs also search N random unit
 vectors of the same dimension (--compare_random) to show what random distractors would have claimed.
 """
-import json
 import os
 import resource
 import time
@@ -34,7 +33,8 @@ from mobiface_tf.megaface.layout import read_megaface_layout
 from mobiface_tf.megaface.search import megaface_search, random_unit_vectors
 from mobiface_tf.fingerprint import model_fingerprint
 from mobiface_tf.commands import SHARED_DATA as _DATA
-from mobiface_tf.outputs import check_output_dir, check_output_file
+from mobiface_tf.atomic import write_json_atomic
+from mobiface_tf.outputs import check_output_dir, check_output_file, json_report
 from mobiface_tf.peak import sgemm_gflops
 
 FLAGS = flags.FLAGS
@@ -277,9 +277,10 @@ def _megaface_mode() -> dict:
 
 def _bench() -> int:
     if FLAGS.output:  # before any embedding: the report must be writable
-        check_output_file(FLAGS.output, "--output", example="identify.json")
+        check_output_file(FLAGS.output, "--output", example="identify.json", ours=json_report("fars", "max_rank"),
+                          what="a bench_identify report")
     if FLAGS.megaface or (FLAGS.distractors and source_kind(FLAGS.distractors) != "random"):  # faces embedded
-        check_output_dir(FLAGS.cache_dir, "--cache_dir", make_parent=FLAGS.cache_dir == str(DEFAULT_CACHE_DIR))
+        check_output_dir(FLAGS.cache_dir, "--cache_dir")
     if FLAGS.megaface:
         out = _megaface_mode()
     elif FLAGS.distractors is None:
@@ -289,7 +290,7 @@ def _bench() -> int:
     else:
         out = _real_mode()
     if FLAGS.output:
-        Path(FLAGS.output).write_text(json.dumps(out, indent=2) + "\n")
+        write_json_atomic(FLAGS.output, out, indent=2)
     return 0
 
 

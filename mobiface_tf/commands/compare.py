@@ -16,7 +16,7 @@ import sys
 
 from absl import flags
 
-from mobiface_tf.outputs import check_output_dir, check_output_file
+from mobiface_tf.outputs import check_output_dir, check_output_file, is_png_file, json_report, markdown_starting
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "results, checkpoints and exports go here", required=True)
@@ -47,9 +47,11 @@ def main(argv):
     """
     del argv
     out = check_output_dir(FLAGS.output_dir, "--output_dir")
-    if out.is_dir():
-        for name in ("results.json", "results.md", "accuracy_vs_latency.png"):
-            check_output_file(out / name, f"--output_dir (its {name})")
+    if out.is_dir():  # each is replaced only when it is compare's own (never a file of the user's of that name)
+        for name, ours, what in (("results.json", json_report("rows", "budget"), "a compare results.json"),
+                                 ("results.md", markdown_starting("| network | form |"), "a compare results.md"),
+                                 ("accuracy_vs_latency.png", is_png_file, "a PNG chart")):
+            check_output_file(out / name, f"--output_dir (its {name})", ours=ours, what=what)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     logging.getLogger("mobiface_tf.training").setLevel(logging.INFO)
     import tensorflow as tf

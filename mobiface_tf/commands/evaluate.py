@@ -7,7 +7,6 @@
 Prints accuracy ± std, the threshold and TAR@FAR; writes a JSON report, an ROC PNG and the threshold
 sidecar (<model>.eval.json) that the verify/identify CLIs read.
 """
-import json
 import logging
 import sys
 from pathlib import Path
@@ -16,8 +15,11 @@ from absl import app, flags
 
 from mobiface_tf import embedder as embedder_lib
 from mobiface_tf import evaluate as ev
+from mobiface_tf.atomic import write_json_atomic
 from mobiface_tf.sidecar import MIN_PAIRS_PER_KIND
-from mobiface_tf.outputs import check_output_file
+from mobiface_tf.outputs import check_output_file, is_png_file, json_report
+
+REPORT_IS_OURS = json_report("num_pairs", "num_positive", "num_negative")  # every report of evaluate has these
 
 FLAGS = flags.FLAGS
 DEFAULT_DIR = "eval_out"  # default folder of the report, ROC and (read-only model folder) sidecar; in .gitignore
@@ -77,12 +79,14 @@ def _evaluate():
         raise app.UsageError(f"--lfw_dir ({FLAGS.lfw_dir!r}) and --pairs ({FLAGS.pairs!r}) go together")
     model_path = Path(FLAGS.model)
     # Every output is checked before the model is loaded: a folder or an unwritable place fails now, in one line.
+    # An existing report or chart is replaced only when it is recognisably evaluate's own (never a user's file).
     output = check_output_file(FLAGS.output or Path(DEFAULT_DIR) / f"eval_{model_path.name}.json", "--output",
-                               make_parent=not FLAGS.output, example="eval.json")
+                               example="eval.json", ours=REPORT_IS_OURS, what="an evaluate report")
     roc_png = check_output_file(FLAGS.roc_png or output.with_suffix(".roc.png"), "--roc_png" if FLAGS.roc_png else
-                                "--output (its ROC PNG)", example="roc.png")
+                                "--output (its ROC PNG)", example="roc.png", ours=is_png_file, what="a PNG chart")
     if FLAGS.bin and FLAGS.pairs:
-        check_output_file(_bin_roc_png(roc_png), "--roc_png (the .bin ROC PNG)", example="roc.png")
+        check_output_file(_bin_roc_png(roc_png), "--roc_png (the .bin ROC PNG)", example="roc.png", ours=is_png_file,
+                          what="a PNG chart")
 
     emb = embedder_lib.load_embedder(model_path, FLAGS.preprocess, FLAGS.batch_size, FLAGS.num_threads)
     aligner = None
@@ -141,7 +145,7 @@ def _evaluate():
                   f"{final['num_negative']} different pairs, fewer than {MIN_PAIRS_PER_KIND} of each: verify and "
                   f"identify will not use it (pass --threshold={final['threshold']:.4f} to use it anyway)",
                   file=sys.stderr)
-    output.write_text(json.dumps(final, indent=2) + "\n")
+    write_json_atomic(output, final, indent=2)  # a temp file renamed into place: a full disk keeps the old report
     print(f"report: {output}  roc: {final['roc_png']}")
     return 0
 

@@ -9,15 +9,18 @@ OUTPUT.import.json (the mapping and the parity check). The imported network is c
 run by its own runtime (LiteRT / onnxruntime) on --check_faces (else synthetic images): each image's cosine
 must reach --min_cosine (0.9999), or nothing is written. A graph that does not fit the project's network is
 refused with one line naming the first layer that differs. Exit 2 with one "error: ..." line on either.
+OUTPUT is written to a temporary file beside it (missing folders created) and renamed over it only when whole; an
+existing OUTPUT that is not a Keras model, or a report that is not import_model's, is never replaced.
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
 from absl import flags
+
+from mobiface_tf.atomic import atomic_path, write_json_atomic
+from mobiface_tf.outputs import check_output_file, is_keras_file, json_report
 
 FLAGS = flags.FLAGS
 
@@ -53,6 +56,10 @@ def _check_paths(source: str, output: str) -> Path:
         raise ValueError(f"--output={output!r} must end in .keras (Keras' own format)")
     if out.is_dir():
         raise ValueError(f"--output={output!r} is a directory; pass a file name ending in .keras")
+    # Only a Keras model (and our own report) is ever replaced: checked before the import, in one line.
+    check_output_file(out, "--output", example="model.keras", ours=is_keras_file, what="a Keras model (.keras)")
+    check_output_file(f"{out}.import.json", "--output (its import report)", ours=json_report("source", "format"),
+                      what="an import_model report")
     return out
 
 
@@ -78,15 +85,12 @@ def run(source, output, backbone="mobilefacenet", embedding_dim=None, source_pre
         bn = load_faces(bn_faces, num_bn_faces, seed=2)
     model, report = importer.import_model(source, backbone, embedding_dim, source_preprocess, faces, num_check,
                                           importer.MIN_COSINE if min_cosine is None else min_cosine, bn)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     report["output"] = str(out)
-    Path(f"{out}.import.json").write_text(json.dumps(report, indent=2) + "\n")
+    # The checked model goes to a temporary .keras beside OUTPUT (missing folders created) and is renamed over it
+    # only once it reads back as a Keras archive (mobiface_tf.atomic); then its report, the same way.
+    with atomic_path(out, check=is_keras_file, keep_suffix=True) as tmp:  # Keras wants the ".keras" suffix
+        model.save(tmp)
+    write_json_atomic(f"{out}.import.json", report, indent=2)
     return report
 
 

@@ -6,11 +6,15 @@
 
 Photos are aligned by MTCNN to the ArcFace template (cached in --align_cache; --align=none keeps aligned crops as
 they are). The .bin is a pickle (protocol 4) of (JPEG bytes, issame bools), pairs in fold order; score it with
-`mobiface-evaluate --bin=FILE`, or watch it during training with `--val_bin=FILE`.
+`mobiface-evaluate --bin=FILE`, or watch it during training with `--val_bin=FILE`. The .bin is written to a temporary
+file beside --output, read back, and only then renamed over it: a failed run or a full disk leaves no half .bin and
+the old file (with --overwrite) as it was.
 """
 from pathlib import Path
 
 from absl import flags
+
+from mobiface_tf.outputs import check_output_file
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "the .bin to write (refused if it exists, unless --overwrite)")
@@ -37,8 +41,7 @@ def _run():
         raise ValueError(f"--output {str(out)!r} is a folder; give the .bin file to write")
     if out.exists() and not FLAGS.overwrite:
         raise ValueError(f"--output {str(out)!r} exists; pass --overwrite to replace it")
-    if not out.parent.is_dir():
-        raise ValueError(f"the folder of --output {str(out)!r} does not exist; create it first")
+    check_output_file(out, "--output", example="lfw.bin")  # a place a file can be created (missing folders are made)
     folds = [int(f) for f in FLAGS.folds] if FLAGS.folds else None
     pairs = protocol_pairs(FLAGS.cfp_dir, FLAGS.cfp_protocol, FLAGS.lfw_dir, FLAGS.pairs, folds)
     crops = None

@@ -9,6 +9,11 @@ Writes OUTPUT and OUTPUT.parity.json (cosine Keras vs TFLite on real faces: min 
 mode, size, ops and XNNPACK partitions). fp32 must reach min cosine >= 0.9999 and fp16 >= 0.999, or
 the command fails; int8 is reported (aim: mean >= 0.98). A --backbone (random init) first gets
 its BatchNorm statistics re-estimated on the faces (export.calibrate_batchnorm); a --model does not.
+
+Never in place: the new model is written to a temporary file beside OUTPUT and parity is measured on it; only a
+model that passes replaces OUTPUT (and drops the old model's threshold sidecar). A failed check or a full disk
+leaves OUTPUT, its report and its sidecar untouched; the failed file is kept as OUTPUT.failed. An existing OUTPUT
+that is not a TFLite model is never replaced.
 """
 import sys
 import time
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from absl import flags
 
-from mobiface_tf.outputs import check_output_file
+from mobiface_tf.outputs import check_output_file, is_tflite_file, json_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("progress", True, "print a timed line on stderr as each step starts (--noprogress: off)")
@@ -80,8 +85,10 @@ def main(argv):
     del argv
     t0 = time.perf_counter()
     # Before TensorFlow and the model load: where the files go must be writable (ValueError: one line, exit 2).
-    check_output_file(FLAGS.output, "--output", example="model.tflite")
-    check_output_file(f"{FLAGS.output}.parity.json", "--output (its parity report)")
+    # Only a TFLite model, and to_tflite's own parity report, are ever replaced (never a .keras or a user's file).
+    check_output_file(FLAGS.output, "--output", example="model.tflite", ours=is_tflite_file, what="a TFLite model")
+    check_output_file(f"{FLAGS.output}.parity.json", "--output (its parity report)",
+                      ours=json_report("tflite", "quantize"), what="a to_tflite parity report")
     _step(t0, "loading TensorFlow and the model")
     from mobiface_tf.export.batchnorm import calibrate_batchnorm
     from mobiface_tf.export.faces import load_calibration_faces, load_faces

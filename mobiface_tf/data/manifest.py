@@ -24,6 +24,8 @@ import json
 import os
 from pathlib import Path
 
+from mobiface_tf.atomic import write_json_atomic
+
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 2
 REQUIRED = ("num_images", "num_classes", "class_names", "skipped", "shards")
@@ -85,8 +87,6 @@ def read_manifest(dir_or_pattern) -> dict:
 def write_manifest(out_dir, manifest: dict) -> Path:
     """Validate and write `out_dir`/manifest.json atomically (temp file + rename), stamped with
     "version": MANIFEST_VERSION (every writer now fingerprints its teacher the current way); returns its path."""
-    from mobiface_tf.data.tfrecord import write_json_atomic
-
     path = Path(out_dir) / MANIFEST
     manifest["version"] = MANIFEST_VERSION
     validate(manifest, str(path))

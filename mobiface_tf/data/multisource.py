@@ -18,10 +18,10 @@ by name; sources.json says so. CelebA's people were chosen not to overlap LFW (S
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple
 
+from mobiface_tf.atomic import write_json_atomic, write_text_atomic
 from mobiface_tf.data import people
 
 SOURCES_FILE = "sources.json"
@@ -83,8 +83,8 @@ def build_multisource(sources: list[Source], output, lfw_pairs=None, lfw_folds=N
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     names_path = out / NAMES_FILE
-    names_path.write_text("# people scored later (mobiface_tf.data.multisource); canonical names\n" +
-                          "\n".join(sorted(reasons)) + "\n", encoding="utf-8")
+    write_text_atomic(names_path, "# people scored later (mobiface_tf.data.multisource); canonical names\n" +
+                      "\n".join(sorted(reasons)) + "\n")
     record = {"excluded_names_file": NAMES_FILE, "num_people_scored": len(reasons), "sources": []}
     for s in sources:
         manifest = prepare(s.path, str(out / s.name), align=s.align, workers=workers, progress=progress,
@@ -100,5 +100,5 @@ def build_multisource(sources: list[Source], output, lfw_pairs=None, lfw_folds=N
             entry["note"] = ("identities are numbers, not names: no person of this source can be matched by name "
                              "against the scored people")
         record["sources"].append(entry)
-    (out / SOURCES_FILE).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json_atomic(out / SOURCES_FILE, record, indent=1, ensure_ascii=False)
     return record

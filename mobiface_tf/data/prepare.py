@@ -28,8 +28,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mobiface_tf.atomic import leftover_temps, write_json_atomic
 from mobiface_tf.images import DEFAULT_MAX_PIXELS, printable
-from mobiface_tf.data.manifest import write_manifest
+from mobiface_tf.data.manifest import MANIFEST, write_manifest
 from mobiface_tf.data.prepare_convert import convert, init_worker, start_pool
 from mobiface_tf.data.prepare_inputs import exclude_identities, exclude_named, input_stat, list_inputs
 from mobiface_tf.data.sources import recordio_class_names
@@ -189,7 +190,7 @@ class _ShardPlan:
 def _plan_shards(tasks, cfg: dict, shards: int | None, out: Path) -> _ShardPlan:
     """The shard plan for `tasks`; checks `out` holds no other run's shards, and drops leftover temp files and
     the manifest (rewritten last, so its presence always means "complete")."""
-    from mobiface_tf.data.tfrecord import MANIFEST, shard_name
+    from mobiface_tf.data.tfrecord import shard_name
 
     n = len(tasks)
     num_shards = shards or max(1, math.ceil(n / IMAGES_PER_SHARD))
@@ -199,7 +200,9 @@ def _plan_shards(tasks, cfg: dict, shards: int | None, out: Path) -> _ShardPlan:
     stale = sorted(set(os.path.basename(p) for p in glob.glob(str(out / "train-*-of-*.tfrecord"))) - set(names))
     if stale:
         raise ValueError(f"--output '{out}' holds shards of another run ({stale[0]} ...); use an empty --output")
-    for tmp in glob.glob(str(out / "*.tmp-*")):  # leftovers of a killed run: never complete, safe to drop
+    # Leftovers of a killed run (never complete; the output lock says no other run writes here): mobiface_tf.atomic's
+    # hidden temp files, and the "*.tmp-PID" ones of older versions.
+    for tmp in [*glob.glob(str(out / "*.tmp-*")), *leftover_temps(out)]:
         os.remove(tmp)
     manifest_path = out / MANIFEST
     if manifest_path.exists():
@@ -249,7 +252,7 @@ def _write_shard(plan: _ShardPlan, s: int, results, bar) -> dict:
     A failed write (a full disk) drops this shard only: OSError saying finished shards are kept."""
     import tensorflow as tf
 
-    from mobiface_tf.data.tfrecord import AtomicShardWriter, make_example, write_json_atomic
+    from mobiface_tf.data.tfrecord import AtomicShardWriter, make_example
 
     out, name = plan.out, plan.names[s]
     writer = AtomicShardWriter(out / name)

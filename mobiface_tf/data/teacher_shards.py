@@ -10,8 +10,9 @@ import os
 import sys
 from pathlib import Path
 
+from mobiface_tf.atomic import leftover_temps, write_json_atomic
 from mobiface_tf.images import CROP_SIZE
-from mobiface_tf.data.manifest import read_manifest, write_manifest
+from mobiface_tf.data.manifest import MANIFEST, read_manifest, write_manifest
 from mobiface_tf.fingerprint import model_fingerprint
 
 
@@ -34,7 +35,6 @@ def add_teacher(output, teacher, preprocess: str | None = None, num_threads: int
     Raises:
       ValueError: no manifest in `output`, or a teacher that is not a model of 112x112 faces.
     """
-    from mobiface_tf.data.tfrecord import MANIFEST
     from tqdm import tqdm
 
     out = Path(output)
@@ -47,7 +47,9 @@ def add_teacher(output, teacher, preprocess: str | None = None, num_threads: int
     total = int(manifest["num_images"])
     bar = tqdm(total=total, unit="img", disable=not progress, file=sys.stderr, desc=f"teacher {teacher.name}")
     seconds, embedded = 0.0, 0
-    for tmp in glob.glob(str(out / "*.tfrecord.tmp-*")):
+    # Shard temp files a killed run left (this version's hidden ones, and the "*.tmp-PID" of older versions).
+    old_style = glob.glob(str(out / "*.tfrecord.tmp-*"))
+    for tmp in [*old_style, *(p for p in leftover_temps(out) if ".tfrecord." in p.name)]:
         os.remove(tmp)
     for entry in manifest["shards"]:
         s, k = _embed_shard(out, entry, emb, info, bar)
@@ -90,7 +92,7 @@ def _embed_shard(out: Path, entry: dict, emb, info: dict, bar) -> tuple[float, i
     import numpy as np
     import tensorflow as tf
 
-    from mobiface_tf.data.tfrecord import FEATURE_IMAGE, AtomicShardWriter, add_teacher_features, write_json_atomic
+    from mobiface_tf.data.tfrecord import FEATURE_IMAGE, AtomicShardWriter, add_teacher_features
 
     shard = out / entry["file"]
     marker = out / (entry["file"] + ".teacher.json")

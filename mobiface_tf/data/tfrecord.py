@@ -1,18 +1,17 @@
-"""TFRecord shards of aligned faces: the example format, atomic shard writing and the manifest.
+"""TFRecord shards of aligned faces: the example format and atomic shard writing (the manifest is data.manifest's).
 
 Every example holds "image/encoded" (JPEG of a 112x112 RGB crop) and "image/class/label" (int64), plus
 "image/source" (the input path or RecordIO key) so a shard can be traced back and checked for duplicates.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import cv2
 import numpy as np
 import tensorflow as tf
 
-from mobiface_tf.data.manifest import MANIFEST  # noqa: F401  (re-exported; the owner is data.manifest)
+from mobiface_tf.atomic import commit_temp, temp_beside
 from mobiface_tf.images import CROP_SIZE, printable
 
 FEATURE_IMAGE = "image/encoded"
@@ -98,12 +97,13 @@ def read_examples(path) -> list[dict]:
 
 
 class AtomicShardWriter:
-    """Writes a TFRecord to `<path>.tmp-<pid>` and renames it onto `path` on commit(), so a killed run never
-    leaves a half shard under the final name (os.replace is atomic on POSIX)."""
+    """Writes a TFRecord to a temporary file beside `path` (mobiface_tf.atomic's hidden `.<name>.<hex>.tmp`, which
+    no `*.tfrecord` glob matches) and renames it onto `path` on commit(), so a killed run never leaves a half shard
+    under the final name. A killed run's temporary files are found by mobiface_tf.atomic.leftover_temps."""
 
     def __init__(self, path):
         self.path = str(path)
-        self.tmp = f"{self.path}.tmp-{os.getpid()}"
+        self.tmp = str(temp_beside(self.path))
         self._writer = tf.io.TFRecordWriter(self.tmp)
         self.count = 0
 
@@ -113,23 +113,16 @@ class AtomicShardWriter:
         self.count += 1
 
     def commit(self) -> int:
-        """Close the temp file and rename it onto the shard's name; returns the shard's size in bytes."""
+        """Close the temp file and rename it onto the shard's name (fsynced); returns the shard's size in bytes.
+        On an error (a full disk) the error is raised and the final name is untouched (abort() drops the temp)."""
         self._writer.close()
-        os.replace(self.tmp, self.path)
+        commit_temp(self.tmp, self.path)
         return os.path.getsize(self.path)
 
     def abort(self) -> None:
         """Close and delete the temp file; the shard's final name is never touched."""
-        self._writer.close()
-        if os.path.exists(self.tmp):
-            os.remove(self.tmp)
-
-
-def write_json_atomic(path, obj) -> None:
-    """Write `obj` as JSON to a temp file beside `path`, then rename it onto `path` (never a half-written file)."""
-    path = str(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+        try:
+            self._writer.close()
+        finally:
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobiface_tf.atomic import atomic_path, write_json_atomic, write_text_atomic
 from mobiface_tf.fingerprint import model_fingerprint
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mobiface_tf" / "features"
@@ -116,14 +117,12 @@ def _cache_path(cache_dir, embedder, kind: str, description: list[str]) -> Path:
 
 
 def _write_cache(npy: Path, feats: np.ndarray, names: list[str], meta: dict):
-    npy.parent.mkdir(parents=True, exist_ok=True)
-    tmp = npy.with_name(npy.stem + ".tmp.npy")
-    np.save(tmp, feats)
-    npy.with_suffix(".txt.tmp").write_text("".join(n + "\n" for n in names))
-    npy.with_suffix(".json.tmp").write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(npy.with_suffix(".txt.tmp"), npy.with_suffix(".txt"))
-    os.replace(npy.with_suffix(".json.tmp"), npy.with_suffix(".json"))
-    os.replace(tmp, npy)  # last: the .npy is what marks an entry complete
+    """The .npy, its .txt of names and .json of meta, each through mobiface_tf.atomic; the .npy is renamed into
+    place last, as it is what marks an entry complete."""
+    with atomic_path(npy) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
+        np.save(f, feats)
+        write_text_atomic(npy.with_suffix(".txt"), "".join(n + "\n" for n in names))
+        write_json_atomic(npy.with_suffix(".json"), meta, indent=2)
 
 
 def _cached(npy: Path, source: str, kind: str) -> Features | None:

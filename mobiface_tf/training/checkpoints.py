@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from mobiface_tf.training.config import CHECKPOINTS, CONFIG_FILE, FLAGS_FILE, PIPELINE_SETTINGS
 from mobiface_tf.training.errors import TrainingDiverged
-from mobiface_tf.locks import write_atomic
+from mobiface_tf.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,12 @@ def compare_settings(cfg, model_dir: Path, num_classes: int, teacher_dim: int) -
 def record_settings(cfg, model_dir: Path, num_classes: int, teacher_dim: int, fresh: bool, changed: dict,
                     step: int, flags_text: str | None = None) -> None:
     """Chief only. A fresh run writes config.json (compared by `compare_settings` on resume) and flags.txt; a
-    resume that changed settings appends one line to flags.txt. Files are replaced atomically (lock.write_atomic)."""
+    resume that changed settings appends one line to flags.txt. Files are replaced atomically (mobiface_tf.atomic)."""
     if fresh:
         settings = dict(dataclasses.asdict(cfg), num_classes=num_classes, teacher_dim=teacher_dim)
-        write_atomic(model_dir / CONFIG_FILE, json.dumps(settings, indent=1, default=str) + "\n")
+        write_text_atomic(model_dir / CONFIG_FILE, json.dumps(settings, indent=1, default=str) + "\n")
         if flags_text is not None:
-            write_atomic(model_dir / FLAGS_FILE, flags_text)
+            write_text_atomic(model_dir / FLAGS_FILE, flags_text)
     elif changed:
         with open(model_dir / FLAGS_FILE, "a") as fh:
             fh.write(f"# resumed at step {step} with: " + " ".join(f"--{k}={n}" for k, (o, n) in changed.items()) +

@@ -3,15 +3,14 @@ plain BN), checked on a probe batch first and written atomically.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from mobiface_tf.atomic import atomic_path
 from mobiface_tf.sidecar import drop_stale_sidecar
 from mobiface_tf.training.errors import TrainingDiverged
-from mobiface_tf.locks import unique_temp
 from mobiface_tf.training.model import build_backbone
 
 
@@ -20,8 +19,8 @@ def save_embedding_model(backbone, backbone_name: str, embedding_dim: int, head:
     whatever the training precision; returns `path`.
 
     Raises TrainingDiverged (nothing written) when the model gives NaN/Inf or zero embeddings on a probe batch,
-    and OSError (what to do) when the file cannot be written. Written under a unique temporary name in the same
-    folder and renamed into place, so neither a full disk nor a concurrent writer leaves a half model."""
+    and OSError (what to do) when the file cannot be written. Written through mobiface_tf.atomic (a unique temporary
+    name in the same folder, renamed into place), so neither a full disk nor a concurrent writer leaves a half model."""
     policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("float32")
     try:
@@ -31,19 +30,13 @@ def save_embedding_model(backbone, backbone_name: str, embedding_dim: int, head:
     clean.set_weights(backbone.get_weights())
     path = Path(path)
     check_embeddings_on_probe(clean, path)
-    tmp = None
     try:
-        tmp = unique_temp(path)
-        clean.save(tmp)
-        os.replace(tmp, path)
-        drop_stale_sidecar(path)  # the eval sidecar of the model this replaces (mobiface_tf.sidecar)
-    except BaseException as e:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        if not isinstance(e, OSError):
-            raise
+        with atomic_path(path, keep_suffix=True) as tmp:  # Keras wants the ".keras" suffix
+            clean.save(tmp)
+    except OSError as e:
         raise OSError(e.errno, f"cannot write the embedding model {str(path)!r} ({e.strerror or e}); free space "
                       "and rerun the same command: it resumes from the last checkpoint") from None
+    drop_stale_sidecar(path)  # the eval sidecar of the model this replaces (mobiface_tf.sidecar)
     return path
 
 

@@ -16,7 +16,6 @@ for forward + backward, + 2 x teacher MACs) and the same-run numpy sgemm GFLOP/s
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -206,11 +205,11 @@ def _report(source, rates, cpu_ms, student_macs, teacher_macs, peaks, cpu):
         print(f"  {n}: {v * flops / 1e9:.1f} GFLOP/s wall = {100 * v * flops / 1e9 / gflops:.1f}% of sgemm; "
               f"{per_s:.1f} GFLOP per CPU-second = {100 * per_s / per_cpu_s:.1f}% of sgemm per CPU-second")
     if FLAGS.json_out:
-        Path(FLAGS.json_out).write_text(json.dumps(dict(source=source, rates=rates, cpu_ms=cpu_ms, median=med,
-                                                        ratio=ratio,
-                                                        student_macs=student_macs, teacher_macs=teacher_macs,
-                                                        sgemm_gflops=gflops, sgemm_gflop_per_cpu_s=per_cpu_s, cpu=cpu),
-                                                   indent=1))
+        from mobiface_tf.atomic import write_json_atomic
+
+        write_json_atomic(FLAGS.json_out, dict(source=source, rates=rates, cpu_ms=cpu_ms, median=med, ratio=ratio,
+                                               student_macs=student_macs, teacher_macs=teacher_macs,
+                                               sgemm_gflops=gflops, sgemm_gflop_per_cpu_s=per_cpu_s, cpu=cpu))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def main(argv):
 
     from mobiface_tf.export.convert import ACTIVATION_RANGES
     from mobiface_tf.export.faces import load_faces
+    from mobiface_tf.atomic import write_json_atomic
     from mobiface_tf.export.pipeline import export
     from mobiface_tf.compare import heldout_accuracy
 
@@ -77,7 +78,7 @@ def main(argv):
                    "parity_cosine_min": report["parity"]["cosine_min"]}
             print(json.dumps(row), flush=True)
             study["rows"].append(row)
-            path.write_text(json.dumps(study, indent=2))
+            write_json_atomic(path, study, indent=2)
     summary = {}
     for method in FLAGS.methods:
         rows = [r for r in study["rows"] if r["method"] == method]
@@ -90,7 +91,7 @@ def main(argv):
               f"calibration sets (sd {summary[method]['drop_std_pt']}, worst {summary[method]['drop_max_pt']:+.2f}); "
               f"mean parity cosine {summary[method]['parity_cosine_mean']}")
     study["summary"] = summary
-    path.write_text(json.dumps(study, indent=2))
+    write_json_atomic(path, study, indent=2)
 
 
 if __name__ == "__main__":

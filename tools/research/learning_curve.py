@@ -45,9 +45,11 @@ def plot_curve(history: list, output, title: str, teacher=None, teacher_label="t
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
+    from mobiface_tf.atomic import atomic_path
+
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output)
+    with atomic_path(output, keep_suffix=True) as tmp:  # matplotlib picks the format from the suffix
+        fig.savefig(tmp)
     plt.close(fig)
     return output
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mobiface_tf import identify as ident
+from mobiface_tf.atomic import write_json_atomic
 from mobiface_tf.gallery import Gallery
 from mobiface_tf import open_set
 
@@ -173,7 +174,7 @@ def report(galleries, FLAGS, stem, out: Path) -> dict:
     doc["injected_duplicates"] = injection(g, q, s, FLAGS.far, FLAGS.inject)
     print(json.dumps(doc, indent=1))
     path = Path(FLAGS.json_out) if FLAGS.json_out else out / f"{stem}.json"
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    write_json_atomic(path, doc)
     print(f"wrote {path}", file=sys.stderr)
     if FLAGS.montage:
         pairs = near.pairs[:FLAGS.montage_pairs] or closest_pairs(g, FLAGS.montage_pairs)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import glob
-import json
 import statistics
 import sys
 import tempfile
@@ -218,7 +217,9 @@ def main(argv):
     print(f"same-run sgemm {out['sgemm_gflops']:.1f} GFLOP/s; best step {best * 6 * macs / 1e9:.1f} GFLOP/s = "
           f"{100 * best * 6 * macs / 1e9 / out['sgemm_gflops']:.1f} % of it")
     if FLAGS.json_out:
-        Path(FLAGS.json_out).write_text(json.dumps(out, indent=1))
+        from mobiface_tf.atomic import write_json_atomic
+
+        write_json_atomic(FLAGS.json_out, out)
     return 0
 
 

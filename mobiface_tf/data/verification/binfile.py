@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mobiface_tf.atomic import atomic_path
+
 
 # ---------------------------------------------------------------- restricted .bin unpickling
 
@@ -170,21 +172,26 @@ def write_bin(path, images, issame) -> Path:
     """Write an InsightFace verification .bin: a pickle (protocol 4) of (list of encoded-image bytes, list of bools).
 
     Pair k is (images[2k], images[2k+1]) with issame[k]. Only bytes and bools go in, so `read_bin` (and InsightFace's
-    own loader) can read it without executing anything. Written to a temporary file and renamed, so a killed run
-    leaves no half-written .bin. Raises ValueError unless there are exactly two images per pair.
+    own loader) can read it without executing anything. Written to a temporary file in the same folder (missing
+    folders created), read back with `read_bin`, and only then renamed over `path` (mobiface_tf.atomic): a killed
+    run or a full disk leaves the old file and no half-written .bin. Raises ValueError unless there are exactly two
+    images per pair, OSError when it cannot be written.
     """
-    import os
-
     images = [bytes(x) for x in images]
     issame = [bool(x) for x in issame]
     if len(images) != 2 * len(issame) or not issame:
         raise ValueError(f"{len(images)} images for {len(issame)} pairs; a .bin needs exactly two images per pair")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            pickle.dump((images, issame), f, protocol=4)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def reads_back(tmp: Path) -> None:  # the .bin on disk is what read_bin (and InsightFace) will load
+        try:
+            got, same = read_bin(tmp)
+        except ValueError as e:
+            raise OSError(f"the .bin written for {str(path)!r} does not read back ({e}); check free space and "
+                          "rerun") from None
+        if len(got) != len(images) or same.tolist() != issame:
+            raise OSError(f"the .bin written for {str(path)!r} does not read back whole; check free space and rerun")
+
+    with atomic_path(path, check=reads_back) as tmp, tmp.open("wb") as f:
+        pickle.dump((images, issame), f, protocol=4)
     return path
