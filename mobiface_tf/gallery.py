@@ -92,10 +92,13 @@ class Gallery:
 
 # ----------------------------------------------------------------------------------------------- the index
 def model_key(model_path, embedder, aligned: bool) -> dict:
-    """What the cached embeddings depend on, besides each photo's bytes."""
+    """What the cached embeddings depend on, besides each photo's bytes: the model, how it is fed, and the
+    decoder's version (images.DECODER_VERSION: a photo's bytes decode to other pixels after a decoder fix)."""
+    from mobiface_tf.images import DECODER_VERSION
+
     return {"path": str(Path(model_path).resolve()), "sha256": model_fingerprint(model_path),
             "embedding_dim": int(embedder.embedding_dim), "preprocess": embedder.preprocess,
-            "flip": bool(embedder.flip), "aligned": bool(aligned)}
+            "flip": bool(embedder.flip), "aligned": bool(aligned), "decoder": DECODER_VERSION}
 
 
 def read_index(path: Path) -> tuple[dict, np.ndarray] | None:
@@ -333,6 +336,10 @@ def _load_cache(index_path: Path, key: dict, warn) -> tuple[dict | None, dict, d
         return None, {}, {}
     meta_old, emb_old = loaded
     check_compatible(meta_old, key, index_path)
+    if meta_old["model"].get("decoder") != key["decoder"]:  # our own cache, made by another image decoder
+        warn(f"index {index_path} was made by an older image decoder (version {meta_old['model'].get('decoder')}, "
+             f"now {key['decoder']}); embedding every photo again")
+        return meta_old, {}, {}
     return meta_old, {h: emb_old[r] for h, r in meta_old["entries"].items()}, dict(meta_old.get("failed", {}))
 
 

@@ -391,6 +391,11 @@ def _jpeg_is_complete(data: bytes) -> bool:
     return False
 
 
+# Raised whenever the same file bytes decode to other pixels (identify's gallery index then re-embeds its photos).
+# 2: 16-bit data scaled by the bits it uses (issue 29); large photos detected on a downscaled copy.
+DECODER_VERSION = 2
+
+
 def significant_bits(peak: int, declared: int | None = None) -> int:
     """How many bits 16-bit samples really use: the one rule that scales every 16-bit image to 8 bits.
 
