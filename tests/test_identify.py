@@ -577,3 +577,20 @@ def test_folder_name_not_utf8_is_enrolled_and_printed_escaped(models, tmp_path, 
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0 and doc["results"][0]["identity"] == "Jos\\xe9_Maria"
     assert [n for n, _ in doc["results"][0]["top"]] == ["Jos\\xe9_Maria", "Tony"]
+
+
+def test_index_made_by_an_older_image_decoder_is_embedded_again(gallery, embedder, models, monkeypatch):
+    """The same photo bytes decode to other pixels after a decoder fix (16-bit data, issue 29): an index made by
+    another images.DECODER_VERSION is not reused; every photo is embedded again, with a warning."""
+    from mobiface_tf import images
+
+    spy = CountingEmbedder(embedder)
+    enroll(gallery, spy, models["a16"])
+    assert spy.count == 6
+    monkeypatch.setattr(images, "DECODER_VERSION", images.DECODER_VERSION + 1)
+    warnings = []
+    g = enroll(gallery, spy, models["a16"], warn=warnings.append)
+    assert (spy.count, g.embedded, g.reused) == (12, 6, 0)
+    assert any("older image decoder" in w for w in warnings), warnings
+    g = enroll(gallery, spy, models["a16"])  # the rewritten index is of the new decoder: reused
+    assert (spy.count, g.reused) == (12, 6)
