@@ -29,6 +29,9 @@ flags.DEFINE_string("data", "runs/multi/*/train-*.tfrecord", "The student's trai
 flags.DEFINE_string("teacher", "../shared/data/models/mobilefacenet_insightface_fp32.tflite", "Teacher to import.")
 flags.DEFINE_string("out", "gpu_carry", "Folder to fill (added to .git/info/exclude).")
 flags.DEFINE_float("budget_mb", 40.0, "Most MB of JPEG bytes for the faces.")
+flags.DEFINE_string("faces_dir", "", "Instead of --data: a folder of aligned 112x112 face images (no TensorFlow "
+                    "needed), e.g. for a CPU try-out.")
+flags.DEFINE_string("teacher_keras", "", "Copy this .keras as the teacher instead of importing --teacher.")
 flags.DEFINE_integer("max_faces", 0, "Pack only the first N faces (0: all; a small N for a CPU try-out).")
 flags.DEFINE_boolean("wheels", True, "Download the keras / namex / optree wheels for Python 3.12.")
 
@@ -74,7 +77,11 @@ def main(argv):
     if line not in exclude.read_text().splitlines():
         with exclude.open("a") as fh:
             fh.write(line + "\n")
-    faces = _faces(FLAGS.data, FLAGS.max_faces)
+    if FLAGS.faces_dir:
+        files = sorted(p for p in Path(FLAGS.faces_dir).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        faces = [p.read_bytes() for p in files[:FLAGS.max_faces or None]]
+    else:
+        faces = _faces(FLAGS.data, FLAGS.max_faces)
     for quality in (90, 85, 80, 75, 70, 60, 50):
         packed = _reencode(faces, quality)
         size = sum(map(len, packed))
@@ -87,7 +94,11 @@ def main(argv):
     np.save(out / "faces.npy", offsets)
     print(f"{len(packed)} faces, JPEG quality {quality}, {size / 1e6:.1f} MB")
     teacher = out / "teacher.keras"
-    if not teacher.is_file():
+    if FLAGS.teacher_keras:
+        import shutil
+
+        shutil.copyfile(FLAGS.teacher_keras, teacher)
+    elif not teacher.is_file():
         subprocess.run([sys.executable, "-m", "mobiface_tf.import_model", f"--source={FLAGS.teacher}",
                         f"--output={teacher}"], cwd=ROOT, check=True)
     if FLAGS.wheels:
