@@ -65,7 +65,9 @@ def centre_square(image: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
 
 def aligner_signature(aligner) -> str:
     """The settings of a mobiface_tf.align.FaceAligner that change its crops, as a short string."""
-    return (f"{ALIGN_VERSION}|side={DETECT_SIDE}|min_face={aligner.min_face_size}|"
+    from mobiface_tf.images import DECODER_VERSION  # the same photo bytes decode to other pixels after a fix
+
+    return (f"{ALIGN_VERSION}|decoder={DECODER_VERSION}|side={DETECT_SIDE}|min_face={aligner.min_face_size}|"
             f"thr={tuple(float(t) for t in aligner.thresholds)}")
 
 

@@ -352,12 +352,12 @@ def _header_of(im, data: bytes) -> ImageHeader:
     return ImageHeader(w, h, im.format or "", im.mode, o)
 
 
-def image_header(data: bytes, name: str = "<bytes>") -> ImageHeader:
+def image_header(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
     """Size (upright), format, mode and EXIF orientation from the header only: no pixel is decoded.
 
-    Raises ImageError on zero-byte, unknown-format or broken-header data.
+    Raises ImageError on zero-byte, unknown-format or broken-header data (and on more than max_pixels).
     """
-    with _open(data, name) as im:
+    with _open(data, name, max_pixels) as im:
         return _header_of(im, data)
 
 

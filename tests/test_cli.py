@@ -104,7 +104,9 @@ def test_writers_check_output_paths_before_any_work(tool, tmp_path):
     args, needles = _commands(tmp_path)[tool]
     proc = _run(args, cwd=REPO)
     _one_error_line(proc, *needles)
-    assert not (tmp_path / "no").exists()
+    # nothing written before the check failed: only the test's own two inputs are there, the folder empty
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "results"]
+    assert not any((tmp_path / "results").iterdir()) and (tmp_path / "model.bin").read_bytes() == b"x"
 
 
 def _users_files(tmp_path):

@@ -84,9 +84,12 @@ def _evaluate():
                                example="eval.json", ours=REPORT_IS_OURS, what="an evaluate report")
     roc_png = check_output_file(FLAGS.roc_png or output.with_suffix(".roc.png"), "--roc_png" if FLAGS.roc_png else
                                 "--output (its ROC PNG)", example="roc.png", ours=is_png_file, what="a PNG chart")
-    if FLAGS.bin and FLAGS.pairs:
+    if FLAGS.bin and (FLAGS.pairs or FLAGS.cfp_dir):
         check_output_file(_bin_roc_png(roc_png), "--roc_png (the .bin ROC PNG)", example="roc.png", ours=is_png_file,
                           what="a PNG chart")
+    for protocol in FLAGS.cfp_protocol if FLAGS.cfp_dir else ():
+        check_output_file(roc_png.with_name(roc_png.name.replace(".roc.png", f".cfp_{protocol.lower()}.roc.png")),
+                          "--roc_png (its CFP ROC PNG)", example="roc.png", ours=is_png_file, what="a PNG chart")
 
     emb = embedder_lib.load_embedder(model_path, FLAGS.preprocess, FLAGS.batch_size, FLAGS.num_threads)
     aligner = None

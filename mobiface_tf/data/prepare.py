@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobiface_tf.atomic import leftover_temps, write_json_atomic
-from mobiface_tf.images import DEFAULT_MAX_PIXELS, printable
+from mobiface_tf.images import DECODER_VERSION, DEFAULT_MAX_PIXELS, printable
 from mobiface_tf.data.manifest import MANIFEST, write_manifest
 from mobiface_tf.data.prepare_convert import convert, init_worker, start_pool
 from mobiface_tf.data.prepare_inputs import exclude_identities, exclude_named, input_stat, list_inputs
@@ -94,7 +94,7 @@ def _prepare(input_path: str, output: str, align: str = "auto", shards: int | No
     tasks, class_names, source_kind, limit, excluded, excluded_names = _select_inputs(
         input_path, unlabelled, exclude_pairs, exclude_folds, exclude_names, on_merge)
     cfg = {"input": input_path, "align": align, "max_pixels": max_pixels, "min_face_size": min_face_size,
-           "label_limit": limit}
+           "label_limit": limit, "decoder": DECODER_VERSION}
     plan = _plan_shards(tasks, cfg, shards, Path(output))
     workers = workers or os.cpu_count() or 1
     infos = {s: plan.done_info(s) for s in range(plan.num_shards)}

@@ -79,7 +79,7 @@ def convert(task):
         except ImageError as e:
             return index, None, label, source, str(e), None, 0
     try:
-        w, h, fmt, mode, orientation = image_header(data, source)  # upright size: EXIF orientation applied
+        w, h, fmt, mode, orientation = image_header(data, source, _CFG["max_pixels"])  # upright size: EXIF orientation applied
         is_crop = (w, h) == (CROP_SIZE, CROP_SIZE)
         how = "mtcnn" if _CFG["align"] == "mtcnn" or (_CFG["align"] == "auto" and not is_crop) else "none"
         rgb = decode_image_rgb(data, source, _CFG["max_pixels"])  # also validates the bytes we may keep as-is

@@ -151,7 +151,9 @@ def embed_image_files(embedder, root, relpaths, cache_dir=DEFAULT_CACHE_DIR, sou
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(relpaths)} listed images are missing under {str(root)!r}, "
                                 f"e.g. {missing[0]!r}; point the image folder flag at the folder the list names")
-    description = [str(root.resolve())] + [f"{r}\t{_stamp(root / r)}" for r in relpaths]
+    from mobiface_tf.images import DECODER_VERSION  # the same bytes decode to other pixels after a decoder fix
+
+    description = [str(root.resolve()), f"decoder={DECODER_VERSION}"] + [f"{r}\t{_stamp(root / r)}" for r in relpaths]
     npy = _cache_path(cache_dir, embedder, "images", description)
     hit = _cached(npy, source or str(root), "images")
     if hit is not None:

@@ -69,10 +69,24 @@ def check_val_inputs(cfg) -> None:
                         cfg.val_bin, "same" if issame.all() else "different")
     if cfg.val_pairs:
         try:
-            read_lfw_pairs(cfg.val_pairs, cfg.val_lfw_dir)
+            pairs = read_lfw_pairs(cfg.val_pairs, cfg.val_lfw_dir)
         except (ValueError, OSError) as e:
             raise ValueError(f"--val_pairs={cfg.val_pairs!r} / --val_lfw_dir={cfg.val_lfw_dir!r}: "
                              f"{' '.join(str(e).split())}") from None
+        # Validation embeds the crops as they are (train has no --realign): check their sizes now, from the
+        # headers alone, rather than at the first validation an hour in.
+        from mobiface_tf.images import ImageError, image_header, read_image_bytes
+
+        folds = set(int(f) - 1 for f in cfg.val_folds) if cfg.val_folds else None
+        for path in sorted({p for pr in pairs if folds is None or pr.fold in folds for p in (pr.path_a, pr.path_b)}):
+            try:
+                w, h = image_header(read_image_bytes(path), str(path))[:2]
+            except (ImageError, OSError) as e:
+                raise ValueError(f"--val_lfw_dir={cfg.val_lfw_dir!r}: {' '.join(str(e).split())}") from None
+            if (w, h) != (CROP_SIZE, CROP_SIZE):
+                raise ValueError(f"--val_lfw_dir={cfg.val_lfw_dir!r}: {str(path)!r} is {w}x{h}, expected "
+                                 f"{CROP_SIZE}x{CROP_SIZE} aligned crops (validation does not re-align); save the "
+                                 "crops at that size (mobiface-prepare aligns photos)")
 
 
 def validate_now(cfg, step: int, backbone, writer, model_dir: Path | None, run_seconds: float) -> dict:

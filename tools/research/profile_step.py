@@ -178,7 +178,9 @@ def main(argv):
               f"{out['pipeline_cpu_ms_per_img']:.1f} CPU ms/img")
     if not FLAGS.ab:
         if FLAGS.json_out:
-            Path(FLAGS.json_out).write_text(json.dumps(out, indent=1))
+            from mobiface_tf.atomic import write_json_atomic
+
+            write_json_atomic(FLAGS.json_out, out)
         return 0
     # 3. step A/B on fixed batches
     rng = np.random.default_rng(0)
