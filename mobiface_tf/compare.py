@@ -7,7 +7,7 @@ on the same held-out people, exported, and timed in one run.
 Every student (a zoo name from mobiface_tf.models.zoo, at the teacher's embedding size) is trained by
 knowledge distillation alone (`--margin=none`, cosine loss) from the teacher embeddings stored in the shards,
 with the same data, steps, batch, schedule and seed. The shards must hold no person of the held-out folds
-(tools/prepare_data.py --exclude_pairs/--exclude_folds); when --data is not given they are made from
+(mobiface-prepare --exclude_pairs/--exclude_folds); when --data is not given they are made from
 --lfw_dir that way. Each student is then
 
   - scored on the held-out folds (LFW View 2 cross-validation restricted to them, flip test) as Keras;
@@ -51,7 +51,7 @@ TFLITE_FORMS = tuple(TFLITE_EXPORT)
 FORMS = ("keras", *TFLITE_FORMS)
 INT8_MAX_DROP = 0.003  # the bar: int8 loses at most 0.3 points of held-out accuracy against Keras
 
-# The distillation recipe (README "Distillation"), shared by every student.
+# The distillation recipe (docs/distillation.md), shared by every student.
 RECIPE = dict(margin="none", distill_weight=1.0, distill_loss="cosine", batch_size=64, lr=0.1, lr_schedule="cosine",
               momentum=0.9, nesterov=True, weight_decay=5e-5, seed=0, shuffle_buffer=10000)
 
@@ -252,12 +252,12 @@ def _check_inputs(output_dir: Path, data, teacher, lfw_dir, pairs, folds, synthe
                 teacher=teacher, progress=False)
     manifest = read_manifest(data)
     if not manifest.get("teacher"):
-        raise ValueError(f"{data} has no teacher embeddings; add them with tools/prepare_data.py --add_teacher=MODEL "
+        raise ValueError(f"{data} has no teacher embeddings; add them with mobiface-prepare --add_teacher=MODEL "
                          f"--output={data}")
     excluded = manifest.get("excluded")
     if not synthetic and not (excluded and set(folds) <= set(excluded["folds"])):
         raise ValueError(f"the shards in {data} were not made without the people of folds {list(folds)} "
-                         "(manifest 'excluded'); re-run tools/prepare_data.py with --exclude_pairs/--exclude_folds")
+                         "(manifest 'excluded'); re-run mobiface-prepare with --exclude_pairs/--exclude_folds")
     return data, teacher, lfw_dir, pairs, folds, manifest
 
 

@@ -340,7 +340,7 @@ def evaluate_lfw(embedder, pairs_file, lfw_dir, flip=False, aligner=None, progre
 
     folds: 1-based fold numbers to score alone (e.g. [1, 2, 3]): cross-validation restricted to them, the
     threshold for each fit on the other listed folds. With a model trained without the people of those folds
-    (tools/prepare_data.py --exclude_pairs/--exclude_folds) this scores it only on people it has never seen.
+    (mobiface-prepare --exclude_pairs/--exclude_folds) this scores it only on people it has never seen.
     The report's "folds" lists them (all folds when None).
     """
     from mobiface_tf.data.verification import read_lfw_pairs

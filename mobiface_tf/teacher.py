@@ -3,7 +3,7 @@
 Beyer et al. (CVPR 2022, "Knowledge distillation: A good teacher is patient and consistent") show that a
 student matches its teacher's function best when the teacher embeds exactly the augmented (and mixed) view the
 student is trained on, rather than targets computed once for the clean crop ("precomputed" distillation,
-`tools/prepare_data.py --teacher`, still available because it costs nothing during training).
+`mobiface-prepare --teacher`, still available because it costs nothing during training).
 
 Where the teacher runs depends on its format:
   - `.tflite` (LiteRT) and `.onnx` (onnxruntime) teachers run batched inside the tf.data input pipeline,

@@ -167,7 +167,7 @@ def test_skip_corrupt_without_manifest(shards, tmp_path):
 
 
 def test_no_files_and_manifest(shards, tmp_path):
-    with pytest.raises(ValueError, match="matched no files.*Run tools/prepare_data.py"):
+    with pytest.raises(ValueError, match="matched no files.*Run mobiface-prepare"):
         make_dataset(str(tmp_path / "*.tfrecord"), 8, training=True)
     with pytest.raises(ValueError, match="batch_size"):
         make_dataset(shards, 0, training=True)

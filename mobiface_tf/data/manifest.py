@@ -1,6 +1,6 @@
 """`manifest.json`, the one description of a shard directory: its schema, reader and writer.
 
-Every writer (tools/prepare_data.py through mobiface_tf.data.prepare, its `add_teacher`, the synthetic writer,
+Every writer (mobiface-prepare through mobiface_tf.data.prepare, its `add_teacher`, the synthetic writer,
 tools/research/bench_data.py) and every reader (the tf.data pipeline, the trainer, compare) goes through this module.
 
 Schema (keys every manifest has; writers may add more, e.g. "teacher", "excluded", "aligned_by"):
@@ -49,11 +49,11 @@ def validate(manifest: dict, where: str = MANIFEST) -> dict:
     """Returns `manifest` unchanged, or raises ManifestError naming `where` and the broken rule."""
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
-        raise ManifestError(f"{where} lacks {missing}; re-run tools/prepare_data.py")
+        raise ManifestError(f"{where} lacks {missing}; re-run mobiface-prepare")
     version = manifest.get("version", 1)
     if not isinstance(version, int) or not 1 <= version <= MANIFEST_VERSION:
         raise ManifestError(f"{where} has version {version!r}; this mobiface_tf reads versions 1 to "
-                            f"{MANIFEST_VERSION}: update mobiface_tf, or re-run tools/prepare_data.py")
+                            f"{MANIFEST_VERSION}: update mobiface_tf, or re-run mobiface-prepare")
     n = int(manifest["num_images"])
     if sum(int(s["num_images"]) for s in manifest["shards"]) != n:
         raise ManifestError(f"{where}: the shards hold {sum(int(s['num_images']) for s in manifest['shards'])} "
@@ -75,12 +75,12 @@ def read_manifest(dir_or_pattern) -> dict:
     """
     path = manifest_path(dir_or_pattern)
     if not os.path.exists(path):
-        raise ManifestError(f"no {MANIFEST} at '{path}'. Run tools/prepare_data.py to write shards and manifest")
+        raise ManifestError(f"no {MANIFEST} at '{path}'. Run mobiface-prepare to write shards and manifest")
     try:
         with open(path) as f:
             manifest = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ManifestError(f"cannot read '{path}' ({e}); re-run tools/prepare_data.py") from None
+        raise ManifestError(f"cannot read '{path}' ({e}); re-run mobiface-prepare") from None
     return validate(manifest, path)
 
 

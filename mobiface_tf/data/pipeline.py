@@ -10,7 +10,7 @@ The model normalises inside (its first layer computes (x - 127.5) / 128), so the
 floats. Everything is a tf.data op (no py_function), so the iterator can be saved with
 tf.train.Checkpoint(iterator=it) and restored to the same element.
 
-Corrupt shards: the manifest written by tools/prepare_data.py records each shard's size and record count.
+Corrupt shards: the manifest written by mobiface-prepare records each shard's size and record count.
 A shard whose size differs is reported by name before anything is read; a shard that stops early or holds a
 corrupt record fails with an assertion naming the shard (or, with skip_corrupt=True, keeps the records read
 so far and prints a warning naming it).
@@ -43,7 +43,7 @@ def match_files(file_pattern) -> list[str]:
             pattern = os.path.join(pattern, "*.tfrecord")
         files = sorted(tf.io.gfile.glob(pattern))
     if not files:
-        raise ValueError(f"data pattern matched no files: {file_pattern!r}. Run tools/prepare_data.py first")
+        raise ValueError(f"data pattern matched no files: {file_pattern!r}. Run mobiface-prepare first")
     return files
 
 
@@ -65,7 +65,7 @@ def _expected_counts(files: list[str], skip_corrupt: bool) -> list[int]:
         size = tf.io.gfile.stat(f).length
         if size != entry["bytes"]:
             msg = (f"corrupt TFRecord shard '{f}': {size} bytes, manifest says {entry['bytes']}. "
-                   f"Re-run tools/prepare_data.py, or pass skip_corrupt=True to use the records that are readable")
+                   f"Re-run mobiface-prepare, or pass skip_corrupt=True to use the records that are readable")
             if not skip_corrupt:
                 raise ValueError(msg)
             log.warning(msg)
@@ -97,7 +97,7 @@ def _records(path, expected, skip_corrupt: bool, counts_known: bool):
         else:
             op = tf.debugging.Assert(tf.logical_not(bad), [
                 "corrupt or truncated TFRecord shard", path, "read", count, "records, manifest says", expected,
-                "- re-run tools/prepare_data.py or pass skip_corrupt=True"])
+                "- re-run mobiface-prepare or pass skip_corrupt=True"])
         with tf.control_dependencies([op]):
             return count + tf.size(recs, out_type=tf.int64), (tf.identity(recs), last)
 
@@ -215,7 +215,7 @@ def make_dataset(file_pattern, batch_size: int, training: bool, seed: int | None
     if input_context is not None and input_context.num_input_pipelines > 1:
         n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
         if len(files) < n:
-            raise ValueError(f"{len(files)} shards cannot feed {n} input pipelines; re-run tools/prepare_data.py "
+            raise ValueError(f"{len(files)} shards cannot feed {n} input pipelines; re-run mobiface-prepare "
                              f"with --shards >= {n}")
         ds = ds.shard(n, i)
     if training:

@@ -1,6 +1,6 @@
 """Aligned-face TFRecord shards from an image-folder tree, a flat folder of unlabelled faces, or RecordIO.
 
-The library behind `tools/prepare_data.py` (a thin CLI). See `prepare` for the options:
+The library behind `mobiface-prepare` (a thin CLI). See `prepare` for the options:
 
   - alignment (MTCNN to the ArcFace 112x112 template, or crops kept as they are);
   - the held-out LFW protocol: `exclude_pairs` + `exclude_folds` leave out every image of every person who

@@ -140,7 +140,7 @@ def write_synthetic_lfw(root, pairs_file, num_identities: int, images_per_identi
 
 def write_synthetic_tfrecords(out_dir, num_identities: int, images_per_identity: int, seed: int = 0,
                               shards: int = 4) -> dict:
-    """Writes shards + manifest.json in tools/prepare_data.py's format ("synthetic": true); returns the manifest.
+    """Writes shards + manifest.json in mobiface-prepare's format ("synthetic": true); returns the manifest.
 
     Image i of identity c goes to shard (c * images_per_identity + i) % shards, as prepare_data assigns inputs.
     """

@@ -40,7 +40,7 @@ def add_teacher(output, teacher, preprocess: str | None = None, num_threads: int
     out = Path(output)
     manifest_path = out / MANIFEST
     if not manifest_path.is_file():
-        raise ValueError(f"no {MANIFEST} in '{out}': run tools/prepare_data.py --input=... --output={out} first")
+        raise ValueError(f"no {MANIFEST} in '{out}': run mobiface-prepare --input=... --output={out} first")
     manifest = read_manifest(out)
     teacher = Path(teacher)
     emb, info = _load_teacher(teacher, preprocess, batch_size, num_threads)

@@ -1,5 +1,5 @@
 """Real aligned faces for int8 calibration and Keras-vs-TFLite parity: a seeded sample of an image folder
-or of TFRecord shards (the tools/prepare_data.py format), decoded by mobiface_tf.images."""
+or of TFRecord shards (the mobiface-prepare format), decoded by mobiface_tf.images."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,7 @@ def load_faces(source, limit: int, seed: int = 0, size: int = 112) -> np.ndarray
     """Up to `limit` aligned faces as uint8 RGB [N, size, size, 3] from an image dir or TFRecords.
 
     `source` is a directory of images (walked recursively, e.g. ../shared/data/lfw/lfw-112x112), a
-    directory of *.tfrecord shards, or a TFRecord glob (the tools/prepare_data.py format). Either way
+    directory of *.tfrecord shards, or a TFRecord glob (the mobiface-prepare format). Either way
     the faces are a seeded random sample (image dir: of the sorted file list; TFRecords: of the first
     records of the shards read interleaved, see TFRECORD_SAMPLE_BUFFER_*), so the set spans many
     identities, is the same on every run for one seed (whatever TF's global seed), and two seeds give
@@ -91,5 +91,5 @@ def _read_tfrecord_faces(pattern, limit, size, seed=0):
             image = tf.image.resize(image, (size, size)).numpy().round().astype(np.uint8)
         images.append(image)
     if not images:
-        raise ValueError(f"TFRecords {str(pattern)!r} hold no examples; run tools/prepare_data.py first")
+        raise ValueError(f"TFRecords {str(pattern)!r} hold no examples; run mobiface-prepare first")
     return np.stack(images)

@@ -47,7 +47,7 @@ def main(argv):
         sys.exit(f"error: {e}")
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:  # a shard found corrupt mid-run
         detail = " ".join(str(e.message).split())[:600]
-        sys.exit(f"error: bad training data: {detail}. Re-run tools/prepare_data.py, or pass --skip_corrupt")
+        sys.exit(f"error: bad training data: {detail}. Re-run mobiface-prepare, or pass --skip_corrupt")
     log.info("done at step %d; embedding model: %s", summary["final_step"], summary["embedding_model"])
 
 

@@ -68,7 +68,7 @@ class TrainConfig:
     margin_m2: float = _field(None, "override the preset additive angular margin m2", "float", fixed=True)
     margin_m3: float = _field(None, "override the preset additive cosine margin m3", "float", fixed=True)
     distill_weight: float = _field(0.0, "knowledge distillation weight lambda (0: off); needs an online --teacher "
-                                   "or shards with teacher embeddings (tools/prepare_data.py --teacher)", "float",
+                                   "or shards with teacher embeddings (mobiface-prepare --teacher)", "float",
                                    fixed=True)
     distill_loss: str = _field("cosine", "cosine: 1 - cos(student, teacher); mse: squared error of the normalised "
                                "embeddings", "enum", choices=list(DISTILL_LOSSES), fixed=True)
@@ -170,7 +170,7 @@ class TrainConfig:
             raise ValueError(f"--distill_weight must be a finite number >= 0, got {self.distill_weight}")
         if self.margin == NO_MARGIN and self.distill_weight <= 0:
             raise ValueError("--margin=none trains on distillation alone: give --distill_weight > 0 (e.g. 1) and "
-                             "shards with teacher embeddings (tools/prepare_data.py --teacher=MODEL)")
+                             "shards with teacher embeddings (mobiface-prepare --teacher=MODEL)")
         self._validate_distillation()
         if bool(self.val_lfw_dir) != bool(self.val_pairs):
             raise ValueError(f"--val_lfw_dir ({self.val_lfw_dir!r}) and --val_pairs ({self.val_pairs!r}) go together")

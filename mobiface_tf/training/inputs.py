@@ -47,7 +47,7 @@ def check_inputs(cfg) -> Inputs:
         teacher = manifest.get("teacher")
         if not teacher:
             raise ValueError(f"--distill_weight={cfg.distill_weight} needs teacher embeddings in the shards, and "
-                             f"the manifest of {cfg.data!r} has none. Add them with: python tools/prepare_data.py "
+                             f"the manifest of {cfg.data!r} has none. Add them with: mobiface-prepare "
                              f"--add_teacher=MODEL --output=DIR")
         teacher_dim = int(teacher["embedding_dim"])
     if cfg.margin != NO_MARGIN and num_classes < 2:

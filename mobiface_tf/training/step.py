@@ -4,7 +4,7 @@ distillation, loss scaling, and the update.
 Knowledge distillation (Hinton et al., 2015, applied to embeddings as in EdgeFace / Keras_insightface):
 with --distill_weight=lambda > 0 the loss gains lambda * (1 - cos(student, teacher)) (--distill_loss=cosine) or
 lambda * |normalise(student) - teacher|^2 averaged over dimensions (mse). The teacher's embeddings of each crop
-and of its mirror are stored in the shards (tools/prepare_data.py --teacher), so the teacher never runs during
+and of its mirror are stored in the shards (mobiface-prepare --teacher), so the teacher never runs during
 training. When the student's and the teacher's embedding sizes differ, a trained linear projection (not part
 of the exported model) maps the student's embedding to the teacher's size. --margin=none trains on
 distillation alone, so unlabelled faces work.

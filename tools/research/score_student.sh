@@ -20,10 +20,12 @@ F=models/mobiface_student_fp32.tflite
 Q=models/mobiface_student_int8.tflite
 CAL="runs/multi/*/train-*.tfrecord"
 
-cp "$RUN/embedding.keras" "$K.tmp" && mv "$K.tmp" "$K"
-python tools/to_tflite.py --model="$K" --output="$F" --parity_images="$CAL" --noprogress
-python tools/to_tflite.py --model="$K" --output="$Q" --quantize=int8 --calibration="$CAL" --num_calibration=200 \
-    --parity_images="$CAL" --noprogress
+if [ "${EXPORT:-1}" = 1 ]; then  # EXPORT=0: score the files already in models/ (e.g. parts run in parallel)
+  cp "$RUN/embedding.keras" "$K.tmp" && mv "$K.tmp" "$K"
+  python tools/to_tflite.py --model="$K" --output="$F" --parity_images="$CAL" --noprogress
+  python tools/to_tflite.py --model="$K" --output="$Q" --quantize=int8 --calibration="$CAL" --num_calibration=200 \
+      --parity_images="$CAL" --noprogress
+fi
 
 for part in $PARTS; do
   case $part in
@@ -49,7 +51,7 @@ EOF
       python tools/bench_identify.py --model="$F" --probes=runs/heldout_probes --distractors=$DATA/lfw/lfw-112x112 \
           --far=1e-6,1e-5,1e-4,1e-3 --threads=2 --noprogress --output=$OUT/ident_fp32.json ;;
     bench)
-      python tools/bench.py --models=mobiface_gdc --quantize=none --extra_tflite="$F,$Q" --threads=1,2 --runs=50 \
+      python tools/bench.py --models=mobiface_gdc --quantize=none --extra_tflite="$F,$Q" --threads=1,2 --runs=${BENCH_RUNS:-30} \
           --output_dir=$OUT/bench --calibration="$CAL" ;;
     openset)
       # issue 25's tool on aligned crops: held-out LFW people (never trained on) and celeba_small_112 (the
@@ -57,8 +59,10 @@ EOF
       for m in "$F" $DATA/models/mobilefacenet_insightface_fp32.tflite; do
         python tools/research/open_set_celeba.py --model="$m" --data=runs/heldout_probes --aligned \
             --out=runs/open_set_lfw --json_out=$OUT/openset_lfw_$(basename "$m" .tflite).json
-        python tools/research/open_set_celeba.py --model="$m" --data=$DATA/celeba_small_112 --aligned \
-            --out=runs/open_set_celeba112 --json_out=$OUT/openset_celeba_$(basename "$m" .tflite).json
+        if [ "${OPENSET_CELEBA:-0}" = 1 ]; then
+          python tools/research/open_set_celeba.py --model="$m" --data=$DATA/celeba_small_112 --aligned \
+              --out=runs/open_set_celeba112 --json_out=$OUT/openset_celeba_$(basename "$m" .tflite).json
+        fi
       done ;;
     cfp)
       # CFP_FOLDS (default 1): all 10 folds MTCNN-align 7,000 photos, about half an hour on 2 cores; the crops
