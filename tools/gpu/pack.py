@@ -73,8 +73,9 @@ def main(argv):
     out = ROOT / FLAGS.out
     out.mkdir(parents=True, exist_ok=True)
     exclude = ROOT / ".git" / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
     line = f"/{FLAGS.out}/"
-    if line not in exclude.read_text().splitlines():
+    if not exclude.is_file() or line not in exclude.read_text().splitlines():
         with exclude.open("a") as fh:
             fh.write(line + "\n")
     if FLAGS.faces_dir:

@@ -129,8 +129,8 @@ def main():
             step += 1
             images += len(batch)
             if step % 20 == 0 or step == 1:
-                curve.append({"step": step, "seconds": round(time.time() - t0, 1), "distill": float(kd), "lr": lr})
-                print(f"step {step} {curve[-1]['seconds']} s distill {float(kd):.4f} lr {lr:.4f} "
+                curve.append({"step": step, "seconds": round(time.time() - t0, 1), "distill": float(kd.detach()), "lr": lr})
+                print(f"step {step} {curve[-1]['seconds']} s distill {float(kd.detach()):.4f} lr {lr:.4f} "
                       f"{images / (time.time() - t0):.0f} img/s", flush=True)
     seconds = time.time() - t0
     student.save(out / "student.keras")
