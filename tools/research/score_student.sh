@@ -7,7 +7,7 @@
 # PARTS picks what to score (each is minutes on 2 cores): lfw = held-out LFW folds 1-3 (flip) for the .keras,
 # fp32 and int8 files (the fp32 run writes the threshold sidecar the CLIs read); ident = rank-1 / TAR@FAR of the
 # held-out LFW probes against the 12.8k LFW distractors; bench = fp32 vs int8 latency in one bench run; cfp =
-# CFP-FF / CFP-FP on CFP_FOLDS (default fold 1), student and teacher (crops cached in runs/cfp_align).
+# CFP-FF / CFP-FP on CFP_FOLDS (default folds 1,2), student and teacher (crops cached in runs/cfp_align).
 # Then: python tools/research/student_card.py --run_dir=RUN_DIR (writes models/mobiface_student.json).
 set -euo pipefail
 RUN=${1:-runs/student}
@@ -65,11 +65,11 @@ EOF
         fi
       done ;;
     cfp)
-      # CFP_FOLDS (default 1): all 10 folds MTCNN-align 7,000 photos, about half an hour on 2 cores; the crops
+      # CFP_FOLDS (default 1,2; cross-validation needs two): all 10 folds MTCNN-align 7,000 photos, about half an hour on 2 cores; the crops
       # are cached, so the teacher's run after the student's reuses them
       for m in "$F" $DATA/models/mobilefacenet_insightface_fp32.tflite; do
         python tools/evaluate.py --model="$m" --cfp_dir=$DATA/cfp --cfp_protocol=FF,FP --flip \
-            --folds=${CFP_FOLDS:-1} --align_cache=runs/cfp_align --nowrite_sidecar \
+            --folds=${CFP_FOLDS:-1,2} --align_cache=runs/cfp_align --nowrite_sidecar \
             --output=$OUT/cfp_$(basename "$m" .tflite).json --noprogress
       done ;;
     *) echo "error: unknown part $part (lfw, ident, bench, cfp)" >&2; exit 2 ;;
