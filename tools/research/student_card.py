@@ -24,13 +24,15 @@ sys.path.insert(0, str(ROOT))
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", "runs/student", "The training run's --model_dir.")
 flags.DEFINE_string("log", "runs/student.log", "The run's log (stdout + stderr of mobiface_tf.train).")
-flags.DEFINE_string("cpu_file", "runs/student_cpu.txt", "'EPOCH CPU_TICKS' of the training process, sampled "
-                    "each minute while it ran (/proc/PID/stat utime+stime+cutime+cstime), or '' if not sampled.")
+flags.DEFINE_list("cpu_file", ["runs/student_cpu.txt"], "'EPOCH CPU_TICKS' of the training process, sampled "
+                  "each minute while it ran (/proc/PID/stat utime+stime+cutime+cstime); one file per process when "
+                  "the run was resumed (summed); empty if not sampled.")
 flags.DEFINE_string("scores", "runs/score", "Folder of score_student.sh reports.")
 flags.DEFINE_string("flagfile_used", "configs/student_online.flags", "The recipe the run was started with.")
 flags.DEFINE_string("output", "models/mobiface_student.json", "The card to write.")
 flags.DEFINE_string("gpu_log", "", "Instead of --run_dir/--log: the train_log.json of a GPU run of "
                     "tools/gpu/run.sh, which continued the shipped student (it is then a run of the same lineage).")
+flags.DEFINE_string("note", "", "A line about the run for the card (e.g. how and why it was resumed).")
 flags.DEFINE_string("device", "", "Override the machine description (default: this CPU).")
 
 STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ step (\d+)/(\d+)")
@@ -40,15 +42,14 @@ def _load(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _run_record(run_dir: Path, log: Path, cpu_file: Path) -> dict:
+def _run_record(run_dir: Path, log: Path, cpu_file: list) -> dict:
     cfg = json.loads((run_dir / "config.json").read_text())
     steps = [(m.group(1), int(m.group(2))) for line in log.read_text().splitlines() if (m := STEP_LINE.match(line))]
     first, last = steps[0], steps[-1]
     fmt = "%Y-%m-%d %H:%M:%S"
     wall_min = (dt.datetime.strptime(last[0], fmt) - dt.datetime.strptime(first[0], fmt)).total_seconds() / 60
-    cpu_hours = None
-    if cpu_file and cpu_file.is_file():
-        cpu_hours = int(cpu_file.read_text().split()[1]) / 100 / 3600  # CLK_TCK = 100
+    files = [Path(f) for f in cpu_file if Path(f).is_file()]
+    cpu_hours = sum(int(f.read_text().split()[1]) for f in files) / 100 / 3600 if files else None  # CLK_TCK 100
     from mobiface_tf.litert import cpu_info, cpu_label
 
     history = [json.loads(x) for x in (run_dir / "val_history.jsonl").read_text().splitlines() if x.strip()] \
@@ -61,7 +62,8 @@ def _run_record(run_dir: Path, log: Path, cpu_file: Path) -> dict:
         "images_seen": last[1] * cfg["batch_size"], "wall_minutes_logged": round(wall_min, 1),
         "cpu_hours": None if cpu_hours is None else round(cpu_hours, 2),
         "machine": FLAGS.device or f"{cpu_label(cpu_info())}, {platform.machine()}",
-        "teacher": cfg.get("teacher"), "data": cfg.get("data"),
+        "teacher": cfg.get("teacher"), "data": cfg.get("data"), "note": FLAGS.note,
+        "resumed": sum("resumed from" in line for line in log.read_text().splitlines()),
         "learning_curve": [{k: h.get(k) for k in ("step", "dataset", "accuracy", "run_seconds") if k in h}
                            for h in history],
     }
@@ -101,7 +103,7 @@ def main(argv):
                "cpu_hours": None, "gpu_hours": round(g["seconds"] / 3600, 3), "machine": g["device"],
                "learning_curve": g["curve"]}
     else:
-        run = _run_record(Path(FLAGS.run_dir), Path(FLAGS.log), Path(FLAGS.cpu_file) if FLAGS.cpu_file else None)
+        run = _run_record(Path(FLAGS.run_dir), Path(FLAGS.log), FLAGS.cpu_file or [])
     old = _load(out)
     runs = (old or {}).get("runs", []) if run["init_from"] else []
     runs = runs + [run]
