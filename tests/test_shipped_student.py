@@ -94,26 +94,29 @@ def test_verify_without_model_uses_the_shipped_student(lfw_dir, tmp_path):
 
 @pytest.mark.slow
 def test_init_from_the_shipped_student_continues_training(tmp_path):
-    """A run started with --init_from=models/mobiface_student.keras begins from its weights exactly (before any
-    step) and trains: after 2 steps the network has moved, but only a little from the student."""
+    """A run started with --init_from=models/mobiface_student.keras starts from its weights and trains: after 2
+    small steps every kernel has moved, but 100x less than the distance from the student to a fresh network."""
     import keras
 
     from conftest import train_config
     from mobiface_tf.data.synthetic import write_synthetic_tfrecords
     from mobiface_tf.training.loop import train_model
+    from mobiface_tf.training.model import build_backbone
 
     data = tmp_path / "data"
     write_synthetic_tfrecords(data, num_identities=4, images_per_identity=4, seed=0, shards=1)
     src = keras.models.load_model(shipped.STUDENT_KERAS, compile=False)
     cfg = train_config(data, tmp_path / "run", backbone="mobiface", head="gdc", embedding_dim=128,
-                       init_from=str(shipped.STUDENT_KERAS), steps=2, batch_size=8, lr=0.01, log_every=1,
+                       init_from=str(shipped.STUDENT_KERAS), steps=2, batch_size=8, lr=1e-4, log_every=1,
                        ckpt_every=2, shuffle_buffer=16)
     result = train_model(cfg)
-    moved = [float(np.max(np.abs(np.array(a) - np.array(b))))
-             for a, b in zip(result.parts.backbone.weights, src.weights)]
-    assert max(moved) > 0, "2 steps changed nothing: the run did not train"
-    x = np.random.default_rng(0).uniform(-1, 1, (4, 112, 112, 3)).astype(np.float32)
-    e0 = src(x, training=False).numpy()
-    e1 = result.parts.backbone(x, training=False).numpy()
-    cos = np.sum(e0 * e1, axis=1) / np.linalg.norm(e0, axis=1) / np.linalg.norm(e1, axis=1)
-    assert np.min(cos) > 0.9, cos  # continued from the student, not from a fresh network
+    keras.utils.set_random_seed(1)
+    fresh = build_backbone("mobiface", 128, "gdc")
+
+    def distance(a, b):
+        return sum(float(np.sum((np.array(x) - np.array(y)) ** 2)) for x, y in zip(a.trainable_weights,
+                                                                               b.trainable_weights)) ** 0.5
+
+    moved, far = distance(result.parts.backbone, src), distance(fresh, src)
+    assert moved > 0, "2 steps changed nothing: the run did not train"
+    assert moved < far / 100, (moved, far)  # continued from the student, not from a fresh network

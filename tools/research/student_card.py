@@ -75,7 +75,7 @@ def _scores(folder: Path) -> dict:
                       ("lfw_mobiface_student_int8_tflite.json", "lfw_folds_1_3_int8")):
         r = _load(folder / name)
         if r:
-            out[key] = {"accuracy": r.get("accuracy"), "std": r.get("std"), "threshold": r.get("threshold")}
+            out[key] = {"accuracy": r.get("accuracy"), "std": r.get("accuracy_std"), "threshold": r.get("threshold"), "tar_at_far": r.get("tar_at_far")}
     r = _load(folder / "ident_fp32.json")
     if r:
         out["identification_lfw_heldout"] = {k: r.get(k) for k in ("rank1", "tar_at_far", "num_distractors",
