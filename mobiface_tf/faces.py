@@ -46,10 +46,14 @@ class FaceError(ValueError):
 
 # ----------------------------------------------------------------------------------------------- model
 def check_model_path(path) -> Path:
-    """Cheap existence check, so a wrong --model is reported before anything slow happens."""
-    if not path:
-        raise FaceError("--model is required: a .keras file, a SavedModel dir or a .tflite file")
-    path = Path(path)
+    """Cheap existence check, so a wrong --model is reported before anything slow happens. No --model: the
+    shipped student (mobiface_tf/shipped.py); returns the path to use."""
+    from mobiface_tf.shipped import default_model
+
+    try:
+        path = Path(default_model(path))
+    except ValueError as e:
+        raise FaceError(str(e)) from None
     if not path.exists():
         raise FaceError(f"model not found: {str(path)!r}. Pass --model=PATH to a .keras file, a SavedModel dir "
                         "or a .tflite file")

@@ -41,7 +41,6 @@ from mobiface_tf.faces import FaceError, check_model_path, load_face, load_model
 from mobiface_tf.gallery import (INDEX_NAME, REJECTION, Gallery, IndexNotOurs, check_index_path, enroll,
                                  index_location, model_key, scan_gallery)
 from mobiface_tf.images import printable
-from mobiface_tf.shipped import default_model
 
 
 # ----------------------------------------------------------------------------------------------- open set
@@ -131,11 +130,7 @@ def run(model_path, gallery_dir, queries, top=3, threshold=None, aligned=False, 
     """
     far_info = None
     try:
-        try:
-            model_path = default_model(model_path)  # no --model: the shipped student (mobiface_tf/shipped.py)
-        except ValueError as e:
-            raise FaceError(str(e)) from None
-        check_model_path(model_path)
+        model_path = check_model_path(model_path)  # no --model: the shipped student
         if not queries:
             raise FaceError("no --query=IMG given; pass one or more --query flags")
         if top < 1:

@@ -27,7 +27,6 @@ from absl import flags
 from mobiface_tf.embedder import EmbeddingError
 from mobiface_tf.faces import (FaceError, check_model_path, face_from_image, load_model, read_photo,
                                resolve_threshold)
-from mobiface_tf.shipped import default_model
 
 
 @dataclasses.dataclass
@@ -82,11 +81,7 @@ def verify(model_path, image_a, image_b, threshold: float | None = None, aligned
     warn(line) hears about a threshold sidecar that is not used (see faces.resolve_threshold).
     """
     # Cheap checks first, so a typo in a path fails before TF and MTCNN load.
-    try:
-        model_path = default_model(model_path)  # no --model: the shipped student (mobiface_tf/shipped.py)
-    except ValueError as e:
-        raise FaceError(str(e)) from None
-    check_model_path(model_path)
+    model_path = check_model_path(model_path)  # no --model: the shipped student
     t, source = resolve_threshold(model_path, threshold, warn)
     photos = [read_photo(image_a), read_photo(image_b)]
     if embedder is None:

@@ -122,9 +122,9 @@ def main(argv):
         "total_gpu_hours": round(sum(r.get("gpu_hours") or 0 for r in runs), 3),
         "scores": _scores(Path(FLAGS.scores)),
     }
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=1) + "\n")
-    tmp.replace(out)
+    from mobiface_tf.atomic import write_json_atomic
+
+    write_json_atomic(out, card, indent=1)
     print(json.dumps(card["scores"], indent=1))
     return 0
 
